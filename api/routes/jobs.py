@@ -1,0 +1,94 @@
+"""The job API: submit any endpoint's request as a polled job."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
+from api.protocol import EmbeddingRequest, JobCreateRequest, JobList, JobObject
+from api.routes import embeddings
+from api.routes.results import json_response, render_job
+from inferq.errors import ServiceError, bad_request
+from inferq.protocol import Endpoint, JobKind
+
+router = APIRouter(tags=["jobs"])
+
+
+def job_not_found(job_id: str) -> ServiceError:
+    return ServiceError(404, f"no job '{job_id}' (unknown or expired)", param="job_id", code="job_not_found")
+
+
+@router.post("/jobs", status_code=202, response_model=JobObject, summary="Submit a job")
+async def create_job(
+    body: JobCreateRequest,
+    queue: QueueDep,
+    settings: SettingsDep,
+    owner: OwnerDep,
+    request_id: RequestIdDep,
+) -> Response:
+    if body.endpoint is Endpoint.EMBEDDINGS:
+        try:
+            parsed = EmbeddingRequest.model_validate(body.body)
+        except ValueError as exc:
+            first = exc.errors()[0] if hasattr(exc, "errors") else {}
+            field = ".".join(str(x) for x in first.get("loc", ())[:1])
+            raise bad_request(
+                f"invalid body: {first.get('msg', exc)}", param=f"body.{field}" if field else "body"
+            ) from None
+        entry, request = await embeddings.prepare(
+            parsed, queue, settings, max_inputs=settings.max_job_inputs
+        )
+    else:  # pragma: no cover - the enum admits only the endpoints above
+        raise bad_request(f"endpoint {body.endpoint} is not supported", param="endpoint")
+    job_id = await queue.submit(
+        endpoint=body.endpoint,
+        entry=entry,
+        request=request,
+        kind=JobKind.JOB,
+        owner=owner,
+        request_id=request_id,
+        metadata=body.metadata,
+    )
+    record = await queue.read(job_id)
+    return json_response(render_job(record), status_code=202)
+
+
+@router.get("/jobs", response_model=JobList, summary="List jobs, newest first")
+async def list_jobs(
+    queue: QueueDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> Response:
+    records, has_more = await queue.list(owner, limit=limit, after=after)
+    data = [render_job(r) for r in records]
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobObject, summary="Get a job")
+async def get_job(job_id: str, queue: QueueDep, owner: OwnerDep) -> Response:
+    record = await queue.get(job_id, owner)
+    if record is None:
+        raise job_not_found(job_id)
+    return json_response(render_job(record))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobObject, summary="Cancel a job")
+async def cancel_job(job_id: str, queue: QueueDep, owner: OwnerDep) -> Response:
+    if await queue.get(job_id, owner) is None:
+        raise job_not_found(job_id)
+    await queue.cancel(job_id)
+    record = await queue.read(job_id)
+    if record is None:
+        raise job_not_found(job_id)
+    return json_response(render_job(record))

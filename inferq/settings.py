@@ -1,0 +1,92 @@
+"""All configuration, read once from the environment (and a ``.env`` file)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", populate_by_name=True, protected_namespaces=()
+    )
+
+    # What to serve
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated model names (or repo ids) a worker loads; required for a worker.",
+    )
+    model_config_path: Path = Field(
+        Path("models.yaml"),
+        description="The catalog; models.local.yaml/.yml beside it is merged over it.",
+    )
+    model_device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
+    hf_home: Path = Field(
+        default_factory=lambda: Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")),
+        description="Hugging Face cache root; weights live in HF_HOME/hub.",
+    )
+    auto_download_models: bool = Field(
+        True, description="Workers download missing weights before loading (0: fail with a hint)."
+    )
+
+    # Queue
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker, job store and pub/sub.")
+    result_ttl_sec: int = Field(86400, description="How long jobs and their results are kept.")
+    visibility_timeout_sec: int = Field(
+        7200, description="Unacked job redelivered after this; must exceed the longest job."
+    )
+    worker_concurrency: int = Field(
+        32, description="Jobs a worker holds at once (threads; they share the model's batches)."
+    )
+    max_deliveries: int = Field(
+        3, description="A job whose worker died this many times is failed (poison job)."
+    )
+    heartbeat_interval_sec: float = Field(2.0, description="How often a worker announces its models.")
+    heartbeat_ttl_sec: float = Field(10.0, description="A worker missing this long counts as gone.")
+
+    # Embedding batching inside a worker
+    embed_batch_tokens: int = Field(
+        16384, description="Token budget of one forward pass (batch size x padded length)."
+    )
+    embed_max_batch_size: int = Field(128, description="Most texts in one forward pass.")
+    embed_job_chunk: int = Field(
+        1024, description="Texts a job hands the batcher at a time (progress and cancel granularity)."
+    )
+
+    # Request limits
+    max_inputs_per_request: int = Field(2048, description="Most texts in one embeddings request.")
+    max_input_chars: int = Field(32768, description="Longest text accepted, in characters.")
+    max_job_inputs: int = Field(100_000, description="Most texts in one embeddings job (/v1/jobs).")
+    sync_timeout_sec: float = Field(600.0, description="A sync route gives up (504) after this.")
+
+    # API process
+    host: str = Field("127.0.0.1", description="API bind address.")
+    port: int = Field(8000, description="API port.")
+    log_level: str = Field("INFO", description="Log level of API and workers.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @property
+    def hf_hub_cache(self) -> Path:
+        return self.hf_home / "hub"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def instance_name(prefix: str) -> str:
+    """A name unique to this process, e.g. ``api@host:1234``."""
+    return f"{prefix}@{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,55 @@
+"""Run the whole service in the foreground: Redis (if none answers), one API, one worker.
+
+``PORT`` (default 8000), ``MODELS`` (default: the offline demo embedding model) and
+``REDIS_URL`` are honoured. Ctrl-C stops everything: the worker finishes its running jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from inferq.devstack import ensure_redis, spawn, stop, wait_http_ready  # noqa: E402
+
+DEFAULT_MODELS = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def main() -> int:
+    env = {
+        "MODELS": os.environ.get("MODELS") or DEFAULT_MODELS,
+        "PORT": os.environ.get("PORT", "8000"),
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    }
+    redis_proc = ensure_redis(env["REDIS_URL"])
+    api = spawn("api", env)
+    worker = spawn("workers", env)
+    base = f"http://127.0.0.1:{env['PORT']}"
+    stopping = False
+
+    def request_stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        wait_http_ready(f"{base}/health", timeout=30, proc=api)
+        print(f"inferq API on {base}/v1 (docs: {base}/docs); worker loading {env['MODELS']}", flush=True)
+        while not stopping and api.poll() is None and worker.poll() is None:
+            time.sleep(0.2)
+    finally:
+        print("stopping ...", flush=True)
+        for proc in (worker, api):
+            stop(proc)
+        if redis_proc is not None:
+            stop(redis_proc)
+    return 0 if stopping else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""``MODELS=a,b python -m workers``: a worker serving the named models' queues."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from inferq.protocol import queue_name
+from inferq.settings import get_settings, instance_name
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(processName)s] %(message)s",
+    )
+    if not settings.models:
+        sys.exit("MODELS is empty: name the models this worker serves, e.g. MODELS=a,b")
+    from inferq.catalog import load_catalog
+    from workers.celery_app import app
+
+    entries = load_catalog(settings.model_config_path).require(settings.models)
+    args = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={settings.worker_concurrency}",
+        f"--queues={','.join(queue_name(e.name) for e in entries)}",
+        f"--hostname={instance_name('worker')}",
+        f"--loglevel={settings.log_level}",
+        "--without-gossip",
+        "--without-mingle",
+        "--task-events",
+        *(argv if argv is not None else sys.argv[1:]),
+    ]
+    app.worker_main(args)
+
+
+if __name__ == "__main__":
+    main()

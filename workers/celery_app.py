@@ -1,0 +1,48 @@
+"""The Celery application of the workers.
+
+Pool: ``threads``. Models are loaded once in the worker process (``worker_init``) before it
+consumes; every job thread of the pool shares them, which is what lets concurrent jobs share
+forward passes (see ``workers/batching.py``) and keeps CUDA out of forked children.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery, signals
+
+from inferq.catalog import load_catalog
+from inferq.protocol import celery_config
+from inferq.settings import get_settings, instance_name
+
+log = logging.getLogger(__name__)
+
+settings = get_settings()
+app = Celery("inferq")
+app.conf.update(celery_config(settings.redis_url, settings.visibility_timeout_sec))
+app.conf.include = ["workers.tasks"]
+
+
+@signals.worker_init.connect
+def _load_models(**_: object) -> None:
+    from workers import runtime
+
+    if not settings.models:
+        raise SystemExit("MODELS is empty: name the models this worker serves, e.g. MODELS=a,b")
+    catalog = load_catalog(settings.model_config_path)
+    runtime.registry.load(catalog.require(settings.models), settings)
+
+
+@signals.worker_ready.connect
+def _announce(sender=None, **_: object) -> None:
+    from workers import runtime
+
+    name = getattr(sender, "hostname", None) or instance_name("worker")
+    runtime.start_background(name)
+
+
+@signals.worker_shutting_down.connect
+def _withdraw(**_: object) -> None:
+    from workers import runtime
+
+    runtime.stop_background()

@@ -1,0 +1,126 @@
+"""Running one job inside a worker: start it, serve it, record its outcome exactly once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from handlers.base import Cancelled, InvalidInput
+from inferq import protocol as p
+from inferq.errors import ServiceError, bad_request
+from inferq.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobContext:
+    """What a serving function gets: the request and the means to report and to stop."""
+
+    job_id: str
+    request: dict[str, Any]
+    priority: int
+    kind: str
+    cancel_event: threading.Event
+    runtime: JobRuntime
+
+    def report_progress(self, progress: dict[str, Any]) -> None:
+        self.runtime.report_progress(self.job_id, progress)
+
+
+class JobRuntime:
+    """The worker's side of the queue protocol (a synchronous Redis client)."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None):
+        self.settings = settings
+        self.redis = client or redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=5, health_check_interval=30
+        )
+        self._start = self.redis.register_script(p.START_SCRIPT)
+        self._finish = self.redis.register_script(p.FINISH_SCRIPT)
+        self._progress = self.redis.register_script(p.PROGRESS_SCRIPT)
+        self.running: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def run(self, job_id: str, serve: Callable[[JobContext], bytes]) -> None:
+        key = p.job_key(job_id)
+        started = self._start(keys=[key], args=[f"{p.now():.6f}"])
+        if started is None:
+            log.info("job %s: not queued any more (cancelled, finished or expired); skipped", job_id)
+            return
+        request_json, deliveries = started
+        meta = self.redis.hmget(key, p.JobField.PRIORITY, p.JobField.KIND, p.JobField.REQUEST_ID)
+        priority, kind, request_id = (v.decode() if v else "" for v in meta)
+        if int(deliveries) > self.settings.max_deliveries:
+            self.finish_failed(
+                job_id,
+                ServiceError(
+                    500,
+                    f"job was delivered {int(deliveries)} times without finishing "
+                    "(its worker died each time); giving up",
+                    code="poison_job",
+                ),
+            )
+            return
+        cancel_event = threading.Event()
+        with self._lock:
+            self.running[job_id] = cancel_event
+        ctx = JobContext(
+            job_id=job_id,
+            request=p.loads(request_json),
+            priority=int(priority or 0),
+            kind=kind,
+            cancel_event=cancel_event,
+            runtime=self,
+        )
+        log.info("job %s started (request_id=%s, delivery %s)", job_id, request_id, deliveries)
+        try:
+            result = serve(ctx)
+        except Cancelled:
+            self._finish_with(job_id, p.JobStatus.CANCELLED)
+            log.info("job %s cancelled (request_id=%s)", job_id, request_id)
+        except ServiceError as exc:
+            self.finish_failed(job_id, exc)
+        except InvalidInput as exc:
+            self.finish_failed(job_id, bad_request(str(exc), param=exc.param, code=exc.code))
+        except Exception as exc:
+            log.exception("job %s failed (request_id=%s)", job_id, request_id)
+            self.finish_failed(
+                job_id, ServiceError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+            )
+        else:
+            self._finish_with(job_id, p.JobStatus.SUCCEEDED, {p.JobField.RESULT: result})
+            log.info("job %s succeeded (request_id=%s)", job_id, request_id)
+        finally:
+            with self._lock:
+                self.running.pop(job_id, None)
+
+    def finish_failed(self, job_id: str, error: ServiceError) -> None:
+        self._finish_with(job_id, p.JobStatus.FAILED, {p.JobField.ERROR: p.dumps(error.to_record())})
+        log.info("job %s failed: %s %s", job_id, error.status, error.message)
+
+    def _finish_with(self, job_id: str, status: p.JobStatus, fields: dict | None = None) -> bool:
+        args: list[Any] = [status.value, f"{p.now():.6f}", self.settings.result_ttl_sec]
+        for name, value in (fields or {}).items():
+            args += [name.value, value]
+        return bool(self._finish(keys=[p.job_key(job_id)], args=args))
+
+    def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        self._progress(keys=[p.job_key(job_id)], args=[p.dumps(progress)])
+
+    def cancel_running(self, job_id: str) -> bool:
+        with self._lock:
+            event = self.running.get(job_id)
+        if event is not None:
+            event.set()
+        return event is not None
+
+    def is_cancelled(self, job_id: str) -> bool:
+        """Fallback to the pub/sub signal: read the job's status."""
+        status = self.redis.hget(p.job_key(job_id), p.JobField.STATUS)
+        return status is None or status.decode() == p.JobStatus.CANCELLED
