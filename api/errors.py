@@ -42,7 +42,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> Response
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     param = _validation_param(tuple(first.get("loc", ())))
     if first.get("type") == "json_invalid":
-        message = "the request body is not valid JSON"
+        param, message = None, "the request body is not valid JSON"
     elif first.get("type") == "missing":
         message = f"missing required parameter '{param}'"
     else:

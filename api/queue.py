@@ -145,6 +145,7 @@ class JobQueue:
             metadata=metadata,
             notify=self.notify_channel if sync else "",
             request_id=request_id,
+            ttl=self.settings.result_ttl_sec,
         )
         key = p.job_key(job_id)
         pipe = self.redis.pipeline(transaction=True)

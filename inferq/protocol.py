@@ -81,6 +81,7 @@ class JobField(StrEnum):
     NOTIFY = "notify"  # pub/sub channel told about the terminal state
     REQUEST_ID = "request_id"
     DELIVERIES = "deliveries"  # how many times a worker started it
+    TTL = "ttl"  # seconds the job and its result are kept after it finishes
 
 
 def queue_name(model: str) -> str:
@@ -134,6 +135,7 @@ def new_job_fields(
     metadata: dict[str, Any] | None,
     notify: str,
     request_id: str,
+    ttl: int,
 ) -> dict[str, Any]:
     return {
         JobField.ID: job_id,
@@ -149,6 +151,7 @@ def new_job_fields(
         JobField.NOTIFY: notify,
         JobField.REQUEST_ID: request_id,
         JobField.DELIVERIES: 0,
+        JobField.TTL: ttl,
     }
 
 
@@ -172,28 +175,29 @@ redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
 return {redis.call('HGET', KEYS[1], 'request'), redis.call('HGET', KEYS[1], 'deliveries')}
 """
 
-# KEYS[1] job key; ARGV: status, now, ttl, field, value[, field, value]. Finishes a queued or
-# running job once; returns 1 when this call set the terminal state, 0 when it was already set.
+# KEYS[1] job key; ARGV: status, now, default ttl, field, value[, field, value]. Finishes a
+# queued or running job once; returns 1 when this call set the terminal state, else 0.
 FINISH_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
 if status ~= 'queued' and status ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('EXPIRE', KEYS[1], tonumber(redis.call('HGET', KEYS[1], 'ttl') or ARGV[3]))
 local id = redis.call('HGET', KEYS[1], 'id')
 local notify = redis.call('HGET', KEYS[1], 'notify')
 if notify and notify ~= '' then redis.call('PUBLISH', notify, id .. ' ' .. ARGV[1]) end
 return 1
 """
 
-# KEYS[1] job key; ARGV[1] now; ARGV[2] cancel channel; ARGV[3] ttl. Returns the status before.
+# KEYS[1] job key; ARGV[1] now; ARGV[2] cancel channel; ARGV[3] default ttl. Returns the status
+# the job had before.
 CANCEL_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return nil end
 if status ~= 'queued' and status ~= 'running' then return status end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('EXPIRE', KEYS[1], tonumber(redis.call('HGET', KEYS[1], 'ttl') or ARGV[3]))
 local id = redis.call('HGET', KEYS[1], 'id')
 if status == 'running' then redis.call('PUBLISH', ARGV[2], id) end
 local notify = redis.call('HGET', KEYS[1], 'notify')

@@ -1,0 +1,41 @@
+"""``python -m bench [embeddings]``: run the benchmarks, print a report, save JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+
+from bench import embeddings
+
+SUITES = {"embeddings": embeddings}
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(SUITES)
+    for name in names:
+        suite = SUITES[name]
+        result = {"machine": machine(), **suite.run()}
+        print(f"== {name} ==\n{suite.report(result)}", flush=True)
+        path = suite.results_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+        print(f"(saved {path.relative_to(path.parents[2])})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,162 @@
+"""Session fixtures: a real Redis, tiny models, and a running stack (API + worker processes).
+
+Tests use their own Redis database (``INFERQ_TEST_REDIS_URL``, default db 15 on the local
+server), started as an embedded server when nothing answers, and flushed at session start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+TEST_REDIS_URL = os.environ.get("INFERQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    proc = ensure_redis(TEST_REDIS_URL)
+    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+    yield TEST_REDIS_URL
+    if proc is not None:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture(scope="session")
+def tiny_embedders() -> dict[str, Path]:
+    from tests.tiny.embedding import tiny_bert_dir, tiny_qwen2_encoder_dir
+
+    return {"bert": tiny_bert_dir(), "qwen2": tiny_qwen2_encoder_dir()}
+
+
+@pytest.fixture(scope="session")
+def stack_catalog(tmp_path_factory, tiny_embedders) -> Path:
+    """The shipped catalog plus a models.local.yaml adding the tiny models (merge for real)."""
+    folder = tmp_path_factory.mktemp("catalog")
+    shutil.copy(ROOT / "models.yaml", folder / "models.yaml")
+    local = {
+        "models": [
+            {
+                "name": "tiny-bert-mean",
+                "hf_repo_id": "inferq-tests/tiny-bert",
+                "handler": "handlers.embedding.HFEmbeddingModel",
+                "local_dir": str(tiny_embedders["bert"]),
+            },
+            {
+                "name": "tiny-bert-cls",
+                "hf_repo_id": "inferq-tests/tiny-bert-cls",
+                "handler": "handlers.embedding.HFEmbeddingModel",
+                "pooling": "cls",
+                "local_dir": str(tiny_embedders["bert"]),
+            },
+            {
+                "name": "tiny-qwen-last",
+                "hf_repo_id": "inferq-tests/tiny-qwen2",
+                "handler": "handlers.embedding.HFEmbeddingModel",
+                "pooling": "last_token",
+                "local_dir": str(tiny_embedders["qwen2"]),
+            },
+        ]
+    }
+    (folder / "models.local.yaml").write_text(yaml.safe_dump(local))
+    return folder / "models.yaml"
+
+
+@dataclass
+class Stack:
+    """A running API and its workers; ``start_worker``/``start_api`` add more."""
+
+    base_url: str
+    env: dict[str, str]
+    log_dir: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def v1(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def start_worker(self, models: list[str], **env: str) -> subprocess.Popen:
+        name = "worker-" + "-".join(m.split("/")[-1] for m in models)
+        proc = spawn(
+            "workers",
+            {**self.env, "MODELS": ",".join(models), **env},
+            log_path=self.log_dir / f"{name}-{len(self.procs)}.log",
+        )
+        self.procs.append(proc)
+        wait_workers(f"{self.base_url}/ready", models, timeout=120, proc=proc)
+        return proc
+
+    def start_api(self, **env: str) -> str:
+        port = free_port()
+        proc = spawn(
+            "api", {**self.env, "PORT": str(port), **env}, log_path=self.log_dir / f"api-{port}.log"
+        )
+        self.procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        wait_http_ready(f"{base}/health", timeout=30, proc=proc)
+        return base
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.log_dir.glob("*.log"))
+
+
+@pytest.fixture(scope="session")
+def stack(redis_url, stack_catalog, tmp_path_factory) -> Iterator[Stack]:
+    port = free_port()
+    env = {
+        "REDIS_URL": redis_url,
+        "MODEL_CONFIG_PATH": str(stack_catalog),
+        "PORT": str(port),
+        "HF_HUB_OFFLINE": "1",
+        "LOG_LEVEL": "INFO",
+        "WORKER_CONCURRENCY": "16",
+    }
+    log_dir = tmp_path_factory.mktemp("logs")
+    api = spawn("api", env, log_path=log_dir / "api.log")
+    stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env, log_dir=log_dir, procs=[api])
+    try:
+        wait_http_ready(f"{stack.base_url}/health", timeout=30, proc=api)
+        stack.start_worker([MINILM, "tiny-bert-cls", "tiny-qwen-last"])
+        yield stack
+    except Exception:
+        print(stack.logs())
+        raise
+    finally:
+        for proc in reversed(stack.procs):
+            stop(proc, timeout=20)
+
+
+@pytest.fixture(scope="session")
+def openai_client(stack):
+    import openai
+
+    return openai.OpenAI(base_url=stack.v1, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from inferq.catalog import load_catalog
+
+    return load_catalog(ROOT / "models.yaml").get(MINILM).weights_dir()

@@ -1,0 +1,137 @@
+"""The worker's cross-job embedding batcher, in-process, on a tiny real model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from handlers.base import Cancelled
+from handlers.embedding import HFEmbeddingModel
+from workers.batching import EmbeddingBatcher
+
+
+class Recording:
+    """Wraps a handler and records every forward pass; optionally blocks it until released."""
+
+    def __init__(self, handler, *, gate: threading.Event | None = None, fail_on: str | None = None):
+        self.handler = handler
+        self.dim = handler.dim
+        self.calls: list[list[str]] = []
+        self.gate = gate
+        self.fail_on = fail_on
+
+    def embed_batch(self, texts):
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.calls.append(list(texts))
+        if self.fail_on and self.fail_on in texts:
+            raise RuntimeError("boom")
+        return self.handler.embed_batch(texts)
+
+
+@pytest.fixture(scope="module")
+def handler(tiny_embedders):
+    return HFEmbeddingModel(str(tiny_embedders["bert"]), "cpu")
+
+
+def _submit(batcher, handler, texts, **kwargs):
+    return batcher.submit(texts, handler.token_lengths(texts), **kwargs)
+
+
+def test_concurrent_jobs_share_forward_passes(handler):
+    gate = threading.Event()
+    recording = Recording(handler, gate=gate)
+    batcher = EmbeddingBatcher(recording, batch_tokens=4096, max_batch_size=64)
+    try:
+        first = _submit(batcher, handler, ["warm"])  # occupies the model thread at the gate
+        time.sleep(0.1)
+        jobs = [[f"job {j} text {i}" for i in range(4)] for j in range(8)]
+        futures = [_submit(batcher, handler, texts) for texts in jobs]
+        gate.set()
+        first.result(10)
+        results = [f.result(10) for f in futures]
+    finally:
+        batcher.stop()
+    assert len(recording.calls) == 2  # the warm text, then all 32 texts of 8 jobs in one pass
+    for texts, vectors in zip(jobs, results, strict=True):
+        np.testing.assert_allclose(vectors, handler.embed_batch(texts), atol=1e-5)
+
+
+def test_batches_respect_the_token_budget_and_group_similar_lengths(handler):
+    recording = Recording(handler, gate=threading.Event())
+    batcher = EmbeddingBatcher(recording, batch_tokens=64, max_batch_size=16)
+    texts = [("word " * n).strip() for n in (1, 30, 2, 28, 1, 29, 3, 27)]
+    try:
+        future = _submit(batcher, handler, texts)
+        recording.gate.set()
+        future.result(10)
+    finally:
+        batcher.stop()
+    lengths = dict(zip(texts, handler.token_lengths(texts), strict=True))
+    for call in recording.calls:
+        assert len(call) * max(lengths[t] for t in call) <= 64 or len(call) == 1
+        spread = max(lengths[t] for t in call) - min(lengths[t] for t in call)
+        assert spread < 10  # short texts are not padded to the long ones
+
+
+def test_interactive_work_overtakes_queued_bulk_work(handler):
+    gate = threading.Event()
+    recording = Recording(handler, gate=gate)
+    batcher = EmbeddingBatcher(recording, batch_tokens=10_000, max_batch_size=4)
+    try:
+        blocker = _submit(batcher, handler, ["blocker"], priority=6)
+        time.sleep(0.1)
+        bulk = _submit(batcher, handler, [f"bulk {i}" for i in range(40)], priority=6)
+        urgent = _submit(batcher, handler, ["urgent"], priority=0)
+        gate.set()
+        urgent.result(10)
+        bulk.result(10)
+        blocker.result(10)
+    finally:
+        batcher.stop()
+    position = next(i for i, call in enumerate(recording.calls) if "urgent" in call)
+    assert position == 1  # right after the pass that was already running
+
+
+def test_cancelling_one_job_leaves_the_others(handler):
+    gate = threading.Event()
+    recording = Recording(handler, gate=gate)
+    batcher = EmbeddingBatcher(recording, batch_tokens=10_000, max_batch_size=2)
+    try:
+        blocker = _submit(batcher, handler, ["blocker"])
+        time.sleep(0.1)
+        cancel = threading.Event()
+        doomed = _submit(batcher, handler, [f"doomed {i}" for i in range(10)], cancel_event=cancel)
+        kept = _submit(batcher, handler, [f"kept {i}" for i in range(4)])
+        cancel.set()
+        gate.set()
+        with pytest.raises(Cancelled):
+            doomed.result(10)
+        assert kept.result(10).shape == (4, handler.dim)
+        blocker.result(10)
+    finally:
+        batcher.stop()
+    embedded = [t for call in recording.calls for t in call]
+    assert not any(t.startswith("doomed") for t in embedded)
+
+
+def test_a_failing_forward_pass_fails_its_jobs_not_the_batcher(handler):
+    recording = Recording(handler, fail_on="poison")
+    batcher = EmbeddingBatcher(recording, batch_tokens=10_000, max_batch_size=1)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            _submit(batcher, handler, ["poison"]).result(10)
+        assert _submit(batcher, handler, ["healthy"]).result(10).shape == (1, handler.dim)
+    finally:
+        batcher.stop()
+
+
+def test_empty_submit_resolves_immediately(handler):
+    batcher = EmbeddingBatcher(handler, batch_tokens=100, max_batch_size=2)
+    try:
+        assert batcher.submit([], []).result(1).shape == (0, handler.dim)
+    finally:
+        batcher.stop()
