@@ -108,8 +108,17 @@ def wait_http_ready(url: str, *, timeout: float, proc: subprocess.Popen | None =
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-def wait_workers(url: str, models: list[str], *, timeout: float, proc=None) -> None:
-    """Wait until ``/ready`` lists a live worker for each model."""
+def worker_counts(url: str) -> dict[str, int]:
+    """Live workers per model, as ``/ready`` reports them."""
+    import httpx
+
+    return httpx.get(url, timeout=2.0).json().get("models", {})
+
+
+def wait_workers(
+    url: str, models: list[str], *, timeout: float, proc=None, at_least: dict[str, int] | None = None
+) -> None:
+    """Wait until ``/ready`` lists, for each model, a live worker (or ``at_least[model]``)."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -117,8 +126,8 @@ def wait_workers(url: str, models: list[str], *, timeout: float, proc=None) -> N
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"worker exited with {proc.returncode} before serving {models}")
         try:
-            served = httpx.get(url, timeout=1.0).json().get("models", {})
-            if all(served.get(m) for m in models):
+            served = worker_counts(url)
+            if all(served.get(m, 0) >= (at_least or {}).get(m, 1) for m in models):
                 return
         except (httpx.HTTPError, ValueError):
             pass

@@ -18,7 +18,15 @@ import pytest
 import redis
 import yaml
 
-from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
+from inferq.devstack import (
+    ROOT,
+    ensure_redis,
+    spawn,
+    stop,
+    wait_http_ready,
+    wait_workers,
+    worker_counts,
+)
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 TEST_REDIS_URL = os.environ.get("INFERQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -99,13 +107,20 @@ class Stack:
 
     def start_worker(self, models: list[str], **env: str) -> subprocess.Popen:
         name = "worker-" + "-".join(m.split("/")[-1] for m in models)
+        before = worker_counts(f"{self.base_url}/ready")
         proc = spawn(
             "workers",
             {**self.env, "MODELS": ",".join(models), **env},
             log_path=self.log_dir / f"{name}-{len(self.procs)}.log",
         )
         self.procs.append(proc)
-        wait_workers(f"{self.base_url}/ready", models, timeout=120, proc=proc)
+        wait_workers(
+            f"{self.base_url}/ready",
+            models,
+            timeout=120,
+            proc=proc,
+            at_least={m: before.get(m, 0) + 1 for m in models},
+        )
         return proc
 
     def start_api(self, **env: str) -> str:

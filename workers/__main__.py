@@ -18,9 +18,15 @@ def main(argv: list[str] | None = None) -> None:
     if not settings.models:
         sys.exit("MODELS is empty: name the models this worker serves, e.g. MODELS=a,b")
     from inferq.catalog import load_catalog
+    from workers import runtime
     from workers.celery_app import app
 
-    entries = load_catalog(settings.model_config_path).require(settings.models)
+    try:
+        entries = load_catalog(settings.model_config_path).require(settings.models)
+        runtime.registry.load(entries, settings)  # before consuming: a broken model never takes jobs
+    except Exception as exc:
+        logging.getLogger("workers").exception("cannot start worker")
+        sys.exit(f"cannot start worker: {exc}")
     args = [
         "worker",
         "--pool=threads",

@@ -25,12 +25,20 @@ app.conf.include = ["workers.tasks"]
 
 @signals.worker_init.connect
 def _load_models(**_: object) -> None:
+    """Load the models when started as ``celery -A workers.celery_app worker`` (``python -m
+    workers`` has loaded them already). A failure stops the process: it must not consume."""
     from workers import runtime
 
+    if runtime.registry.models:
+        return
     if not settings.models:
         raise SystemExit("MODELS is empty: name the models this worker serves, e.g. MODELS=a,b")
-    catalog = load_catalog(settings.model_config_path)
-    runtime.registry.load(catalog.require(settings.models), settings)
+    try:
+        catalog = load_catalog(settings.model_config_path)
+        runtime.registry.load(catalog.require(settings.models), settings)
+    except Exception:
+        log.exception("cannot load models; exiting")
+        raise SystemExit(1) from None
 
 
 @signals.worker_ready.connect
