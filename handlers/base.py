@@ -10,7 +10,7 @@ audio chunks) and raises :class:`Cancelled` when it is set.
 Optional attributes the worker honours:
 
 ``thread_safe``                 may be called from several threads at once (default False)
-``max_parallelism``             cap on concurrent calls into one instance (default 1 unless thread_safe)
+``max_parallelism``             cap on concurrent calls into one instance (1 unless thread_safe)
 ``generation_defaults``         default sampling parameters for chat handlers
 ``supports_structured_outputs`` chat handler accepts ``response_format``
 ``owned_by``                    shown by ``/v1/models`` (default ``"local"``)

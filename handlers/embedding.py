@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ class HFEmbeddingModel:
     Qwen3-Embedding; works with left or right padding).
     """
 
-    capabilities = ["text-embedding"]
+    capabilities: ClassVar[list[str]] = ["text-embedding"]
     thread_safe = False
     owned_by = "local"
 

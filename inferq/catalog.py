@@ -41,7 +41,7 @@ class ModelEntry(BaseModel):
     local_dir: str | None = Field(None, description="A directory holding the weights.")
     weights_package: str | None = Field(
         None,
-        description="An installed Python package holding the weights: 'module' or 'module/sub/dir'.",
+        description="An installed package holding the weights: 'module' or 'module/sub/dir'.",
     )
     gguf_file: str | None = None
     torch_dtype: str | None = None
@@ -113,7 +113,9 @@ class Catalog:
             hints = []
             for name in missing:
                 close = difflib.get_close_matches(name, list(self._by_name), n=3, cutoff=0.4)
-                hints.append(f"'{name}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+                hints.append(
+                    f"'{name}'" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                )
             raise CatalogError(f"MODELS names models not in the catalog: {'; '.join(hints)}")
         return found
 
@@ -189,9 +191,10 @@ def _class_defined(module: str, cls: str) -> bool | None:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(isinstance(t, ast.Name) and t.id == cls for t in targets):
                 return True
-        if isinstance(node, ast.ImportFrom | ast.Import):
-            if any((a.asname or a.name.split(".")[-1]) == cls for a in node.names):
-                return True
+        if isinstance(node, ast.ImportFrom | ast.Import) and any(
+            (a.asname or a.name.split(".")[-1]) == cls for a in node.names
+        ):
+            return True
     return False
 
 

@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+        return bool(
+            redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping()
+        )
     except (redis.RedisError, OSError):
         return False
 
@@ -45,13 +47,28 @@ def ensure_redis(url: str, *, data_dir: Path | None = None) -> subprocess.Popen 
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
     if host not in ("127.0.0.1", "localhost", "::1"):
-        raise RuntimeError(f"Redis at {url} does not answer (and is not local, so not started here)")
+        raise RuntimeError(
+            f"Redis at {url} does not answer (and is not local, so not started here)"
+        )
     data_dir = data_dir or ROOT / ".cache" / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     binary = redis_server_binary()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-         "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -116,7 +133,12 @@ def worker_counts(url: str) -> dict[str, int]:
 
 
 def wait_workers(
-    url: str, models: list[str], *, timeout: float, proc=None, at_least: dict[str, int] | None = None
+    url: str,
+    models: list[str],
+    *,
+    timeout: float,
+    proc=None,
+    at_least: dict[str, int] | None = None,
 ) -> None:
     """Wait until ``/ready`` lists, for each model, a live worker (or ``at_least[model]``)."""
     import httpx

@@ -62,7 +62,9 @@ class ServiceError(Exception):
         )
 
 
-def bad_request(message: str, *, param: str | None = None, code: str = "invalid_value") -> ServiceError:
+def bad_request(
+    message: str, *, param: str | None = None, code: str = "invalid_value"
+) -> ServiceError:
     return ServiceError(400, message, param=param, code=code)
 
 

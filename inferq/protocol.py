@@ -155,24 +155,29 @@ def new_job_fields(
     }
 
 
-def decode_job(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
-    """A job hash as read from Redis, with bytes keys; None when it does not exist."""
-    if not raw:
-        return None
-    return {k.decode(): v for k, v in raw.items()}
+# What reading a job for a client needs: everything but the (possibly large) request body.
+PUBLIC_FIELDS = [
+    f for f in JobField if f not in (JobField.REQUEST, JobField.NOTIFY, JobField.DELIVERIES)
+]
+
+
+def decode_job(fields: list[str], values: list[bytes | None]) -> dict[str, Any] | None:
+    """An HMGET reply as a dict (absent fields left out); None when the job does not exist."""
+    record = {f: v for f, v in zip(fields, values, strict=True) if v is not None}
+    return record if JobField.ID in record else None
 
 
 # --- State transitions (atomic) -------------------------------------------------------------
 
-# KEYS[1] job key; ARGV[1] now. Returns the request JSON if the worker should run the job,
-# nil if it is gone or already finished (a stale or duplicate delivery).
+# KEYS[1] job key; ARGV[1] now. Returns [request JSON, deliveries, priority, kind, request id]
+# if the worker should run the job, nil if it is gone or finished (a stale or duplicate delivery).
 START_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return nil end
 if status ~= 'queued' and status ~= 'running' then return nil end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-return {redis.call('HGET', KEYS[1], 'request'), redis.call('HGET', KEYS[1], 'deliveries')}
+return redis.call('HMGET', KEYS[1], 'request', 'deliveries', 'priority', 'kind', 'request_id')
 """
 
 # KEYS[1] job key; ARGV: status, now, default ttl, field, value[, field, value]. Finishes a

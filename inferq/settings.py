@@ -20,15 +20,19 @@ class Settings(BaseSettings):
     # What to serve
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated model names (or repo ids) a worker loads; required for a worker.",
+        description="Comma-separated model names (or repo ids) a worker loads (required there).",
     )
     model_config_path: Path = Field(
         Path("models.yaml"),
         description="The catalog; models.local.yaml/.yml beside it is merged over it.",
     )
-    model_device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
+    model_device: str = Field(
+        "auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps."
+    )
     hf_home: Path = Field(
-        default_factory=lambda: Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")),
+        default_factory=lambda: Path(
+            os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")
+        ),
         description="Hugging Face cache root; weights live in HF_HOME/hub.",
     )
     auto_download_models: bool = Field(
@@ -47,7 +51,9 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(
         3, description="A job whose worker died this many times is failed (poison job)."
     )
-    heartbeat_interval_sec: float = Field(2.0, description="How often a worker announces its models.")
+    heartbeat_interval_sec: float = Field(
+        2.0, description="How often a worker announces its models."
+    )
     heartbeat_ttl_sec: float = Field(10.0, description="A worker missing this long counts as gone.")
 
     # Embedding batching inside a worker
@@ -56,7 +62,8 @@ class Settings(BaseSettings):
     )
     embed_max_batch_size: int = Field(128, description="Most texts in one forward pass.")
     embed_job_chunk: int = Field(
-        1024, description="Texts a job hands the batcher at a time (progress and cancel granularity)."
+        1024,
+        description="Texts a job hands the batcher at a time (progress and cancel granularity).",
     )
 
     # Request limits

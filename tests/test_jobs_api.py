@@ -64,7 +64,8 @@ def test_job_validation_errors_name_the_field(stack):
     assert bad_body.status_code == 400
     assert bad_body.json()["error"]["param"].startswith("body")
     unknown = httpx.post(
-        f"{stack.v1}/jobs", json={"endpoint": "/v1/embeddings", "body": {"model": "x/y", "input": "a"}}
+        f"{stack.v1}/jobs",
+        json={"endpoint": "/v1/embeddings", "body": {"model": "x/y", "input": "a"}},
     )
     assert unknown.status_code == 404
 
@@ -110,9 +111,10 @@ def test_cancelled_queued_job_never_runs(stack, redis_client):
     try:
         job = _submit(stack.base_url, {"model": model, "input": "never embedded"})
         assert job["status"] == "queued"
-        assert redis_client.llen(p.queue_name(model)) + redis_client.llen(
-            p.queue_name(model) + ":3"
-        ) == 1
+        assert (
+            redis_client.llen(p.queue_name(model)) + redis_client.llen(p.queue_name(model) + ":3")
+            == 1
+        )
         cancelled = httpx.post(f"{stack.v1}/jobs/{job['id']}/cancel").json()
         assert cancelled["status"] == "cancelled"
     finally:

@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         entries = load_catalog(settings.model_config_path).require(settings.models)
-        runtime.registry.load(entries, settings)  # before consuming: a broken model never takes jobs
+        runtime.registry.load(
+            entries, settings
+        )  # before consuming: a broken model never takes jobs
     except Exception as exc:
         logging.getLogger("workers").exception("cannot start worker")
         sys.exit(f"cannot start worker: {exc}")

@@ -58,7 +58,11 @@ def serve_embeddings(ctx: JobContext, model: LoadedModel) -> bytes:
         {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": encode(v, request["encoding_format"])}
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": encode(v, request["encoding_format"]),
+                }
                 for i, v in enumerate(vectors)
             ],
             "model": model.name,

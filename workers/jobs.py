@@ -51,11 +51,13 @@ class JobRuntime:
         key = p.job_key(job_id)
         started = self._start(keys=[key], args=[f"{p.now():.6f}"])
         if started is None:
-            log.info("job %s: not queued any more (cancelled, finished or expired); skipped", job_id)
+            log.info(
+                "job %s: not queued any more (cancelled, finished or expired); skipped", job_id
+            )
             return
-        request_json, deliveries = started
-        meta = self.redis.hmget(key, p.JobField.PRIORITY, p.JobField.KIND, p.JobField.REQUEST_ID)
-        priority, kind, request_id = (v.decode() if v else "" for v in meta)
+        request_json, deliveries, priority, kind, request_id = (
+            value.decode() if value else "" for value in started
+        )
         if int(deliveries) > self.settings.max_deliveries:
             self.finish_failed(
                 job_id,
@@ -91,7 +93,10 @@ class JobRuntime:
         except Exception as exc:
             log.exception("job %s failed (request_id=%s)", job_id, request_id)
             self.finish_failed(
-                job_id, ServiceError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+                job_id,
+                ServiceError(
+                    500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error"
+                ),
             )
         else:
             self._finish_with(job_id, p.JobStatus.SUCCEEDED, {p.JobField.RESULT: result})
@@ -101,7 +106,9 @@ class JobRuntime:
                 self.running.pop(job_id, None)
 
     def finish_failed(self, job_id: str, error: ServiceError) -> None:
-        self._finish_with(job_id, p.JobStatus.FAILED, {p.JobField.ERROR: p.dumps(error.to_record())})
+        self._finish_with(
+            job_id, p.JobStatus.FAILED, {p.JobField.ERROR: p.dumps(error.to_record())}
+        )
         log.info("job %s failed: %s %s", job_id, error.status, error.message)
 
     def _finish_with(self, job_id: str, status: p.JobStatus, fields: dict | None = None) -> bool:

@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 class Heartbeat:
     """Keeps this worker in ``inferq:workers:<model>`` (scored by expiry) while it runs."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, worker: str, infos: dict[str, dict]):
+    def __init__(
+        self, client: redis.Redis, settings: Settings, worker: str, infos: dict[str, dict]
+    ):
         self.redis = client
         self.settings = settings
         self.worker = worker
@@ -26,7 +28,9 @@ class Heartbeat:
 
     def start(self) -> None:
         if self.infos:
-            self.redis.hset(p.MODEL_INFO_KEY, mapping={m: p.dumps(i) for m, i in self.infos.items()})
+            self.redis.hset(
+                p.MODEL_INFO_KEY, mapping={m: p.dumps(i) for m, i in self.infos.items()}
+            )
         self.beat()
         self._thread.start()
 

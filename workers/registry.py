@@ -107,9 +107,7 @@ class ModelRegistry:
             if "text-embedding" in getattr(handler_cls, "capabilities", []):
                 kwargs.setdefault("batch_tokens", settings.embed_batch_tokens)
                 kwargs.setdefault("max_batch_size", settings.embed_max_batch_size)
-            handler = handler_cls(
-                source, device, cache_dir=str(settings.hf_hub_cache), **kwargs
-            )
+            handler = handler_cls(source, device, cache_dir=str(settings.hf_hub_cache), **kwargs)
             loaded = LoadedModel(entry, handler, time.perf_counter() - started)
             loaded.info = describe(handler, entry)
             self._attach_batcher(loaded, settings)
@@ -117,7 +115,10 @@ class ModelRegistry:
             self.models[entry.name] = loaded
             log.info(
                 "loaded %s on %s in %.1fs (%s)",
-                entry.name, device, loaded.load_seconds, ", ".join(loaded.info["capabilities"]),
+                entry.name,
+                device,
+                loaded.load_seconds,
+                ", ".join(loaded.info["capabilities"]),
             )
 
     @staticmethod
@@ -137,4 +138,3 @@ class ModelRegistry:
         """One small call so the first real request does not pay for lazy initialisation."""
         if loaded.batcher is not None:
             loaded.batcher.submit(["warm up"], [4]).result()
-

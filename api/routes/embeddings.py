@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
 from api.protocol import EmbeddingRequest
 from api.queue import JobQueue
-from api.routes.results import sync_response
+from api.routes.results import parse_body, sync_response
 from inferq.protocol import Endpoint, JobKind
 from inferq.settings import Settings
 
@@ -31,6 +31,12 @@ async def prepare(
     return entry, request
 
 
+async def prepare_job(body: dict[str, Any], queue: JobQueue, settings: Settings):
+    """The same request submitted through ``POST /v1/jobs`` (higher input limit)."""
+    parsed = parse_body(EmbeddingRequest, body)
+    return await prepare(parsed, queue, settings, max_inputs=settings.max_job_inputs)
+
+
 @router.post("/embeddings", summary="Create embeddings")
 async def create_embeddings(
     body: EmbeddingRequest,
@@ -39,7 +45,9 @@ async def create_embeddings(
     owner: OwnerDep,
     request_id: RequestIdDep,
 ) -> Response:
-    entry, request = await prepare(body, queue, settings, max_inputs=settings.max_inputs_per_request)
+    entry, request = await prepare(
+        body, queue, settings, max_inputs=settings.max_inputs_per_request
+    )
     job_id = await queue.submit(
         endpoint=Endpoint.EMBEDDINGS,
         entry=entry,

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
-from api.protocol import EmbeddingRequest, JobCreateRequest, JobList, JobObject
+from api.protocol import JobCreateRequest, JobList, JobObject
 from api.routes import embeddings
 from api.routes.results import json_response, render_job
 from inferq.errors import ServiceError, bad_request
@@ -15,9 +15,14 @@ from inferq.protocol import Endpoint, JobKind
 
 router = APIRouter(tags=["jobs"])
 
+# How each endpoint family validates a job body: (body, queue, settings) -> (entry, request).
+JOB_PREPARERS = {Endpoint.EMBEDDINGS: embeddings.prepare_job}
+
 
 def job_not_found(job_id: str) -> ServiceError:
-    return ServiceError(404, f"no job '{job_id}' (unknown or expired)", param="job_id", code="job_not_found")
+    return ServiceError(
+        404, f"no job '{job_id}' (unknown or expired)", param="job_id", code="job_not_found"
+    )
 
 
 @router.post("/jobs", status_code=202, response_model=JobObject, summary="Submit a job")
@@ -28,20 +33,10 @@ async def create_job(
     owner: OwnerDep,
     request_id: RequestIdDep,
 ) -> Response:
-    if body.endpoint is Endpoint.EMBEDDINGS:
-        try:
-            parsed = EmbeddingRequest.model_validate(body.body)
-        except ValueError as exc:
-            first = exc.errors()[0] if hasattr(exc, "errors") else {}
-            field = ".".join(str(x) for x in first.get("loc", ())[:1])
-            raise bad_request(
-                f"invalid body: {first.get('msg', exc)}", param=f"body.{field}" if field else "body"
-            ) from None
-        entry, request = await embeddings.prepare(
-            parsed, queue, settings, max_inputs=settings.max_job_inputs
-        )
-    else:  # pragma: no cover - the enum admits only the endpoints above
-        raise bad_request(f"endpoint {body.endpoint} is not supported", param="endpoint")
+    prepare_job = JOB_PREPARERS.get(body.endpoint)
+    if prepare_job is None:
+        raise bad_request(f"endpoint {body.endpoint} cannot run as a job", param="endpoint")
+    entry, request = await prepare_job(body.body, queue, settings)
     job_id = await queue.submit(
         endpoint=body.endpoint,
         entry=entry,

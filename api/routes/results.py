@@ -6,9 +6,10 @@ from typing import Any
 
 import orjson
 from fastapi import Response
+from pydantic import BaseModel, ValidationError
 
 from inferq import protocol as p
-from inferq.errors import ServiceError
+from inferq.errors import ServiceError, bad_request
 
 
 def _timestamp(record: dict[str, Any], field: p.JobField) -> int | None:
@@ -19,6 +20,18 @@ def _timestamp(record: dict[str, Any], field: p.JobField) -> int | None:
 def _json_field(record: dict[str, Any], field: p.JobField) -> Any:
     value = record.get(field)
     return p.loads(value) if value else None
+
+
+def parse_body(schema: type[BaseModel], body: dict[str, Any]) -> Any:
+    """Validate a job's ``body`` with a route's schema; errors name ``body.<field>``."""
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(x) for x in first.get("loc", ())[:1])
+        raise bad_request(
+            f"invalid body: {first.get('msg')}", param=f"body.{field}" if field else "body"
+        ) from None
 
 
 def job_error(record: dict[str, Any]) -> ServiceError | None:

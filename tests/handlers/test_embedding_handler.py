@@ -29,7 +29,9 @@ def _reference(folder, texts, pooling):
     return np.stack(rows)
 
 
-@pytest.mark.parametrize(("model", "pooling"), [("bert", "mean"), ("bert", "cls"), ("qwen2", "last_token")])
+@pytest.mark.parametrize(
+    ("model", "pooling"), [("bert", "mean"), ("bert", "cls"), ("qwen2", "last_token")]
+)
 def test_pooling_modes_match_a_per_text_reference(tiny_embedders, model, pooling):
     folder = tiny_embedders[model]
     handler = HFEmbeddingModel(str(folder), "cpu", pooling=pooling)
@@ -66,20 +68,26 @@ def test_truncation_to_max_length_and_token_lengths(tiny_embedders):
         len(handler.tokenizer("hello world")["input_ids"]),
         8,
     ]
-    assert handler.count_tokens(["hello world", long_text]) == sum(handler.token_lengths(["hello world", long_text]))
+    assert handler.count_tokens(["hello world", long_text]) == sum(
+        handler.token_lengths(["hello world", long_text])
+    )
     assert handler.embed([long_text]).shape == (1, 32)
 
 
 def test_embed_sorts_and_batches_but_keeps_input_order(tiny_embedders):
     texts = [("word " * (i % 13)) + f"item {i}" for i in range(40)]
-    handler = HFEmbeddingModel(str(tiny_embedders["bert"]), "cpu", batch_tokens=64, max_batch_size=8)
+    handler = HFEmbeddingModel(
+        str(tiny_embedders["bert"]), "cpu", batch_tokens=64, max_batch_size=8
+    )
     batched = handler.embed(texts)
     one_by_one = np.concatenate([handler.embed_batch([t]) for t in texts])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
 
 
 def test_cancel_event_stops_between_batches(tiny_embedders):
-    handler = HFEmbeddingModel(str(tiny_embedders["bert"]), "cpu", batch_tokens=16, max_batch_size=1)
+    handler = HFEmbeddingModel(
+        str(tiny_embedders["bert"]), "cpu", batch_tokens=16, max_batch_size=1
+    )
     event = threading.Event()
     event.set()
     with pytest.raises(Cancelled):

@@ -59,7 +59,9 @@ def train_wordpiece_tokenizer(vocab_size: int = 400, model_max_length: int = 128
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(CORPUS, WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    tok.train_from_iterator(
+        CORPUS, WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    )
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

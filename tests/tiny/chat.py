@@ -1,0 +1,158 @@
+"""Tiny random chat models: a Llama causal LM and a Qwen3-VL vision-language model.
+
+Both use a locally trained byte-level BPE tokenizer with ChatML special tokens. Their
+``lm_head`` rows for special tokens are zeroed, so greedy decoding never picks EOS and a
+generation always runs to ``max_new_tokens`` (tests force EOS explicitly where they need it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.tiny.common import cached_build, train_bpe_tokenizer
+
+CHAT_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+VISION_SPECIAL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+QWEN_VL_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def _chat_tokenizer(special_tokens: list[str]):
+    tokenizer = train_bpe_tokenizer(vocab_size=500, special_tokens=special_tokens)
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.padding_side = "left"
+    tokenizer.model_max_length = 512
+    return tokenizer
+
+
+def _silence_special_tokens(lm_head, tokenizer, special_tokens: list[str]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for token in special_tokens:
+            lm_head.weight[tokenizer.convert_tokens_to_ids(token)] = 0.0
+
+
+def _build_llama_chat(path: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _chat_tokenizer(CHAT_SPECIAL_TOKENS)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    _silence_special_tokens(model.lm_head, tokenizer, CHAT_SPECIAL_TOKENS)
+    model.generation_config = GenerationConfig(
+        eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _build_qwen3_vl(path: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    specials = CHAT_SPECIAL_TOKENS + VISION_SPECIAL_TOKENS
+    tokenizer = _chat_tokenizer(specials)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
+    # 16-pixel patches merged 2x2: an image becomes (h/32)*(w/32) tokens, 1 to 16 of them here.
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16,
+        merge_size=2,
+        temporal_patch_size=2,
+        size={"shortest_edge": 32 * 32, "longest_edge": 128 * 128},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    torch.manual_seed(0)
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "max_position_embeddings": 512,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 32,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    model = Qwen3VLForConditionalGeneration(config)
+    _silence_special_tokens(model.lm_head, tokenizer, specials)
+    model.generation_config = GenerationConfig(
+        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    image_processor.save_pretrained(path)
+    # As Qwen's processors save it: the chat template beside the processor, not the tokenizer.
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_VL_TEMPLATE}))
+
+
+def tiny_llama_chat_dir() -> Path:
+    return cached_build("llama-chat", _build_llama_chat)
+
+
+def tiny_qwen3_vl_dir() -> Path:
+    return cached_build("qwen3-vl-chat", _build_qwen3_vl)
