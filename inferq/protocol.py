@@ -37,13 +37,20 @@ class Endpoint(StrEnum):
     """The request families a job can carry, named by their OpenAI route."""
 
     EMBEDDINGS = "/v1/embeddings"
+    RERANK = "/v1/rerank"
 
 
 # Capability a worker must announce for a model before the API sends it this endpoint's jobs.
-ENDPOINT_CAPABILITY = {Endpoint.EMBEDDINGS: "text-embedding"}
+ENDPOINT_CAPABILITY = {
+    Endpoint.EMBEDDINGS: "text-embedding",
+    Endpoint.RERANK: "rerank",
+}
 
 # Celery task names, one per endpoint family (visible in flower / celery inspect).
-TASK_NAMES = {Endpoint.EMBEDDINGS: "inferq.embeddings"}
+TASK_NAMES = {
+    Endpoint.EMBEDDINGS: "inferq.embeddings",
+    Endpoint.RERANK: "inferq.rerank",
+}
 
 
 class Priority(IntEnum):

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     # Request limits
     max_inputs_per_request: int = Field(2048, description="Most texts in one embeddings request.")
     max_input_chars: int = Field(32768, description="Longest text accepted, in characters.")
+    max_rerank_documents: int = Field(1000, description="Most documents in one rerank request.")
     max_job_inputs: int = Field(100_000, description="Most texts in one embeddings job (/v1/jobs).")
     sync_timeout_sec: float = Field(600.0, description="A sync route gives up (504) after this.")
 

@@ -54,9 +54,19 @@ def redis_client(redis_url: str) -> redis.Redis:
 
 @pytest.fixture(scope="session")
 def tiny_embedders() -> dict[str, Path]:
-    from tests.tiny.embedding import tiny_bert_dir, tiny_qwen2_encoder_dir
+    from tests.tiny.embedding import (
+        minilm_cross_encoder_dir,
+        tiny_bert_dir,
+        tiny_cross_encoder_dir,
+        tiny_qwen2_encoder_dir,
+    )
 
-    return {"bert": tiny_bert_dir(), "qwen2": tiny_qwen2_encoder_dir()}
+    return {
+        "bert": tiny_bert_dir(),
+        "qwen2": tiny_qwen2_encoder_dir(),
+        "cross-encoder": tiny_cross_encoder_dir(num_labels=2),
+        "minilm-cross-encoder": minilm_cross_encoder_dir(),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +95,18 @@ def stack_catalog(tmp_path_factory, tiny_embedders) -> Path:
                 "handler": "handlers.embedding.HFEmbeddingModel",
                 "pooling": "last_token",
                 "local_dir": str(tiny_embedders["qwen2"]),
+            },
+            {
+                "name": "tiny-reranker",
+                "hf_repo_id": "inferq-tests/tiny-cross-encoder",
+                "handler": "handlers.rerank.HFRerankModel",
+                "local_dir": str(tiny_embedders["cross-encoder"]),
+            },
+            {
+                "name": "minilm-reranker",
+                "hf_repo_id": "inferq-tests/minilm-cross-encoder",
+                "handler": "handlers.rerank.HFRerankModel",
+                "local_dir": str(tiny_embedders["minilm-cross-encoder"]),
             },
         ]
     }

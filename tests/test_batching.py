@@ -10,7 +10,7 @@ import pytest
 
 from handlers.base import Cancelled
 from handlers.embedding import HFEmbeddingModel
-from workers.batching import EmbeddingBatcher
+from workers.batching import Batcher
 
 
 class Recording:
@@ -37,6 +37,10 @@ def handler(tiny_embedders):
     return HFEmbeddingModel(str(tiny_embedders["bert"]), "cpu")
 
 
+def _batcher(handler, **kwargs) -> Batcher:
+    return Batcher(handler.embed_batch, width=handler.dim, **kwargs)
+
+
 def _submit(batcher, handler, texts, **kwargs):
     return batcher.submit(texts, handler.token_lengths(texts), **kwargs)
 
@@ -44,7 +48,7 @@ def _submit(batcher, handler, texts, **kwargs):
 def test_concurrent_jobs_share_forward_passes(handler):
     gate = threading.Event()
     recording = Recording(handler, gate=gate)
-    batcher = EmbeddingBatcher(recording, batch_tokens=4096, max_batch_size=64)
+    batcher = _batcher(recording, batch_tokens=4096, max_batch_size=64)
     try:
         first = _submit(batcher, handler, ["warm"])  # occupies the model thread at the gate
         time.sleep(0.1)
@@ -62,7 +66,7 @@ def test_concurrent_jobs_share_forward_passes(handler):
 
 def test_batches_respect_the_token_budget_and_group_similar_lengths(handler):
     recording = Recording(handler, gate=threading.Event())
-    batcher = EmbeddingBatcher(recording, batch_tokens=64, max_batch_size=16)
+    batcher = _batcher(recording, batch_tokens=64, max_batch_size=16)
     texts = [("word " * n).strip() for n in (1, 30, 2, 28, 1, 29, 3, 27)]
     try:
         future = _submit(batcher, handler, texts)
@@ -80,7 +84,7 @@ def test_batches_respect_the_token_budget_and_group_similar_lengths(handler):
 def test_interactive_work_overtakes_queued_bulk_work(handler):
     gate = threading.Event()
     recording = Recording(handler, gate=gate)
-    batcher = EmbeddingBatcher(recording, batch_tokens=10_000, max_batch_size=4)
+    batcher = _batcher(recording, batch_tokens=10_000, max_batch_size=4)
     try:
         blocker = _submit(batcher, handler, ["blocker"], priority=6)
         time.sleep(0.1)
@@ -99,7 +103,7 @@ def test_interactive_work_overtakes_queued_bulk_work(handler):
 def test_cancelling_one_job_leaves_the_others(handler):
     gate = threading.Event()
     recording = Recording(handler, gate=gate)
-    batcher = EmbeddingBatcher(recording, batch_tokens=10_000, max_batch_size=2)
+    batcher = _batcher(recording, batch_tokens=10_000, max_batch_size=2)
     try:
         blocker = _submit(batcher, handler, ["blocker"])
         time.sleep(0.1)
@@ -120,7 +124,7 @@ def test_cancelling_one_job_leaves_the_others(handler):
 
 def test_a_failing_forward_pass_fails_its_jobs_not_the_batcher(handler):
     recording = Recording(handler, fail_on="poison")
-    batcher = EmbeddingBatcher(recording, batch_tokens=10_000, max_batch_size=1)
+    batcher = _batcher(recording, batch_tokens=10_000, max_batch_size=1)
     try:
         with pytest.raises(RuntimeError, match="boom"):
             _submit(batcher, handler, ["poison"]).result(10)
@@ -130,7 +134,7 @@ def test_a_failing_forward_pass_fails_its_jobs_not_the_batcher(handler):
 
 
 def test_empty_submit_resolves_immediately(handler):
-    batcher = EmbeddingBatcher(handler, batch_tokens=100, max_batch_size=2)
+    batcher = _batcher(handler, batch_tokens=100, max_batch_size=2)
     try:
         assert batcher.submit([], []).result(1).shape == (0, handler.dim)
     finally:

@@ -1,12 +1,13 @@
-"""Cross-job embedding batching: one model thread, many jobs sharing its forward passes.
+"""Cross-job batching: one model thread, many jobs sharing its forward passes.
 
-Jobs (Celery task threads) ``submit`` their texts with token lengths already counted. The
-model thread repeatedly builds one batch: it looks at the oldest pending texts of the most
-urgent priority (at most ``4 x max_batch_size`` of them), anchors the batch on the first of
-those (so nothing waits longer than the texts queued before it), then grows it with the
-texts closest in length until the padded size reaches the token budget. Texts from
-different jobs share a batch; a long job's texts interleave with later small requests, so a
-single text waits about one forward pass, not for a whole long job.
+Used for every "one input, one output" family: embeddings (text -> vector) and reranking
+((query, document) -> score). Jobs (Celery task threads) ``submit`` their inputs with token
+lengths already counted. The model thread repeatedly builds one batch: it looks at the
+oldest pending inputs of the most urgent priority (at most ``4 x max_batch_size`` of them),
+anchors the batch on the first of those (so nothing waits longer than the inputs queued
+before it), then grows it with the inputs closest in length until the padded size reaches
+the token budget. Inputs from different jobs share a batch; a long job's inputs interleave
+with later small requests, so a single input waits about one forward pass, not a whole job.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import itertools
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,10 +30,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Ticket:
-    """One ``submit`` call: its texts, where their vectors go, and who waits for them."""
+    """One ``submit`` call: its inputs, where their outputs go, and who waits for them."""
 
-    texts: list[str]
-    vectors: np.ndarray
+    inputs: Sequence[Any]
+    outputs: np.ndarray
     remaining: int
     cancel_event: threading.Event | None
     future: Future = field(default_factory=Future)
@@ -52,14 +55,29 @@ class _Item:
 @dataclass
 class BatchStats:
     batches: int = 0
-    texts: int = 0
+    inputs: int = 0
     padded_tokens: int = 0
     real_tokens: int = 0
 
 
-class EmbeddingBatcher:
-    def __init__(self, handler, *, batch_tokens: int, max_batch_size: int, name: str = ""):
-        self.handler = handler
+class Batcher:
+    """``forward(inputs) -> array`` with one row (or one scalar) per input, shared by jobs.
+
+    ``width`` is the length of each output row (an embedding's dimensions), or None for one
+    scalar per input (a relevance score).
+    """
+
+    def __init__(
+        self,
+        forward: Callable[[list[Any]], np.ndarray],
+        *,
+        width: int | None,
+        batch_tokens: int,
+        max_batch_size: int,
+        name: str = "",
+    ):
+        self.forward = forward
+        self.width = width
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
         self.window = 4 * max_batch_size
@@ -68,27 +86,27 @@ class EmbeddingBatcher:
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._stopped = False
-        self._forward = getattr(handler, "embed_batch", None) or handler.embed
         self._thread = threading.Thread(target=self._run, name=f"batcher:{name}", daemon=True)
         self._thread.start()
 
     def submit(
         self,
-        texts: list[str],
-        lengths: list[int],
+        inputs: Sequence[Any],
+        lengths: Sequence[int],
         *,
         priority: int = 0,
         cancel_event: threading.Event | None = None,
     ) -> Future:
-        """Queue texts; the future resolves to their vectors (in order) or raises Cancelled."""
+        """Queue inputs; the future resolves to their outputs (in order) or raises Cancelled."""
+        shape = (len(inputs),) if self.width is None else (len(inputs), self.width)
         ticket = _Ticket(
-            texts=texts,
-            vectors=np.empty((len(texts), self.handler.dim), dtype=np.float32),
-            remaining=len(texts),
+            inputs=inputs,
+            outputs=np.empty(shape, dtype=np.float32),
+            remaining=len(inputs),
             cancel_event=cancel_event,
         )
-        if not texts:
-            ticket.future.set_result(ticket.vectors)
+        if not inputs:
+            ticket.future.set_result(ticket.outputs)
             return ticket.future
         with self._cond:
             queue = self._pending.setdefault(priority, deque())
@@ -161,20 +179,20 @@ class EmbeddingBatcher:
 
     def _execute(self, batch: list[_Item]) -> None:
         try:
-            vectors = self._forward([it.ticket.texts[it.index] for it in batch])
+            outputs = self.forward([it.ticket.inputs[it.index] for it in batch])
         except Exception as exc:  # a failed forward fails every job in the batch, not the thread
-            log.exception("embedding forward pass failed")
+            log.exception("forward pass failed")
             for ticket in {id(it.ticket): it.ticket for it in batch}.values():
                 if not ticket.future.done():
                     ticket.future.set_exception(exc)
             return
         self.stats.batches += 1
-        self.stats.texts += len(batch)
+        self.stats.inputs += len(batch)
         self.stats.padded_tokens += len(batch) * max(it.length for it in batch)
         self.stats.real_tokens += sum(it.length for it in batch)
-        for item, vector in zip(batch, vectors, strict=True):
+        for item, output in zip(batch, outputs, strict=True):
             ticket = item.ticket
-            ticket.vectors[item.index] = vector
+            ticket.outputs[item.index] = output
             ticket.remaining -= 1
             if ticket.remaining == 0 and not ticket.future.done():
-                ticket.future.set_result(ticket.vectors)
+                ticket.future.set_result(ticket.outputs)

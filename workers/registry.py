@@ -123,18 +123,27 @@ class ModelRegistry:
 
     @staticmethod
     def _attach_batcher(loaded: LoadedModel, settings: Settings) -> None:
-        if "text-embedding" in loaded.info["capabilities"]:
-            from workers.batching import EmbeddingBatcher
+        from workers.batching import Batcher
 
-            loaded.batcher = EmbeddingBatcher(
-                loaded.handler,
-                batch_tokens=settings.embed_batch_tokens,
-                max_batch_size=settings.embed_max_batch_size,
-                name=loaded.name,
-            )
+        handler, capabilities = loaded.handler, loaded.info["capabilities"]
+        if "text-embedding" in capabilities:
+            forward, width = getattr(handler, "embed_batch", handler.embed), handler.dim
+        elif "rerank" in capabilities:
+            forward, width = handler.score_batch, None
+        else:
+            return
+        loaded.batcher = Batcher(
+            forward,
+            width=width,
+            batch_tokens=settings.embed_batch_tokens,
+            max_batch_size=settings.embed_max_batch_size,
+            name=loaded.name,
+        )
 
     @staticmethod
     def _warm_up(loaded: LoadedModel) -> None:
         """One small call so the first real request does not pay for lazy initialisation."""
-        if loaded.batcher is not None:
-            loaded.batcher.submit(["warm up"], [4]).result()
+        if loaded.batcher is None:
+            return
+        sample = ("warm up", "a document") if "rerank" in loaded.info["capabilities"] else "warm up"
+        loaded.batcher.submit([sample], [8]).result()

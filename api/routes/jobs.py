@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
 from api.protocol import JobCreateRequest, JobList, JobObject
-from api.routes import embeddings
+from api.routes import embeddings, rerank
 from api.routes.results import json_response, render_job
 from inferq.errors import ServiceError, bad_request
 from inferq.protocol import Endpoint, JobKind
@@ -16,7 +16,10 @@ from inferq.protocol import Endpoint, JobKind
 router = APIRouter(tags=["jobs"])
 
 # How each endpoint family validates a job body: (body, queue, settings) -> (entry, request).
-JOB_PREPARERS = {Endpoint.EMBEDDINGS: embeddings.prepare_job}
+JOB_PREPARERS = {
+    Endpoint.EMBEDDINGS: embeddings.prepare_job,
+    Endpoint.RERANK: rerank.prepare_job,
+}
 
 
 def job_not_found(job_id: str) -> ServiceError:

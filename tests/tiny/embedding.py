@@ -56,3 +56,56 @@ def tiny_bert_dir() -> Path:
 
 def tiny_qwen2_encoder_dir() -> Path:
     return cached_build("qwen2-encoder", _build_qwen2)
+
+
+def _build_bert_cross_encoder(path: Path, *, num_labels: int) -> None:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = train_wordpiece_tokenizer(model_max_length=64)
+    torch.manual_seed(1)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=num_labels,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _build_minilm_cross_encoder(path: Path) -> None:
+    """The real MiniLM encoder under a freshly initialised one-logit head."""
+    import shutil
+
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from inferq.catalog import load_catalog
+    from tests.tiny.common import ROOT
+
+    source = load_catalog(ROOT / "models.yaml").get("sentence-transformers/all-MiniLM-L6-v2")
+    weights = source.weights_dir()
+    torch.manual_seed(2)
+    model = BertForSequenceClassification.from_pretrained(
+        weights, num_labels=1, local_files_only=True
+    )
+    model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (weights / name).exists():
+            shutil.copy(weights / name, path / name)
+
+
+def tiny_cross_encoder_dir(num_labels: int = 1) -> Path:
+    return cached_build(
+        f"bert-cross-encoder-{num_labels}",
+        lambda path: _build_bert_cross_encoder(path, num_labels=num_labels),
+    )
+
+
+def minilm_cross_encoder_dir() -> Path:
+    return cached_build("minilm-cross-encoder", _build_minilm_cross_encoder)

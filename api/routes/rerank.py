@@ -1,0 +1,76 @@
+"""``POST /v1/rerank`` (also ``/rerank`` and ``/v2/rerank``): the Jina/vLLM/Cohere shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
+from api.protocol import RerankRequest
+from api.queue import JobQueue
+from api.routes.results import parse_body, sync_response
+from inferq.errors import bad_request
+from inferq.protocol import Endpoint, JobKind
+from inferq.settings import Settings
+
+router = APIRouter(tags=["rerank"])
+
+
+async def prepare(body: RerankRequest, queue: JobQueue, settings: Settings):
+    """Validate against limits and the serving model; returns (entry, normalized request)."""
+    if not body.query:
+        raise bad_request("'query' must not be empty", param="query")
+    documents = [d if isinstance(d, str) else d.text for d in body.documents]
+    if not documents:
+        raise bad_request("'documents' must not be empty", param="documents")
+    if len(documents) > settings.max_rerank_documents:
+        raise bad_request(
+            f"'documents' has {len(documents)} items; at most {settings.max_rerank_documents} "
+            "are allowed per request",
+            param="documents",
+            code="too_many_documents",
+        )
+    for i, text in enumerate([body.query, *documents]):
+        if len(text) > settings.max_input_chars:
+            where = "query" if i == 0 else f"documents[{i - 1}]"
+            raise bad_request(
+                f"{where} has {len(text)} characters; the limit is {settings.max_input_chars}",
+                param="query" if i == 0 else "documents",
+                code="input_too_long",
+            )
+    entry = await queue.require_served(body.model, Endpoint.RERANK)
+    request = {
+        "model": entry.name,
+        "query": body.query,
+        "documents": documents,
+        "top_n": body.top_n,
+        "return_documents": body.return_documents,
+    }
+    return entry, request
+
+
+async def prepare_job(body: dict[str, Any], queue: JobQueue, settings: Settings):
+    return await prepare(parse_body(RerankRequest, body), queue, settings)
+
+
+@router.post("/v1/rerank", summary="Rerank documents by relevance to a query")
+@router.post("/v2/rerank", include_in_schema=False)
+@router.post("/rerank", include_in_schema=False)
+async def create_rerank(
+    body: RerankRequest,
+    queue: QueueDep,
+    settings: SettingsDep,
+    owner: OwnerDep,
+    request_id: RequestIdDep,
+) -> Response:
+    entry, request = await prepare(body, queue, settings)
+    job_id = await queue.submit(
+        endpoint=Endpoint.RERANK,
+        entry=entry,
+        request=request,
+        kind=JobKind.SYNC,
+        owner=owner,
+        request_id=request_id,
+    )
+    return sync_response(await queue.wait(job_id, settings.sync_timeout_sec))

@@ -1,0 +1,127 @@
+"""Reranking with a cross-encoder (``AutoModelForSequenceClassification``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from handlers.base import RerankResult, check_cancelled
+from handlers.embedding import plan_batches
+
+# Cross-encoders are trained on short passages; longer limits only cost memory.
+_DEFAULT_MAX_LENGTH = 512
+
+
+class HFRerankModel:
+    """Scores (query, document) pairs jointly encoded by a cross-encoder.
+
+    The relevance score is in [0, 1]: the sigmoid of the logit for one-logit heads
+    (bge-reranker, ms-marco cross-encoders), the probability of the last class for two-class
+    heads. Pairs longer than ``max_length`` tokens are truncated from the document side.
+    """
+
+    capabilities: ClassVar[list[str]] = ["rerank"]
+    thread_safe = False
+    owned_by = "local"
+
+    def __init__(
+        self,
+        hf_repo_id: str,
+        device: str | torch.device = "cpu",
+        cache_dir: str | None = None,
+        *,
+        name: str | None = None,
+        max_length: int | None = None,
+        torch_dtype: str | None = None,
+        revision: str | None = None,
+        batch_tokens: int = 16384,
+        max_batch_size: int = 128,
+        **_entry: Any,
+    ):
+        self.name = name or hf_repo_id
+        self.device = torch.device(device)
+        load = {"cache_dir": cache_dir, "local_files_only": True, "revision": revision}
+        self.tokenizer = AutoTokenizer.from_pretrained(hf_repo_id, **load)
+        dtype = getattr(torch, torch_dtype) if torch_dtype else None
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            hf_repo_id, dtype=dtype, **load
+        )
+        self.model.to(self.device).eval()
+        self.num_labels = int(self.model.config.num_labels)
+        if self.num_labels not in (1, 2):
+            raise ValueError(f"{self.name}: a reranker needs 1 or 2 labels, not {self.num_labels}")
+        limits = [
+            max_length,
+            getattr(self.model.config, "max_position_embeddings", None),
+            getattr(self.tokenizer, "model_max_length", None),
+            _DEFAULT_MAX_LENGTH if max_length is None else None,
+        ]
+        self.max_length = min(int(v) for v in limits if v and v < 1_000_000)
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+
+    def _encode(self, pairs: Sequence[tuple[str, str]], **kwargs: Any):
+        queries = [q for q, _ in pairs]
+        documents = [d for _, d in pairs]
+        return self.tokenizer(
+            queries, documents, truncation="only_second", max_length=self.max_length, **kwargs
+        )
+
+    def token_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Tokens each pair occupies after truncation (special tokens included)."""
+        return [len(ids) for ids in self._encode(pairs)["input_ids"]]
+
+    def count_tokens(self, pairs: Sequence[tuple[str, str]]) -> int:
+        return sum(self.token_lengths(pairs))
+
+    @torch.inference_mode()
+    def score_batch(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """One forward pass over ``pairs`` (the caller sizes the batch): a score per pair."""
+        inputs = self._encode(pairs, padding=True, return_tensors="pt").to(self.device)
+        logits = self.model(**inputs).logits.float()
+        if self.num_labels == 1:
+            scores = torch.sigmoid(logits[:, 0])
+        else:
+            scores = torch.softmax(logits, dim=-1)[:, -1]
+        return scores.cpu().numpy()
+
+    def score(
+        self, pairs: Sequence[tuple[str, str]], cancel_event: threading.Event | None = None
+    ) -> np.ndarray:
+        """Scores for any number of pairs: sorted by length, cut into token-budgeted batches."""
+        if not pairs:
+            return np.zeros((0,), dtype=np.float32)
+        lengths = self.token_lengths(pairs)
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(pairs),), dtype=np.float32)
+        for batch in plan_batches(
+            [lengths[i] for i in order], self.batch_tokens, self.max_batch_size
+        ):
+            check_cancelled(cancel_event)
+            idx = order[batch.start : batch.stop]
+            out[idx] = self.score_batch([pairs[i] for i in idx])
+        return out
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int | None = None,
+        cancel_event: threading.Event | None = None,
+    ) -> list[RerankResult]:
+        scores = self.score([(query, d) for d in documents], cancel_event)
+        return rank(scores, top_k)
+
+
+def rank(scores: np.ndarray, top_k: int | None = None) -> list[RerankResult]:
+    """Results sorted by score, highest first (ties keep document order), cut to ``top_k``."""
+    order = np.argsort(-scores, kind="stable")
+    if top_k is not None:
+        order = order[:top_k]
+    return [RerankResult(index=int(i), relevance_score=float(scores[i])) for i in order]
