@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 import uvicorn
 
+from inferq.logs import setup_logging
 from inferq.settings import get_settings
 
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format, service="api")
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -21,6 +18,7 @@ def main() -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # keep our JSON logging
     )
 
 

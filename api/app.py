@@ -8,7 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.auth import APIKeyMiddleware
 from api.errors import install_error_handlers
+from api.files import FilesAndBatches
+from api.metrics import Metrics, MetricsMiddleware
+from api.metrics import router as metrics_router
 from api.middleware import RequestIdMiddleware
 from api.queue import JobQueue
 from api.routes import router
@@ -21,13 +25,19 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     catalog = load_catalog(settings.model_config_path)
+    api_keys = settings.accepted_api_keys()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         queue = JobQueue(settings, catalog)
         app.state.queue = queue
+        app.state.files = FilesAndBatches(queue)
         await queue.start()
         log.info("API ready: %d catalog models, Redis at %s", len(catalog), settings.redis_url)
+        if api_keys:
+            log.info("API keys required on /v1 routes (%d keys configured)", len(api_keys))
+        else:
+            log.warning("no API_KEYS configured: the API is open to anyone who can reach it")
         try:
             yield
         finally:
@@ -42,7 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.catalog = catalog
     app.state.started_at = time.time()
+    app.state.metrics = Metrics()
+    # Outermost last: request id, then metrics (which see 401s too), then auth.
+    app.add_middleware(APIKeyMiddleware, keys=api_keys)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(metrics_router)
     return app

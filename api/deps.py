@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.auth import ANONYMOUS_OWNER
+from api.files import FilesAndBatches
 from api.queue import JobQueue
 from inferq.settings import Settings
-
-ANONYMOUS_OWNER = "anonymous"
 
 
 def get_settings(request: Request) -> Settings:
@@ -18,6 +18,10 @@ def get_settings(request: Request) -> Settings:
 
 def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
+
+
+def get_files(request: Request) -> FilesAndBatches:
+    return request.app.state.files
 
 
 def get_request_id(request: Request) -> str:
@@ -31,5 +35,6 @@ def get_owner(request: Request) -> str:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+FilesDep = Annotated[FilesAndBatches, Depends(get_files)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 OwnerDep = Annotated[str, Depends(get_owner)]

@@ -6,6 +6,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inferq.logs import request_id_var
+
 HEADER = b"x-request-id"
 
 
@@ -22,6 +24,7 @@ class RequestIdMiddleware:
         incoming = dict(scope["headers"]).get(HEADER, b"").decode("latin-1")[:128]
         request_id = incoming or f"req_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -29,4 +32,7 @@ class RequestIdMiddleware:
                 message["headers"] = [*message["headers"], (HEADER, request_id.encode("latin-1"))]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)

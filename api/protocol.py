@@ -47,6 +47,15 @@ class EmbeddingRequest(BaseModel):
                 )
         return items
 
+    def normalized(self, *, max_inputs: int, max_chars: int) -> dict[str, Any]:
+        """The request as a worker gets it (``model`` still as the client named it)."""
+        return {
+            "model": self.model,
+            "input": self.texts(max_inputs=max_inputs, max_chars=max_chars),
+            "encoding_format": self.encoding_format,
+            "dimensions": self.dimensions,
+        }
+
 
 class RerankDocument(BaseModel):
     text: str
@@ -60,6 +69,178 @@ class RerankRequest(BaseModel):
     documents: list[str | RerankDocument]
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = True
+
+    def normalized(self, *, max_documents: int, max_chars: int) -> dict[str, Any]:
+        """The request as a worker gets it, or a 400 naming the problem."""
+        if not self.query:
+            raise bad_request("'query' must not be empty", param="query")
+        documents = [d if isinstance(d, str) else d.text for d in self.documents]
+        if not documents:
+            raise bad_request("'documents' must not be empty", param="documents")
+        if len(documents) > max_documents:
+            raise bad_request(
+                f"'documents' has {len(documents)} items; at most {max_documents} "
+                "are allowed per request",
+                param="documents",
+                code="too_many_documents",
+            )
+        for i, text in enumerate([self.query, *documents]):
+            if len(text) > max_chars:
+                where = "query" if i == 0 else f"documents[{i - 1}]"
+                raise bad_request(
+                    f"{where} has {len(text)} characters; the limit is {max_chars}",
+                    param="query" if i == 0 else "documents",
+                    code="input_too_long",
+                )
+        return {
+            "model": self.model,
+            "query": self.query,
+            "documents": documents,
+            "top_n": self.top_n,
+            "return_documents": self.return_documents,
+        }
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions``. Unknown fields are kept (proxy models forward them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(None, ge=1)
+    user: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    logprobs: bool | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def upstream_body(self) -> dict[str, Any]:
+        """What a proxy model forwards: the body as the client sent it."""
+        return self.model_dump(exclude_unset=True, mode="json")
+
+    def normalized(self, *, max_stop: int) -> dict[str, Any]:
+        """The request as a local model's worker gets it, or a 400 naming the problem."""
+        if self.n not in (None, 1):
+            raise bad_request(
+                "only n=1 is supported: send n requests for n completions",
+                param="n",
+                code="unsupported_value",
+            )
+        if (
+            self.tools
+            or self.tool_choice not in (None, "none")
+            or self.model_extra.get("functions")
+        ):
+            raise bad_request(
+                "tool calling is not supported by local models (only by upstream proxy models)",
+                param="tools",
+                code="unsupported_parameter",
+            )
+        if self.logprobs:
+            raise bad_request(
+                "logprobs are not supported by local models",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise bad_request(
+                    f"{name} is not supported by local models",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stop) > max_stop or not all(stop):
+            raise bad_request(f"'stop' takes at most {max_stop} non-empty strings", param="stop")
+        kind = (self.response_format or {}).get("type", "text")
+        if kind not in ("text", "json_object", "json_schema"):
+            raise bad_request(
+                f"unknown response_format type '{kind}' (text, json_object or json_schema)",
+                param="response_format",
+            )
+        if kind == "json_schema":
+            spec = self.response_format.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise bad_request(
+                    "response_format.json_schema.schema must be a JSON schema object",
+                    param="response_format",
+                )
+        return {
+            "model": self.model,
+            "messages": [_chat_message(i, m) for i, m in enumerate(self.messages)],
+            "max_tokens": self.max_completion_tokens or self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": stop or None,
+            "seed": self.seed,
+            "response_format": self.response_format if kind != "text" else None,
+            "user": self.user,
+        }
+
+
+def _chat_message(index: int, message: dict[str, Any]) -> dict[str, Any]:
+    """One message reduced to ``role`` and ``content`` (a string or text/image_url parts)."""
+    where = f"messages[{index}]"
+    role = message.get("role")
+    if role in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
+        raise bad_request(
+            f"{where}: tool messages and tool calls are not supported by local models",
+            param="messages",
+            code="unsupported_parameter",
+        )
+    if role not in CHAT_ROLES:
+        raise bad_request(
+            f"{where}: role must be one of system, developer, user, assistant (got {role!r})",
+            param="messages",
+        )
+    content = message.get("content")
+    if isinstance(content, str):
+        return {"role": CHAT_ROLES[role], "content": content}
+    if not isinstance(content, list) or not content:
+        raise bad_request(
+            f"{where}: content must be a string or a non-empty list of parts", param="messages"
+        )
+    parts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str) or not url:
+                raise bad_request(f"{where}: image_url needs a url", param="messages")
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            raise bad_request(
+                f"{where}: content parts must be text or image_url (got {kind!r})",
+                param="messages",
+            )
+    return {"role": CHAT_ROLES[role], "content": parts}
 
 
 class JobCreateRequest(BaseModel):

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from celery import Celery
 
+from api.metrics import note_model
 from inferq import protocol as p
 from inferq.catalog import Catalog, ModelEntry
 from inferq.errors import ServiceError, model_not_found, no_live_worker
@@ -142,8 +143,12 @@ class JobQueue:
         owner: str,
         request_id: str,
         metadata: dict[str, Any] | None = None,
+        wait: bool = True,
     ) -> str:
-        """Store the job, then put its id on the model's queue. Returns the job id."""
+        """Store the job, then put its id on the model's queue. Returns the job id.
+
+        A sync job is awaited with :meth:`wait` unless ``wait`` is False (a streamed response
+        reads the job's event stream instead)."""
         job_id = p.new_job_id()
         sync = kind is p.JobKind.SYNC
         priority = p.Priority.INTERACTIVE if sync else p.Priority.JOB
@@ -161,15 +166,33 @@ class JobQueue:
             ttl=self.settings.result_ttl_sec,
         )
         key = p.job_key(job_id)
+        note_model(entry.name)
         pipe = self.redis.pipeline(transaction=True)
+        for queued in p.queue_lists(entry.name):
+            pipe.llen(queued)
         pipe.hset(key, mapping=fields)
         pipe.expire(key, self.settings.result_ttl_sec)
+        events = p.events_key(job_id)
+        pipe.xadd(events, p.event_fields(p.EventType.STATUS, {"status": p.JobStatus.QUEUED}))
+        pipe.expire(events, self.settings.result_ttl_sec)
         if not sync:
             index = p.jobs_index_key(owner)
             pipe.zadd(index, {job_id: int(p.now() * 1000)})
             pipe.expire(index, self.settings.result_ttl_sec)
-        await pipe.execute()
-        if sync:
+        replies = await pipe.execute()
+        depth = sum(replies[: len(p.PRIORITY_STEPS)])
+        if depth >= self.settings.max_queue_depth:
+            await self.redis.delete(key, events)
+            if not sync:
+                await self.redis.zrem(p.jobs_index_key(owner), job_id)
+            raise ServiceError(
+                429,
+                f"model '{entry.name}' has {depth} queued jobs "
+                f"(limit {self.settings.max_queue_depth}); retry later",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "2"},
+            )
+        if sync and wait:
             self._waiters[job_id] = asyncio.get_running_loop().create_future()
         try:
             await asyncio.to_thread(
@@ -183,7 +206,7 @@ class JobQueue:
             )
         except BaseException:
             self._waiters.pop(job_id, None)
-            await self.redis.delete(key)
+            await self.redis.delete(key, events)
             raise
         return job_id
 
@@ -253,7 +276,24 @@ class JobQueue:
     async def cancel(self, job_id: str) -> str | None:
         """Cancel a queued or running job; returns the status it had (None if unknown)."""
         before = await self._cancel(
-            keys=[p.job_key(job_id)],
+            keys=[p.job_key(job_id), p.events_key(job_id)],
             args=[f"{p.now():.6f}", p.CANCEL_CHANNEL, self.settings.result_ttl_sec],
         )
         return before.decode() if before else None
+
+    async def read_events(
+        self, job_id: str, after: str, *, block_ms: int | None, count: int = 1024
+    ) -> list[tuple[str, str, bytes]]:
+        """Entries of the job's event stream after id ``after`` as ``(id, event, data JSON)``,
+        waiting up to ``block_ms`` for the first one (None: not at all); [] when none came."""
+        reply = await self.redis.xread(
+            {p.events_key(job_id): after},
+            count=count,
+            block=max(1, block_ms) if block_ms is not None else None,
+        )
+        if not reply:
+            return []
+        return [
+            (entry_id.decode(), fields[b"event"].decode(), fields[b"data"])
+            for entry_id, fields in reply[0][1]
+        ]

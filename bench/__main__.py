@@ -1,4 +1,4 @@
-"""``python -m bench [embeddings]``: run the benchmarks, print a report, save JSON results."""
+"""``python -m bench [embeddings] [chat]``: run benchmarks, print a report, save JSON results."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 import platform
 import sys
 
-from bench import embeddings
+from bench import chat, embeddings
 
-SUITES = {"embeddings": embeddings}
+SUITES = {"embeddings": embeddings, "chat": chat}
 
 
 def machine() -> dict:

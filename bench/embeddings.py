@@ -104,7 +104,7 @@ def through_stack(
     single_runs: int = 200,
 ) -> dict:
     port = int(os.environ.get("BENCH_PORT", "8765"))
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
     env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": MODEL, "LOG_LEVEL": "WARNING"}
     redis_proc = ensure_redis(redis_url)
     logs = ROOT / "bench" / "results"

@@ -1,8 +1,8 @@
 """Chat completion handlers: text-only causal LMs and Qwen-VL vision-language models.
 
-Both handlers share one decoding loop (:meth:`_ChatHandler.generate_batch`), written by hand
-over ``model.forward`` with a KV cache instead of ``model.generate``, because the worker needs
-per-request control inside one static batch:
+Both handlers share one decoding loop (:class:`ChatBatch`), written by hand over
+``model.forward`` with a KV cache instead of ``model.generate``, because the worker needs
+per-request control inside one batch:
 
 * every request keeps its own ``max_new_tokens``, ``temperature``/``top_p``, seed, stop strings,
   ``cancel_event`` and ``on_text`` streaming callback;
@@ -11,7 +11,14 @@ per-request control inside one static batch:
 * cancellation is checked before every forward pass, so a set ``cancel_event`` ends its
   request within one decoding step (this plays the role of a ``StoppingCriteria``);
 * text is streamed as it is decoded, holding back a possible partial stop string and
-  incomplete UTF-8, so the concatenated deltas equal the final text.
+  incomplete UTF-8, so the concatenated deltas equal the final text;
+* ``response_format`` (JSON object / JSON schema) is enforced by constrained decoding
+  (:mod:`handlers.structured`) for models whose entry sets ``supports_structured_outputs``.
+
+:meth:`_ChatHandler.generate_batch` runs a static batch to completion. The worker's scheduler
+uses :class:`ChatBatch` directly for **continuous batching**: between two decoding steps new
+requests are prefilled and merged into the running batch (their KV cache left-padded to the
+batch's length), and finished or cancelled ones leave it.
 
 Prompts are left-padded; position ids are computed from the attention mask (multimodal RoPE
 positions for Qwen-VL images), so a request gives the same greedy output alone or in a batch.
@@ -76,6 +83,7 @@ class ChatRequest:
     seed: int | None = None
     cancel_event: threading.Event | None = None
     on_text: OnText | None = None
+    response_format: dict[str, Any] | None = None
 
 
 def load_image_from_data_uri(uri: str):
@@ -173,6 +181,8 @@ class _Row:
         self.prefix_offset = 0  # incremental detokenization window, as in vLLM
         self.read_offset = 0
         self.result: ChatGeneration | Exception | None = None
+        self.key: Any = None  # the caller's handle for this request (see ChatBatch)
+        self.constraint = handler._constraint_for(request)
         self.generator: torch.Generator | None = None
         if request.temperature > 0:
             self.generator = torch.Generator(device=handler.device)
@@ -188,6 +198,11 @@ class _Row:
     def pick(self, logits: torch.Tensor, greedy_token: int) -> int:
         """Next token from this row's last-position logits (float32, shape ``[vocab]``)."""
         request = self.request
+        if self.constraint is not None:
+            logits = logits.clone()
+            self.constraint.mask_(logits)
+            if self.generator is None:
+                return int(logits.argmax())
         if self.generator is None:
             return greedy_token
         probs = torch.softmax(logits / request.temperature, dim=-1)
@@ -213,6 +228,8 @@ class _Row:
         if token in self.handler.eos_token_ids:
             self._finish("stop")
             return
+        if self.constraint is not None:
+            self.constraint.consume(token)
         self.token_ids.append(token)
         self._decode_new_text()
         for stop in self.stops:
@@ -223,6 +240,9 @@ class _Row:
                 self.text = self.text[:cut]
                 self._finish("stop", flush=False)
                 return
+        if self.constraint is not None and self.constraint.finished:
+            self._finish("stop")
+            return
         if self.completion_tokens >= self.max_new_tokens:
             self._finish("length")
             return
@@ -331,6 +351,26 @@ class _ChatHandler:
         # transformers 5 renamed ``past_key_values`` to ``cache``.
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in forward_params
+        self.structured_outputs = None
+        if self.supports_structured_outputs:
+            from handlers.structured import StructuredOutputs
+
+            vocab_size = int(model.get_output_embeddings().weight.shape[0])
+            self.structured_outputs = StructuredOutputs(tokenizer, vocab_size, self.eos_token_ids)
+            self.structured_outputs.warm_up()
+
+    def _constraint_for(self, request: ChatRequest):
+        """The decoding constraint of a request's ``response_format`` (None for plain text)."""
+        response_format = request.response_format
+        if not response_format or response_format.get("type") in (None, "text"):
+            return None
+        if self.structured_outputs is None:
+            raise InvalidInput(
+                f"model '{self.name}' does not support structured outputs (response_format)",
+                param="response_format",
+                code="unsupported_response_format",
+            )
+        return self.structured_outputs.constraint(response_format)
 
     def _uses_chatml(self) -> bool:
         return "<|im_end|>" in (self.tokenizer.chat_template or "")
@@ -353,6 +393,7 @@ class _ChatHandler:
         cancel_event: threading.Event | None = None,
         seed: int | None = None,
         on_text: OnText | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> ChatGeneration:
         """One chat completion (a batch of one). Raises :class:`Cancelled` if cancelled."""
         request = ChatRequest(
@@ -364,6 +405,7 @@ class _ChatHandler:
             seed=seed,
             cancel_event=cancel_event,
             on_text=on_text,
+            response_format=response_format,
         )
         result = self.generate_batch([request])[0]
         if isinstance(result, Exception):
@@ -378,18 +420,27 @@ class _ChatHandler:
         failure of a shared forward pass, which ends every request still running).
         Batches larger than ``max_batch_size`` run as consecutive chunks.
         """
-        results: list[ChatGeneration | Exception] = []
-        with self._lock:
+        results: dict[int, ChatGeneration | Exception] = {}
+        with self._lock, torch.inference_mode():
             for start in range(0, len(requests), self.max_batch_size):
-                results.extend(self._generate_chunk(requests[start : start + self.max_batch_size]))
-        return results
+                batch = ChatBatch(self)
+                chunk = requests[start : start + self.max_batch_size]
+                ended = batch._add([(start + i, r) for i, r in enumerate(chunk)])
+                while len(batch):
+                    ended += batch._step()
+                results.update(ended)
+        return [results[i] for i in range(len(requests))]
+
+    def new_batch(self) -> ChatBatch:
+        """An empty running batch for continuous batching (see :class:`ChatBatch`)."""
+        return ChatBatch(self)
 
     def count_tokens(
         self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True
     ) -> int:
         return len(self._encode(messages, add_generation_prompt=add_generation_prompt).input_ids)
 
-    # -- decoding loop ------------------------------------------------------------------------
+    # -- decoding ----------------------------------------------------------------------------
 
     def _validate(self, request: ChatRequest) -> None:
         if not request.messages:
@@ -403,104 +454,28 @@ class _ChatHandler:
         if request.stop is not None and not all(isinstance(s, str) for s in request.stop):
             raise InvalidInput("stop must be a list of strings", param="stop")
 
-    def _generate_chunk(self, requests: list[ChatRequest]) -> list[ChatGeneration | Exception]:
-        rows: list[_Row | None] = []
-        failures: dict[int, Exception] = {}
-        encoded: list[_Encoded] = []
-        for index, request in enumerate(requests):
-            try:
-                self._validate(request)
-                prompt = self._encode(request.messages, add_generation_prompt=True)
-                prompt_tokens = len(prompt.input_ids)
-                if prompt_tokens >= self.context_length:
-                    raise InvalidInput(
-                        f"the prompt has {prompt_tokens} tokens; this model's context is "
-                        f"{self.context_length} tokens",
-                        param="messages",
-                        code="context_length_exceeded",
-                    )
-                budget = min(request.max_new_tokens, self.context_length - prompt_tokens)
-                rows.append(_Row(self, request, prompt_tokens, budget))
-                encoded.append(prompt)
-            except Exception as exc:  # per-request input problems; others still run
-                failures[index] = exc
-                rows.append(None)
-        running = [row for row in rows if row is not None]
-        if running:
-            try:
-                with torch.inference_mode():
-                    self._decode(running, encoded)
-            except Exception as exc:
-                for row in running:
-                    if not row.done:
-                        row.fail(exc)
-        return [failures[i] if row is None else row.result for i, row in enumerate(rows)]
-
-    def _decode(self, rows: list[_Row], encoded: list[_Encoded]) -> None:
-        """The decoding loop: prefill, then one token per running row per forward pass."""
-        width = max(len(e.input_ids) for e in encoded)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, prompt in enumerate(encoded):
-            input_ids[i, width - len(prompt.input_ids) :] = torch.tensor(prompt.input_ids)
-            attention_mask[i, width - len(prompt.input_ids) :] = 1
-        input_ids = input_ids.to(self.device)
-        attention_mask = attention_mask.to(self.device)
-        vision = self._collate_vision(encoded)
-        position_ids, next_positions = self._prompt_positions(input_ids, attention_mask, vision)
-
-        step_inputs: dict[str, Any] = {"input_ids": input_ids, **vision}
-        cache = None
-        active = list(range(len(rows)))  # batch position -> index into rows
-        while True:
-            for i in active:
-                if not rows[i].done and rows[i].cancel_requested():
-                    rows[i].fail(Cancelled())
-            keep = [pos for pos, i in enumerate(active) if not rows[i].done]
-            if not keep:
-                return
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=self.device)
-                active = [active[pos] for pos in keep]
-                attention_mask = attention_mask[index]
-                next_positions = next_positions[index]
-                position_ids = position_ids[..., index, :]
-                step_inputs["input_ids"] = step_inputs["input_ids"][index]
-                if cache is not None:
-                    _select_cache_rows(cache, index)
-                elif vision:  # still before prefill: re-collate the kept rows' images
-                    vision = self._collate_vision([encoded[i] for i in active])
-                    step_inputs.update(vision)
-
-            forward = {
-                **step_inputs,
-                "attention_mask": attention_mask,
-                "position_ids": position_ids,
-                "use_cache": True,
-                self._cache_kwarg: cache,
-            }
-            if self._logits_to_keep:
-                forward["logits_to_keep"] = 1
-            output = self.model(**forward)
-            cache = _output_cache(output)
-            logits = output.logits[:, -1, :].float()
-            greedy = logits.argmax(dim=-1).tolist()
-            next_tokens = []
-            for pos, i in enumerate(active):
-                row = rows[i]
-                token = row.pick(logits[pos], greedy[pos])
-                next_tokens.append(token)
-                try:
-                    row.append(token)
-                except Exception as exc:  # on_text raised: this request ends with that error
-                    row.fail(exc)
-
-            step_inputs = {"input_ids": torch.tensor(next_tokens, device=self.device).unsqueeze(-1)}
-            attention_mask = torch.cat(
-                [attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1
+    def _admit(self, request: ChatRequest) -> tuple[_Row, _Encoded]:
+        """Validate and tokenize one request (raises :class:`InvalidInput`)."""
+        self._validate(request)
+        prompt = self._encode(request.messages, add_generation_prompt=True)
+        prompt_tokens = len(prompt.input_ids)
+        if prompt_tokens >= self.context_length:
+            raise InvalidInput(
+                f"the prompt has {prompt_tokens} tokens; this model's context is "
+                f"{self.context_length} tokens",
+                param="messages",
+                code="context_length_exceeded",
             )
-            position_ids = self._step_positions(next_positions)
-            next_positions = next_positions + 1
+        budget = min(request.max_new_tokens, self.context_length - prompt_tokens)
+        return _Row(self, request, prompt_tokens, budget), prompt
+
+    def _forward(self, inputs: dict[str, Any], cache: Any) -> tuple[torch.Tensor, Any]:
+        """One forward pass; returns the last position's logits (float32) and the cache."""
+        forward = {**inputs, "use_cache": True, self._cache_kwarg: cache}
+        if self._logits_to_keep:
+            forward["logits_to_keep"] = 1
+        output = self.model(**forward)
+        return output.logits[:, -1, :].float(), _output_cache(output)
 
     # -- model-family hooks -------------------------------------------------------------------
 
@@ -521,6 +496,206 @@ class _ChatHandler:
 
     def _step_positions(self, next_positions: torch.Tensor) -> torch.Tensor:
         return next_positions.unsqueeze(-1)
+
+
+class ChatBatch:
+    """A running batch of chat requests, advanced one decoding step at a time.
+
+    ``add`` prefills new requests (together, in one forward pass) and merges them into the
+    running batch; ``step`` runs one forward pass for every running request. Both return the
+    requests that ended, as ``(key, ChatGeneration | Exception)`` with the caller's key.
+    Rows are left-padded; each keeps its own positions, so its greedy output does not depend
+    on the batch it runs in. A cancelled request leaves before the next forward pass; a failed
+    prefill fails only the requests it was prefilling.
+
+    New requests can join a non-empty batch when its KV cache is a plain ``DynamicCache``
+    (:attr:`joinable`); otherwise callers wait for the batch to drain (static batching).
+    Not thread-safe: one thread drives a batch (the public methods take the handler's lock).
+    """
+
+    def __init__(self, handler: _ChatHandler):
+        self.handler = handler
+        self.rows: list[_Row] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None  # [batch, cached + 1]: includes the next token
+        self._tokens: torch.Tensor | None = None  # [batch, 1]: the tokens to feed next
+        self._positions: torch.Tensor | None = None  # [batch]: their positions
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def joinable(self) -> bool:
+        return not self.rows or _mergeable(self._cache)
+
+    def add(self, items: list[tuple[Any, ChatRequest]]) -> list[tuple[Any, Any]]:
+        with self.handler._lock, torch.inference_mode():
+            return self._add(items)
+
+    def step(self) -> list[tuple[Any, Any]]:
+        with self.handler._lock, torch.inference_mode():
+            return self._step()
+
+    # -- internals (the handler's lock held, inference mode on) -------------------------------
+
+    def _add(self, items: list[tuple[Any, ChatRequest]]) -> list[tuple[Any, Any]]:
+        if not self.joinable:
+            raise RuntimeError("this batch's KV cache cannot take new rows; let it drain first")
+        handler = self.handler
+        ended: list[tuple[Any, Any]] = []
+        rows: list[_Row] = []
+        encoded: list[_Encoded] = []
+        for key, request in items:
+            try:
+                row, prompt = handler._admit(request)
+            except Exception as exc:  # per-request input problems; the others still run
+                ended.append((key, exc))
+                continue
+            row.key = key
+            if row.cancel_requested():
+                ended.append((key, Cancelled()))
+                continue
+            rows.append(row)
+            encoded.append(prompt)
+        if not rows:
+            return ended
+        try:
+            cache, mask, tokens, positions = self._prefill(rows, encoded)
+        except Exception as exc:  # fails the requests being prefilled, not the running ones
+            return ended + [(row.key, exc) for row in rows]
+        self._merge(rows, cache, mask, tokens, positions)
+        return ended + self._drop_done()
+
+    def _prefill(self, rows: list[_Row], encoded: list[_Encoded]):
+        handler = self.handler
+        width = max(len(e.input_ids) for e in encoded)
+        input_ids = torch.full((len(rows), width), handler.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, prompt in enumerate(encoded):
+            input_ids[i, width - len(prompt.input_ids) :] = torch.tensor(prompt.input_ids)
+            mask[i, width - len(prompt.input_ids) :] = 1
+        input_ids = input_ids.to(handler.device)
+        mask = mask.to(handler.device)
+        vision = handler._collate_vision(encoded)
+        position_ids, next_positions = handler._prompt_positions(input_ids, mask, vision)
+        inputs = {
+            "input_ids": input_ids,
+            **vision,
+            "attention_mask": mask,
+            "position_ids": position_ids,
+        }
+        logits, cache = handler._forward(inputs, None)
+        tokens = self._pick(rows, logits)
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
+        return cache, mask, tokens, next_positions
+
+    def _merge(self, rows, cache, mask, tokens, positions) -> None:
+        if not self.rows:
+            self.rows, self._cache, self._mask = rows, cache, mask
+            self._tokens, self._positions = tokens, positions
+            return
+        old, new = self._mask.shape[1], mask.shape[1]
+        width = max(old, new)
+        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat(
+                [_pad_left(mine.keys, width - old), _pad_left(theirs.keys, width - new)]
+            )
+            mine.values = torch.cat(
+                [_pad_left(mine.values, width - old), _pad_left(theirs.values, width - new)]
+            )
+        pad = torch.nn.functional.pad
+        self._mask = torch.cat([pad(self._mask, (width - old, 0)), pad(mask, (width - new, 0))])
+        self._tokens = torch.cat([self._tokens, tokens])
+        self._positions = torch.cat([self._positions, positions])
+        self.rows = self.rows + rows
+
+    def _step(self) -> list[tuple[Any, Any]]:
+        for row in self.rows:
+            if not row.done and row.cancel_requested():
+                row.fail(Cancelled())
+        ended = self._drop_done()
+        if not self.rows:
+            return ended
+        handler = self.handler
+        inputs = {
+            "input_ids": self._tokens,
+            "attention_mask": self._mask,
+            "position_ids": handler._step_positions(self._positions),
+        }
+        try:
+            logits, self._cache = handler._forward(inputs, self._cache)
+        except Exception as exc:  # a failed shared pass ends every request in it
+            for row in self.rows:
+                if not row.done:
+                    row.fail(exc)
+            return ended + self._drop_done()
+        self._tokens = self._pick(self.rows, logits)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=-1)
+        self._positions = self._positions + 1
+        return ended + self._drop_done()
+
+    def _pick(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
+        greedy = logits.argmax(dim=-1).tolist()
+        tokens = []
+        for pos, row in enumerate(rows):
+            try:
+                token = row.pick(logits[pos], greedy[pos])
+                row.append(token)
+            except Exception as exc:  # on_text raised, or the grammar broke: this row ends
+                token = greedy[pos]
+                row.fail(exc)
+            tokens.append(token)
+        return torch.tensor(tokens, device=self.handler.device).unsqueeze(-1)
+
+    def _drop_done(self) -> list[tuple[Any, Any]]:
+        """Remove finished rows (from the KV cache too); returns them as (key, result)."""
+        if all(not row.done for row in self.rows):
+            return []
+        ended = [(row.key, row.result) for row in self.rows if row.done]
+        keep = [i for i, row in enumerate(self.rows) if not row.done]
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = self._tokens = self._positions = None
+            return ended
+        index = torch.tensor(keep, device=self.handler.device)
+        _select_cache_rows(self._cache, index)
+        self._mask = self._mask[index]
+        self._tokens = self._tokens[index]
+        self._positions = self._positions[index]
+        self._trim()
+        return ended
+
+    def _trim(self) -> None:
+        """Drop leading cache columns that are padding for every remaining row."""
+        if not _mergeable(self._cache):
+            return
+        used = self._mask.any(dim=0)
+        first = int(used.int().argmax())
+        if first > 0:
+            self._mask = self._mask[:, first:]
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[:, :, first:]
+                layer.values = layer.values[:, :, first:]
+
+
+def _mergeable(cache: Any) -> bool:
+    """Whether rows can be added to / trimmed from this cache (plain dynamic layers only)."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # pragma: no cover - older transformers
+        return False
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(
+        type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4
+        for layer in layers
+    )
+
+
+def _pad_left(tensor: torch.Tensor, count: int) -> torch.Tensor:
+    """Pad a ``[batch, heads, length, dim]`` cache tensor with ``count`` zero columns in front."""
+    if count == 0:
+        return tensor
+    return torch.nn.functional.pad(tensor, (0, 0, count, 0))
 
 
 def _output_cache(output: Any):

@@ -38,18 +38,27 @@ class Endpoint(StrEnum):
 
     EMBEDDINGS = "/v1/embeddings"
     RERANK = "/v1/rerank"
+    CHAT = "/v1/chat/completions"
+    AUDIO_TRANSCRIPTIONS = "/v1/audio/transcriptions"
+    AUDIO_TRANSLATIONS = "/v1/audio/translations"
 
 
 # Capability a worker must announce for a model before the API sends it this endpoint's jobs.
 ENDPOINT_CAPABILITY = {
     Endpoint.EMBEDDINGS: "text-embedding",
     Endpoint.RERANK: "rerank",
+    Endpoint.CHAT: "chat-completion",
+    Endpoint.AUDIO_TRANSCRIPTIONS: "audio-transcription",
+    Endpoint.AUDIO_TRANSLATIONS: "audio-translation",
 }
 
 # Celery task names, one per endpoint family (visible in flower / celery inspect).
 TASK_NAMES = {
     Endpoint.EMBEDDINGS: "inferq.embeddings",
     Endpoint.RERANK: "inferq.rerank",
+    Endpoint.CHAT: "inferq.chat",
+    Endpoint.AUDIO_TRANSCRIPTIONS: "inferq.audio.transcriptions",
+    Endpoint.AUDIO_TRANSLATIONS: "inferq.audio.translations",
 }
 
 
@@ -96,8 +105,42 @@ def queue_name(model: str) -> str:
     return f"{PREFIX}.model.{model}"
 
 
+def queue_lists(model: str) -> list[str]:
+    """The Redis lists behind a model's queue, one per priority step (kombu's layout)."""
+    queue = queue_name(model)
+    return [queue if step == 0 else f"{queue}:{step}" for step in PRIORITY_STEPS]
+
+
 def job_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
+
+
+def events_key(job_id: str) -> str:
+    """The job's event stream (a Redis Stream that expires with the job).
+
+    Entries have two fields: ``event`` (:class:`EventType`) and ``data`` (JSON). The API
+    creates it with a ``queued`` status entry; the Lua scripts below add the other status
+    changes and progress; a chat worker adds content deltas (or, for proxies, upstream chunks).
+    Entry ids are the SSE event ids of ``GET /v1/jobs/{id}/events`` (resume with Last-Event-ID).
+    """
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+class EventType(StrEnum):
+    STATUS = "status"  # data: {"status": <JobStatus>}
+    PROGRESS = "progress"  # data: the job's progress object
+    DELTA = "delta"  # data: {"content": <text>} (chat: generated text, in order)
+    CHUNK = "chunk"  # data: an upstream chat.completion.chunk, verbatim (proxy models)
+
+
+def event_fields(event: EventType, data: Any) -> dict[str, bytes | str]:
+    """The fields of one stream entry."""
+    return {"event": event.value, "data": dumps(data)}
+
+
+def completion_id(job_id: str) -> str:
+    """The OpenAI ``id`` of the chat completion a job produces (``chatcmpl-...``)."""
+    return "chatcmpl-" + job_id.removeprefix("job_")
 
 
 def jobs_index_key(owner: str) -> str:
@@ -110,6 +153,7 @@ def workers_key(model: str) -> str:
     return f"{PREFIX}:workers:{model}"
 
 
+STATS_JOBS_KEY = f"{PREFIX}:stats:jobs"  # hash: "<endpoint>|<model>|<status>" -> finished jobs
 MODEL_INFO_KEY = f"{PREFIX}:model-info"  # hash: model name -> JSON info announced by workers
 CANCEL_CHANNEL = f"{PREFIX}:cancel"  # pub/sub: job ids whose running work must stop
 
@@ -176,40 +220,58 @@ def decode_job(fields: list[str], values: list[bytes | None]) -> dict[str, Any] 
 
 # --- State transitions (atomic) -------------------------------------------------------------
 
-# KEYS[1] job key; ARGV[1] now. Returns [request JSON, deliveries, priority, kind, request id]
-# if the worker should run the job, nil if it is gone or finished (a stale or duplicate delivery).
+# KEYS[1] job key, KEYS[2] (optional) its event stream; ARGV[1] now. Returns [request JSON,
+# deliveries, priority, kind, request id] if the worker should run the job, nil if it is gone or
+# finished (a stale or duplicate delivery).
 START_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return nil end
 if status ~= 'queued' and status ~= 'running' then return nil end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-return redis.call('HMGET', KEYS[1], 'request', 'deliveries', 'priority', 'kind', 'request_id')
+if KEYS[2] then
+  redis.call('XADD', KEYS[2], 'NOMKSTREAM', '*', 'event', 'status', 'data', '{"status":"running"}')
+end
+return redis.call('HMGET', KEYS[1], 'request', 'deliveries', 'priority', 'kind', 'request_id',
+                  'endpoint', 'model', 'created_at')
 """
 
-# KEYS[1] job key; ARGV: status, now, default ttl, field, value[, field, value]. Finishes a
-# queued or running job once; returns 1 when this call set the terminal state, else 0.
+# KEYS[1] job key, KEYS[2] (optional) its event stream; ARGV: status, now, default ttl, field,
+# value[, field, value]. Finishes a queued or running job once; returns 1 when this call set the
+# terminal state, else 0.
 FINISH_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
 if status ~= 'queued' and status ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], tonumber(redis.call('HGET', KEYS[1], 'ttl') or ARGV[3]))
+local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or ARGV[3])
+redis.call('EXPIRE', KEYS[1], ttl)
+if KEYS[2] then
+  redis.call('XADD', KEYS[2], 'NOMKSTREAM', '*', 'event', 'status',
+    'data', '{"status":"' .. ARGV[1] .. '"}')
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
 local id = redis.call('HGET', KEYS[1], 'id')
 local notify = redis.call('HGET', KEYS[1], 'notify')
 if notify and notify ~= '' then redis.call('PUBLISH', notify, id .. ' ' .. ARGV[1]) end
 return 1
 """
 
-# KEYS[1] job key; ARGV[1] now; ARGV[2] cancel channel; ARGV[3] default ttl. Returns the status
-# the job had before.
+# KEYS[1] job key, KEYS[2] (optional) its event stream; ARGV[1] now; ARGV[2] cancel channel;
+# ARGV[3] default ttl. Returns the status the job had before.
 CANCEL_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return nil end
 if status ~= 'queued' and status ~= 'running' then return status end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-redis.call('EXPIRE', KEYS[1], tonumber(redis.call('HGET', KEYS[1], 'ttl') or ARGV[3]))
+local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or ARGV[3])
+redis.call('EXPIRE', KEYS[1], ttl)
+if KEYS[2] then
+  redis.call('XADD', KEYS[2], 'NOMKSTREAM', '*', 'event', 'status',
+    'data', '{"status":"cancelled"}')
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
 local id = redis.call('HGET', KEYS[1], 'id')
 if status == 'running' then redis.call('PUBLISH', ARGV[2], id) end
 local notify = redis.call('HGET', KEYS[1], 'notify')
@@ -217,10 +279,13 @@ if notify and notify ~= '' then redis.call('PUBLISH', notify, id .. ' cancelled'
 return status
 """
 
-# KEYS[1] job key; ARGV[1] progress JSON. Only while running.
+# KEYS[1] job key, KEYS[2] (optional) its event stream; ARGV[1] progress JSON. Only while running.
 PROGRESS_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+if KEYS[2] then
+  redis.call('XADD', KEYS[2], 'NOMKSTREAM', '*', 'event', 'progress', 'data', ARGV[1])
+end
 return 1
 """
 

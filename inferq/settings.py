@@ -66,24 +66,90 @@ class Settings(BaseSettings):
         description="Texts a job hands the batcher at a time (progress and cancel granularity).",
     )
 
+    # Chat
+    chat_default_max_tokens: int = Field(
+        1024,
+        description="max_tokens of a chat request that sets none (nor its model's defaults).",
+    )
+    chat_max_stop_sequences: int = Field(4, description="Most stop strings in one chat request.")
+    allow_remote_images: bool = Field(
+        False,
+        description="Vision requests may name http(s) image URLs (workers fetch them); "
+        "data: URIs are always accepted.",
+    )
+    remote_image_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated hosts remote images may come from (exact names, or "
+        "'.example.com' for subdomains); empty: none.",
+    )
+    remote_image_max_bytes: int = Field(
+        10 * 1024 * 1024, description="Largest remote image fetched, in bytes."
+    )
+    remote_image_timeout_sec: float = Field(10.0, description="Timeout of one image fetch.")
+
     # Request limits
     max_inputs_per_request: int = Field(2048, description="Most texts in one embeddings request.")
     max_input_chars: int = Field(32768, description="Longest text accepted, in characters.")
     max_rerank_documents: int = Field(1000, description="Most documents in one rerank request.")
     max_job_inputs: int = Field(100_000, description="Most texts in one embeddings job (/v1/jobs).")
+    # Files and batches
+    max_file_bytes: int = Field(200 * 1024 * 1024, description="Largest file upload (413 past it).")
+    file_ttl_sec: int = Field(7 * 86400, description="How long uploaded and output files are kept.")
+    max_batch_lines: int = Field(50_000, description="Most requests (lines) in one batch file.")
+    batch_part_lines: int = Field(
+        64, description="Most batch lines a worker runs together as one unit (one broker message)."
+    )
+    batch_part_inputs: int = Field(
+        1024, description="Most texts or documents in one batch part (bounds its duration)."
+    )
     sync_timeout_sec: float = Field(600.0, description="A sync route gives up (504) after this.")
+    # Audio (speech-to-text)
+    max_audio_bytes: int = Field(
+        1 << 30, description="Largest audio upload for a job (413 as soon as it is crossed)."
+    )
+    max_audio_sync_bytes: int = Field(
+        100 * 1024 * 1024,
+        description="Largest audio upload on the sync routes (also capped by MAX_AUDIO_BYTES).",
+    )
+    audio_chunk_sec: float = Field(
+        60.0,
+        description="A long audio job is cut, at pauses, into parts of about this many seconds "
+        "that all workers of the model transcribe in parallel.",
+    )
+
+    # Access and limits
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys accepted as 'Authorization: Bearer <key>' (none: open).",
+    )
+    api_keys_file: Path | None = Field(None, description="A file with one API key per line.")
+    max_queue_depth: int = Field(
+        10_000, description="Queued jobs per model beyond which new requests get 429."
+    )
 
     # API process
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
     log_level: str = Field("INFO", description="Log level of API and workers.")
+    log_format: str = Field("json", description="json (one object per line) or text.")
+    worker_metrics_port: int = Field(
+        0, description="Port of a worker's Prometheus /metrics (0: off; one port per worker)."
+    )
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "remote_image_hosts", "api_keys", mode="before")
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
+
+    def accepted_api_keys(self) -> list[str]:
+        """API_KEYS plus the lines of API_KEYS_FILE."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text().splitlines()
+            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        return keys
 
     @property
     def hf_hub_cache(self) -> Path:

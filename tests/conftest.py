@@ -1,7 +1,9 @@
 """Session fixtures: a real Redis, tiny models, and a running stack (API + worker processes).
 
-Tests use their own Redis database (``INFERQ_TEST_REDIS_URL``, default db 15 on the local
-server), started as an embedded server when nothing answers, and flushed at session start.
+Tests use their own Redis database on the local server (started as an embedded server when
+nothing answers): ``INFERQ_TEST_REDIS_URL`` if set, else the first free one of dbs 15..10,
+claimed with a lock key so that concurrent test sessions on one machine never share (or
+flush) each other's database. The database is flushed at session start.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from inferq.devstack import (
     wait_workers,
     worker_counts,
 )
+from tests.chat_support import chat_entries
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-TEST_REDIS_URL = os.environ.get("INFERQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_REDIS_BASE = "redis://127.0.0.1:6379"
+SESSION_LOCK_KEY = "inferq-tests:session"
 
 
 def free_port() -> int:
@@ -38,11 +42,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _claim_test_db() -> tuple[str, redis.Redis | None]:
+    if url := os.environ.get("INFERQ_TEST_REDIS_URL"):
+        return url, None
+    for db in range(15, 9, -1):
+        client = redis.Redis.from_url(f"{TEST_REDIS_BASE}/{db}")
+        if client.set(SESSION_LOCK_KEY, os.getpid(), nx=True, ex=4 * 3600):
+            return f"{TEST_REDIS_BASE}/{db}", client
+    raise RuntimeError("all test databases 10-15 are claimed by other test sessions")
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    proc = ensure_redis(TEST_REDIS_URL)
-    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
-    yield TEST_REDIS_URL
+    proc = ensure_redis(f"{TEST_REDIS_BASE}/0")
+    url, lock = _claim_test_db()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    if lock is not None:
+        client.set(SESSION_LOCK_KEY, os.getpid(), ex=4 * 3600)
+    yield url
+    if lock is not None:
+        client.delete(SESSION_LOCK_KEY)
     if proc is not None:
         stop(proc)
 
@@ -70,7 +90,13 @@ def tiny_embedders() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def stack_catalog(tmp_path_factory, tiny_embedders) -> Path:
+def upstream_port() -> int:
+    """Port of the fake OpenAI upstream the proxy entries name (tests/chat_support.py)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def stack_catalog(tmp_path_factory, tiny_embedders, upstream_port) -> Path:
     """The shipped catalog plus a models.local.yaml adding the tiny models (merge for real)."""
     folder = tmp_path_factory.mktemp("catalog")
     shutil.copy(ROOT / "models.yaml", folder / "models.yaml")
@@ -108,6 +134,7 @@ def stack_catalog(tmp_path_factory, tiny_embedders) -> Path:
                 "handler": "handlers.rerank.HFRerankModel",
                 "local_dir": str(tiny_embedders["minilm-cross-encoder"]),
             },
+            *chat_entries(upstream_port),
         ]
     }
     (folder / "models.local.yaml").write_text(yaml.safe_dump(local))

@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 
+from inferq.batches import CONTROL_QUEUE
+from inferq.logs import setup_logging
 from inferq.protocol import queue_name
 from inferq.settings import get_settings, instance_name
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s [%(processName)s] %(message)s",
-    )
+    setup_logging(settings.log_level, settings.log_format, service="worker")
     if not settings.models:
         sys.exit("MODELS is empty: name the models this worker serves, e.g. MODELS=a,b")
     from inferq.catalog import load_catalog
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         "worker",
         "--pool=threads",
         f"--concurrency={settings.worker_concurrency}",
-        f"--queues={','.join(queue_name(e.name) for e in entries)}",
+        f"--queues={','.join([CONTROL_QUEUE, *(queue_name(e.name) for e in entries)])}",
         f"--hostname={instance_name('worker')}",
         f"--loglevel={settings.log_level}",
         "--without-gossip",

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from handlers.base import Cancelled
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Batcher:
         self.width = width
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
+        self.name = name
         self.window = 4 * max_batch_size
         self.stats = BatchStats()
         self._pending: dict[int, deque[_Item]] = {}
@@ -159,6 +161,10 @@ class Batcher:
         return chosen, rest
 
     @staticmethod
+    def stats_tokens(batch: list[_Item]) -> int:
+        return sum(it.length for it in batch)
+
+    @staticmethod
     def _abandon(ticket: _Ticket) -> None:
         if not ticket.future.done():
             ticket.future.set_exception(Cancelled())
@@ -186,6 +192,8 @@ class Batcher:
                 if not ticket.future.done():
                     ticket.future.set_exception(exc)
             return
+        metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+        metrics.TOKENS.labels(self.name, "input").inc(self.stats_tokens(batch))
         self.stats.batches += 1
         self.stats.inputs += len(batch)
         self.stats.padded_tokens += len(batch) * max(it.length for it in batch)

@@ -1,8 +1,10 @@
-"""Serving ``/v1/embeddings`` jobs: texts through the model's batcher, an OpenAI response out."""
+"""Serving ``/v1/embeddings``: texts through the model's batcher, an OpenAI response out."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -19,56 +21,84 @@ def token_lengths(handler, texts: list[str]) -> list[int]:
     return [handler.count_tokens([t]) for t in texts]
 
 
-def serve_embeddings(ctx: JobContext, model: LoadedModel) -> bytes:
-    """The request was validated by the API: ``input`` is a list of non-empty strings."""
-    request = ctx.request
-    texts: list[str] = request["input"]
-    dimensions = request.get("dimensions")
-    dim = model.handler.dim
+def check_dimensions(request: dict[str, Any], model: LoadedModel) -> None:
+    dimensions, dim = request.get("dimensions"), model.handler.dim
     if dimensions is not None and dimensions > dim:
         raise bad_request(
             f"dimensions={dimensions} exceeds the {dim} dimensions of '{model.name}'",
             param="dimensions",
         )
 
-    chunk = ctx.runtime.settings.embed_job_chunk
-    vectors = np.empty((len(texts), dim), dtype=np.float32)
-    prompt_tokens = 0
+
+def embed_texts(
+    model: LoadedModel,
+    texts: list[str],
+    *,
+    priority: int,
+    cancel_event,
+    chunk: int,
+    is_cancelled: Callable[[], bool] = lambda: False,
+    on_chunk: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """Vectors and token counts for ``texts``, handed to the batcher ``chunk`` at a time."""
+    vectors = np.empty((len(texts), model.handler.dim), dtype=np.float32)
+    lengths: list[int] = []
     for start in range(0, len(texts), chunk):
-        if start and ctx.runtime.is_cancelled(ctx.job_id):
+        if start and is_cancelled():
             raise Cancelled()
         part = texts[start : start + chunk]
-        lengths = token_lengths(model.handler, part)
-        prompt_tokens += sum(lengths)
+        part_lengths = token_lengths(model.handler, part)
+        lengths += part_lengths
         future = model.batcher.submit(
-            part, lengths, priority=ctx.priority, cancel_event=ctx.cancel_event
+            part, part_lengths, priority=priority, cancel_event=cancel_event
         )
         vectors[start : start + len(part)] = future.result()
-        if len(texts) > chunk:
-            done = start + len(part)
-            ctx.report_progress(
-                {"completed": done, "total": len(texts), "fraction": round(done / len(texts), 4)}
-            )
+        if on_chunk is not None:
+            on_chunk(start + len(part))
+    return vectors, lengths
 
-    if dimensions is not None and dimensions < dim:
+
+def embeddings_response(
+    request: dict[str, Any], model: LoadedModel, vectors: np.ndarray, prompt_tokens: int
+) -> dict[str, Any]:
+    """The OpenAI response body, with ``dimensions`` and ``encoding_format`` applied."""
+    dimensions = request.get("dimensions")
+    if dimensions is not None and dimensions < vectors.shape[1]:
         vectors = vectors[:, :dimensions]
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    encoding = request["encoding_format"]
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode(v, encoding)}
+            for i, v in enumerate(vectors)
+        ],
+        "model": model.name,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
 
-    return p.dumps(
-        {
-            "object": "list",
-            "data": [
-                {
-                    "object": "embedding",
-                    "index": i,
-                    "embedding": encode(v, request["encoding_format"]),
-                }
-                for i, v in enumerate(vectors)
-            ],
-            "model": model.name,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }
+
+def serve_embeddings(ctx: JobContext, model: LoadedModel) -> bytes:
+    """The request was validated by the API: ``input`` is a list of non-empty strings."""
+    texts: list[str] = ctx.request["input"]
+    check_dimensions(ctx.request, model)
+
+    def progress(done: int) -> None:
+        ctx.report_progress(
+            {"completed": done, "total": len(texts), "fraction": round(done / len(texts), 4)}
+        )
+
+    chunk = ctx.runtime.settings.embed_job_chunk
+    vectors, lengths = embed_texts(
+        model,
+        texts,
+        priority=ctx.priority,
+        cancel_event=ctx.cancel_event,
+        chunk=chunk,
+        is_cancelled=ctx.is_cancelled,
+        on_chunk=progress if len(texts) > chunk else None,
     )
+    return p.dumps(embeddings_response(ctx.request, model, vectors, sum(lengths)))
 
 
 def encode(vector: np.ndarray, encoding_format: str):

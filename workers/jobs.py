@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,9 @@ import redis
 from handlers.base import Cancelled, InvalidInput
 from inferq import protocol as p
 from inferq.errors import ServiceError, bad_request
+from inferq.logs import job_id_var, request_id_var
 from inferq.settings import Settings
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,9 @@ class JobContext:
     def report_progress(self, progress: dict[str, Any]) -> None:
         self.runtime.report_progress(self.job_id, progress)
 
+    def is_cancelled(self) -> bool:
+        return self.cancel_event.is_set() or self.runtime.is_cancelled(self.job_id)
+
 
 class JobRuntime:
     """The worker's side of the queue protocol (a synchronous Redis client)."""
@@ -49,16 +55,22 @@ class JobRuntime:
 
     def run(self, job_id: str, serve: Callable[[JobContext], bytes]) -> None:
         key = p.job_key(job_id)
-        started = self._start(keys=[key], args=[f"{p.now():.6f}"])
+        started = self._start(keys=[key, p.events_key(job_id)], args=[f"{p.now():.6f}"])
         if started is None:
             log.info(
                 "job %s: not queued any more (cancelled, finished or expired); skipped", job_id
             )
             return
-        request_json, deliveries, priority, kind, request_id = (
+        request_json, deliveries, priority, kind, request_id, endpoint, model, created = (
             value.decode() if value else "" for value in started
         )
+        job_token = job_id_var.set(job_id)
+        request_token = request_id_var.set(request_id or None)
+        began, outcome = time.monotonic(), p.JobStatus.FAILED
+        waited = p.now() - float(created) if created else None
         if int(deliveries) > self.settings.max_deliveries:
+            job_id_var.reset(job_token)
+            request_id_var.reset(request_token)
             self.finish_failed(
                 job_id,
                 ServiceError(
@@ -84,6 +96,7 @@ class JobRuntime:
         try:
             result = serve(ctx)
         except Cancelled:
+            outcome = p.JobStatus.CANCELLED
             self._finish_with(job_id, p.JobStatus.CANCELLED)
             log.info("job %s cancelled (request_id=%s)", job_id, request_id)
         except ServiceError as exc:
@@ -99,11 +112,22 @@ class JobRuntime:
                 ),
             )
         else:
+            outcome = p.JobStatus.SUCCEEDED
             self._finish_with(job_id, p.JobStatus.SUCCEEDED, {p.JobField.RESULT: result})
             log.info("job %s succeeded (request_id=%s)", job_id, request_id)
         finally:
             with self._lock:
                 self.running.pop(job_id, None)
+            metrics.record_job(
+                self.redis,
+                model=model,
+                endpoint=endpoint,
+                status=outcome.value,
+                seconds=time.monotonic() - began,
+                waited=waited,
+            )
+            job_id_var.reset(job_token)
+            request_id_var.reset(request_token)
 
     def finish_failed(self, job_id: str, error: ServiceError) -> None:
         self._finish_with(
@@ -115,10 +139,10 @@ class JobRuntime:
         args: list[Any] = [status.value, f"{p.now():.6f}", self.settings.result_ttl_sec]
         for name, value in (fields or {}).items():
             args += [name.value, value]
-        return bool(self._finish(keys=[p.job_key(job_id)], args=args))
+        return bool(self._finish(keys=[p.job_key(job_id), p.events_key(job_id)], args=args))
 
     def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        self._progress(keys=[p.job_key(job_id)], args=[p.dumps(progress)])
+        self._progress(keys=[p.job_key(job_id), p.events_key(job_id)], args=[p.dumps(progress)])
 
     def cancel_running(self, job_id: str) -> bool:
         with self._lock:

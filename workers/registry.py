@@ -10,6 +10,7 @@ from typing import Any
 
 from inferq.catalog import CatalogError, ModelEntry
 from inferq.settings import Settings
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class ModelRegistry:
                 kwargs.setdefault("max_batch_size", settings.embed_max_batch_size)
             handler = handler_cls(source, device, cache_dir=str(settings.hf_hub_cache), **kwargs)
             loaded = LoadedModel(entry, handler, time.perf_counter() - started)
+            metrics.LOAD_SECONDS.labels(entry.name).set(loaded.load_seconds)
             loaded.info = describe(handler, entry)
             self._attach_batcher(loaded, settings)
             self._warm_up(loaded)
@@ -126,6 +128,13 @@ class ModelRegistry:
         from workers.batching import Batcher
 
         handler, capabilities = loaded.handler, loaded.info["capabilities"]
+        if getattr(handler, "is_proxy", False):
+            return  # upstream proxies forward each job as it comes; the upstream batches
+        if "chat-completion" in capabilities:
+            from workers.chat import ChatScheduler
+
+            loaded.batcher = ChatScheduler(handler, name=loaded.name)
+            return
         if "text-embedding" in capabilities:
             forward, width = getattr(handler, "embed_batch", handler.embed), handler.dim
         elif "rerank" in capabilities:
@@ -144,6 +153,9 @@ class ModelRegistry:
     def _warm_up(loaded: LoadedModel) -> None:
         """One small call so the first real request does not pay for lazy initialisation."""
         if loaded.batcher is None:
+            return
+        if hasattr(loaded.batcher, "warm_up"):
+            loaded.batcher.warm_up()
             return
         sample = ("warm up", "a document") if "rerank" in loaded.info["capabilities"] else "warm up"
         loaded.batcher.submit([sample], [8]).result()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from inferq.catalog import Catalog, load_catalog
 from inferq.settings import get_settings
+from workers import metrics
 from workers.jobs import JobRuntime
 from workers.presence import CancelListener, Heartbeat
 from workers.registry import ModelRegistry
@@ -13,12 +17,26 @@ jobs = JobRuntime(settings)
 _background: list = []
 
 
+@lru_cache(maxsize=1)
+def catalog() -> Catalog:
+    return load_catalog(settings.model_config_path)
+
+
+@lru_cache(maxsize=1)
+def batches():
+    from workers.batch import BatchRunner
+    from workers.celery_app import app
+
+    return BatchRunner(jobs.redis, settings, app, catalog)
+
+
 def start_background(worker_name: str) -> None:
     infos = {name: loaded.info for name, loaded in registry.models.items()}
     heartbeat = Heartbeat(jobs.redis, settings, worker_name, infos)
     listener = CancelListener(jobs.redis, jobs.cancel_running)
     listener.start()
     heartbeat.start()
+    metrics.start_server(settings.worker_metrics_port)
     _background[:] = [heartbeat, listener]
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from inferq.batches import TASK_FINALIZE, TASK_PART, TASK_PLAN
 from inferq.protocol import TASK_NAMES, Endpoint
 from workers import runtime
 from workers.celery_app import app
+from workers.chat import serve_chat
 from workers.embeddings import serve_embeddings
 from workers.jobs import JobContext
 from workers.rerank import serve_rerank
@@ -16,9 +18,37 @@ def _model_of(ctx: JobContext):
 
 @app.task(name=TASK_NAMES[Endpoint.EMBEDDINGS], acks_late=True, reject_on_worker_lost=True)
 def embeddings(job_id: str) -> None:
-    runtime.jobs.run(job_id, lambda ctx: serve_embeddings(ctx, _model_of(ctx)))
+    runtime.jobs.run(job_id, lambda ctx: _serve_embeddings(ctx, _model_of(ctx)))
+
+
+def _serve_embeddings(ctx: JobContext, model) -> bytes:
+    if getattr(model.handler, "is_proxy", False):
+        from workers.proxy import serve_proxy_embeddings
+
+        return serve_proxy_embeddings(ctx, model)
+    return serve_embeddings(ctx, model)
+
+
+@app.task(name=TASK_NAMES[Endpoint.CHAT], acks_late=True, reject_on_worker_lost=True)
+def chat(job_id: str) -> None:
+    runtime.jobs.run(job_id, lambda ctx: serve_chat(ctx, _model_of(ctx)))
 
 
 @app.task(name=TASK_NAMES[Endpoint.RERANK], acks_late=True, reject_on_worker_lost=True)
 def rerank(job_id: str) -> None:
     runtime.jobs.run(job_id, lambda ctx: serve_rerank(ctx, _model_of(ctx)))
+
+
+@app.task(name=TASK_PLAN, acks_late=True, reject_on_worker_lost=True)
+def plan_batch(batch_id: str) -> None:
+    runtime.batches().plan(batch_id)
+
+
+@app.task(name=TASK_PART, acks_late=True, reject_on_worker_lost=True)
+def run_batch_part(batch_id: str, index: int) -> None:
+    runtime.batches().run_part(batch_id, index, runtime.registry.models)
+
+
+@app.task(name=TASK_FINALIZE, acks_late=True, reject_on_worker_lost=True)
+def finalize_batch(batch_id: str) -> None:
+    runtime.batches().finalize(batch_id)

@@ -20,15 +20,9 @@ async def prepare(
     body: EmbeddingRequest, queue: JobQueue, settings: Settings, *, max_inputs: int
 ) -> tuple[Any, dict[str, Any]]:
     """Validate against limits and the serving model; returns (entry, normalized request)."""
-    texts = body.texts(max_inputs=max_inputs, max_chars=settings.max_input_chars)
+    request = body.normalized(max_inputs=max_inputs, max_chars=settings.max_input_chars)
     entry = await queue.require_served(body.model, Endpoint.EMBEDDINGS)
-    request = {
-        "model": entry.name,
-        "input": texts,
-        "encoding_format": body.encoding_format,
-        "dimensions": body.dimensions,
-    }
-    return entry, request
+    return entry, {**request, "model": entry.name}
 
 
 async def prepare_job(body: dict[str, Any], queue: JobQueue, settings: Settings):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
 from api.protocol import JobCreateRequest, JobList, JobObject
-from api.routes import embeddings, rerank
+from api.routes import chat, embeddings, rerank
 from api.routes.results import json_response, render_job
 from inferq.errors import ServiceError, bad_request
 from inferq.protocol import Endpoint, JobKind
@@ -19,6 +19,7 @@ router = APIRouter(tags=["jobs"])
 JOB_PREPARERS = {
     Endpoint.EMBEDDINGS: embeddings.prepare_job,
     Endpoint.RERANK: rerank.prepare_job,
+    Endpoint.CHAT: chat.prepare_job,
 }
 
 

@@ -10,7 +10,6 @@ from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
 from api.protocol import RerankRequest
 from api.queue import JobQueue
 from api.routes.results import parse_body, sync_response
-from inferq.errors import bad_request
 from inferq.protocol import Endpoint, JobKind
 from inferq.settings import Settings
 
@@ -19,35 +18,11 @@ router = APIRouter(tags=["rerank"])
 
 async def prepare(body: RerankRequest, queue: JobQueue, settings: Settings):
     """Validate against limits and the serving model; returns (entry, normalized request)."""
-    if not body.query:
-        raise bad_request("'query' must not be empty", param="query")
-    documents = [d if isinstance(d, str) else d.text for d in body.documents]
-    if not documents:
-        raise bad_request("'documents' must not be empty", param="documents")
-    if len(documents) > settings.max_rerank_documents:
-        raise bad_request(
-            f"'documents' has {len(documents)} items; at most {settings.max_rerank_documents} "
-            "are allowed per request",
-            param="documents",
-            code="too_many_documents",
-        )
-    for i, text in enumerate([body.query, *documents]):
-        if len(text) > settings.max_input_chars:
-            where = "query" if i == 0 else f"documents[{i - 1}]"
-            raise bad_request(
-                f"{where} has {len(text)} characters; the limit is {settings.max_input_chars}",
-                param="query" if i == 0 else "documents",
-                code="input_too_long",
-            )
+    request = body.normalized(
+        max_documents=settings.max_rerank_documents, max_chars=settings.max_input_chars
+    )
     entry = await queue.require_served(body.model, Endpoint.RERANK)
-    request = {
-        "model": entry.name,
-        "query": body.query,
-        "documents": documents,
-        "top_n": body.top_n,
-        "return_documents": body.return_documents,
-    }
-    return entry, request
+    return entry, {**request, "model": entry.name}
 
 
 async def prepare_job(body: dict[str, Any], queue: JobQueue, settings: Settings):

@@ -1,0 +1,65 @@
+"""OpenAI Batch API (``client.batches``) on the per-model queues."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import FilesDep, OwnerDep
+from api.routes.results import json_response
+from inferq.batches import render_batch
+
+router = APIRouter(tags=["batches"])
+
+
+class BatchCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+
+
+@router.post("/batches", summary="Create a batch")
+async def create_batch(body: BatchCreateRequest, files: FilesDep, owner: OwnerDep):
+    batch = await files.create_batch(
+        input_file_id=body.input_file_id,
+        endpoint=body.endpoint,
+        completion_window=body.completion_window,
+        metadata=body.metadata,
+        owner=owner,
+    )
+    return json_response(batch)
+
+
+@router.get("/batches", summary="List batches, newest first")
+async def list_batches(
+    files: FilesDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+):
+    records, has_more = await files.list_batches(owner, limit=limit, after=after)
+    data = [render_batch(r) for r in records]
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+    )
+
+
+@router.get("/batches/{batch_id}", summary="Get a batch")
+async def get_batch(batch_id: str, files: FilesDep, owner: OwnerDep):
+    return json_response(render_batch(await files.batch(batch_id, owner)))
+
+
+@router.post("/batches/{batch_id}/cancel", summary="Cancel a batch")
+async def cancel_batch(batch_id: str, files: FilesDep, owner: OwnerDep):
+    return json_response(render_batch(await files.cancel_batch(batch_id, owner)))

@@ -1,0 +1,180 @@
+"""Chat benchmark (SmolLM2-135M, greedy, CPU): in-process handler vs the full stack.
+
+(a) one stream: tokens/s and time to first token of ``handler.generate`` vs one streamed
+    ``/v1/chat/completions`` request (HTTP -> queue -> worker -> Redis stream -> SSE);
+(b) eight streams: aggregate tokens/s of ``handler.generate_batch`` on 8 prompts vs 8
+    concurrent streamed requests (which the worker batches continuously).
+
+Both sides decode the same prompts greedily with the same ``max_tokens``, so they produce the
+same tokens. Goals (issue 3): (a) >= 0.95x with TTFT <= +15 ms; (b) >= 0.85x.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+
+from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+MAX_TOKENS = 64
+REPEATS = 3
+TOPICS = [
+    "a dragon and a knight",
+    "a lighthouse keeper",
+    "a robot learning to paint",
+    "two rival bakers",
+    "a lost city under the sea",
+    "a detective cat",
+    "a journey across the desert",
+    "the first colony on Mars",
+]
+
+
+def messages(topic: str) -> list[dict]:
+    return [{"role": "user", "content": f"Write a long story about {topic}."}]
+
+
+def in_process() -> dict:
+    from handlers.chat import ChatRequest, TextChatModel
+    from inferq.catalog import load_catalog
+
+    entry = load_catalog(ROOT / "models.yaml").get(MODEL)
+    handler = TextChatModel(
+        str(entry.weights_dir()), "cpu", gguf_file=entry.gguf_file, torch_dtype=entry.torch_dtype
+    )
+
+    def one(topic: str) -> tuple[float, float, int]:
+        first: list[float] = []
+        started = time.perf_counter()
+        result = handler.generate(
+            messages(topic),
+            max_new_tokens=MAX_TOKENS,
+            temperature=0.0,
+            top_p=1.0,
+            on_text=lambda _: first or first.append(time.perf_counter()),
+        )
+        wall = time.perf_counter() - started
+        return result.completion_tokens / wall, first[0] - started, result.completion_tokens
+
+    one(TOPICS[0])  # warm-up
+    singles = [one(TOPICS[0]) for _ in range(REPEATS)]
+    batches = []
+    for _ in range(REPEATS):
+        requests = [ChatRequest(messages=messages(t), max_new_tokens=MAX_TOKENS) for t in TOPICS]
+        started = time.perf_counter()
+        results = handler.generate_batch(requests)
+        wall = time.perf_counter() - started
+        batches.append(sum(r.completion_tokens for r in results) / wall)
+    return {
+        "single_tokens_per_s": statistics.median(s[0] for s in singles),
+        "single_ttft_ms": 1000 * statistics.median(s[1] for s in singles),
+        "single_tokens": singles[0][2],
+        "batch8_tokens_per_s": statistics.median(batches),
+    }
+
+
+async def _stream(client: httpx.AsyncClient, topic: str) -> tuple[float, float, int]:
+    """One streamed request: (tokens/s, time to first content, completion tokens)."""
+    body = {
+        "model": MODEL,
+        "messages": messages(topic),
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    first = None
+    tokens = 0
+    started = time.perf_counter()
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter()
+    wall = time.perf_counter() - started
+    return tokens / wall, (first or started) - started, tokens
+
+
+async def _streams(base: str, topics: list[str]) -> list[tuple[float, float, int]]:
+    async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+        return await asyncio.gather(*(_stream(client, t) for t in topics))
+
+
+def through_stack() -> dict:
+    port = int(os.environ.get("BENCH_PORT", "8766"))
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": MODEL, "LOG_LEVEL": "WARNING"}
+    redis_proc = ensure_redis(redis_url)
+    logs = ROOT / "bench" / "results"
+    logs.mkdir(parents=True, exist_ok=True)
+    api = spawn("api", env, log_path=logs / "chat-api.log")
+    worker = spawn("workers", env, log_path=logs / "chat-worker.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ready(f"{base}/health", timeout=30, proc=api)
+        wait_workers(f"{base}/ready", [MODEL], timeout=300, proc=worker)
+        asyncio.run(_streams(base, TOPICS[:1]))  # warm-up
+        singles = [asyncio.run(_streams(base, TOPICS[:1]))[0] for _ in range(REPEATS)]
+        batches = []
+        for _ in range(REPEATS):
+            started = time.perf_counter()
+            results = asyncio.run(_streams(base, TOPICS))
+            wall = time.perf_counter() - started
+            batches.append(sum(r[2] for r in results) / wall)
+    finally:
+        for proc in (worker, api):
+            stop(proc)
+        if redis_proc is not None:
+            stop(redis_proc)
+    return {
+        "single_tokens_per_s": statistics.median(s[0] for s in singles),
+        "single_ttft_ms": 1000 * statistics.median(s[1] for s in singles),
+        "single_tokens": singles[0][2],
+        "streams8_tokens_per_s": statistics.median(batches),
+    }
+
+
+def run() -> dict:
+    local = in_process()
+    stack = through_stack()
+    return {
+        "setup": {"model": MODEL, "max_tokens": MAX_TOKENS, "greedy": True, "repeats": REPEATS},
+        "in_process": local,
+        "stack": stack,
+        "single_ratio": stack["single_tokens_per_s"] / local["single_tokens_per_s"],
+        "ttft_added_ms": stack["single_ttft_ms"] - local["single_ttft_ms"],
+        "eight_ratio": stack["streams8_tokens_per_s"] / local["batch8_tokens_per_s"],
+    }
+
+
+def report(result: dict) -> str:
+    a, s = result["in_process"], result["stack"]
+    return "\n".join(
+        [
+            f"(a) one stream   in-process: {a['single_tokens_per_s']:7.2f} tok/s"
+            f"  TTFT {a['single_ttft_ms']:7.1f} ms  ({a['single_tokens']} tokens)",
+            f"    one stream   via stack:  {s['single_tokens_per_s']:7.2f} tok/s"
+            f"  TTFT {s['single_ttft_ms']:7.1f} ms"
+            f" -> {result['single_ratio']:.3f} x, TTFT {result['ttft_added_ms']:+.1f} ms"
+            "  [goal >= 0.95 x, <= +15 ms]",
+            f"(b) 8 prompts    in-process generate_batch: {a['batch8_tokens_per_s']:7.2f} tok/s",
+            f"    8 streams    via stack:                 {s['streams8_tokens_per_s']:7.2f} tok/s"
+            f" -> {result['eight_ratio']:.3f} x  [goal >= 0.85 x]",
+        ]
+    )
+
+
+def results_path() -> Path:
+    return ROOT / "bench" / "results" / "chat.json"

@@ -1,0 +1,179 @@
+"""Files and the OpenAI Batch API: Redis keys, record fields and atomic steps.
+
+Shared by the API (creates files and batches, reads them) and the workers (plan, run and
+finalize batches). A batch runs as:
+
+1. ``plan`` (any worker, control queue): stream the input file once, validate every line
+   (a malformed line fails the batch, naming its line number), then cut it into **parts**:
+   runs of consecutive lines for one model, described by byte offsets into the input file,
+   and enqueue one task per part on that model's queue at bulk priority.
+2. ``part`` (a worker of that model): read its byte range, run its lines together (all the
+   texts of all its lines share the model's batches), and record its output and error lines
+   with ``RECORD_PART_SCRIPT`` — once, whatever redeliveries happen.
+3. ``finalize`` (control queue, when every part is settled): concatenate part outputs in
+   order into the output and error files, then mark the batch completed (or cancelled /
+   expired, keeping what finished).
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from inferq.protocol import PREFIX, Endpoint, loads
+
+CONTROL_QUEUE = f"{PREFIX}.control"
+TASK_PLAN = "inferq.batch.plan"
+TASK_PART = "inferq.batch.part"
+TASK_FINALIZE = "inferq.batch.finalize"
+
+BATCH_ENDPOINTS = (Endpoint.EMBEDDINGS, Endpoint.RERANK)
+
+
+class BatchStatus(StrEnum):
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+# Where parts stop starting new work.
+STOPPED_STATUSES = frozenset(
+    {BatchStatus.CANCELLING, BatchStatus.CANCELLED, BatchStatus.FAILED, BatchStatus.EXPIRED}
+)
+TIMESTAMP_FIELDS = (
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+
+def new_file_id() -> str:
+    return f"file-{uuid.uuid4().hex}"
+
+
+def new_batch_id() -> str:
+    return f"batch_{uuid.uuid4().hex}"
+
+
+def file_key(file_id: str) -> str:
+    return f"{PREFIX}:file:{file_id}"
+
+
+def files_index_key(owner: str) -> str:
+    return f"{PREFIX}:files:{owner}"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batches_index_key(owner: str) -> str:
+    return f"{PREFIX}:batches:{owner}"
+
+
+def parts_key(batch_id: str) -> str:
+    """Hash: part index -> JSON {model, start, end, lines, first_line}."""
+    return f"{PREFIX}:batch:{batch_id}:parts"
+
+
+def done_parts_key(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}:done"
+
+
+def part_output_key(batch_id: str, part: int) -> str:
+    return f"{PREFIX}:batch:{batch_id}:out:{part}"
+
+
+def part_errors_key(batch_id: str, part: int) -> str:
+    return f"{PREFIX}:batch:{batch_id}:err:{part}"
+
+
+def decode(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def render_file(record: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": record["id"],
+        "object": "file",
+        "bytes": int(record["bytes"]),
+        "created_at": int(record["created_at"]),
+        "filename": record["filename"],
+        "purpose": record["purpose"],
+        "expires_at": int(record["expires_at"]) if record.get("expires_at") else None,
+        "status": "processed",
+        "status_details": None,
+    }
+
+
+def render_batch(record: dict[str, str]) -> dict[str, Any]:
+    batch: dict[str, Any] = {
+        "id": record["id"],
+        "object": "batch",
+        "endpoint": record["endpoint"],
+        "errors": loads(record["errors"]) if record.get("errors") else None,
+        "input_file_id": record["input_file_id"],
+        "completion_window": record["completion_window"],
+        "status": record["status"],
+        "output_file_id": record.get("output_file_id") or None,
+        "error_file_id": record.get("error_file_id") or None,
+    }
+    for name in TIMESTAMP_FIELDS:
+        batch[name] = int(record[name]) if record.get(name) else None
+    batch["request_counts"] = {
+        "total": int(record.get("total", 0)),
+        "completed": int(record.get("completed", 0)),
+        "failed": int(record.get("failed", 0)),
+    }
+    batch["metadata"] = loads(record["metadata"]) if record.get("metadata") else None
+    return batch
+
+
+# KEYS: batch, done set, output list, error list. ARGV: part index, ok count, error count,
+# then the output lines, then the error lines. Records a part once; returns -1 for a duplicate,
+# else 1 when this was the last part to settle (the caller finalizes), else 0.
+RECORD_PART_SCRIPT = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return -1 end
+local ok = tonumber(ARGV[2])
+local bad = tonumber(ARGV[3])
+for i = 4, 3 + ok do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+for i = 4 + ok, 3 + ok + bad do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+local ttl = redis.call('TTL', KEYS[1])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[2], ttl)
+  if ok > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
+  if bad > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
+end
+local completed = redis.call('HINCRBY', KEYS[1], 'completed', ok)
+redis.call('HINCRBY', KEYS[1], 'failed', bad)
+local settled = redis.call('HINCRBY', KEYS[1], 'parts_settled', 1)
+local parts = tonumber(redis.call('HGET', KEYS[1], 'parts') or '-1')
+if settled == parts then return 1 end
+return 0
+"""
+
+# KEYS[1] batch. ARGV: expected current statuses (comma-separated), new status, timestamp
+# field, now. Moves the batch only from one of the expected statuses; returns 1 if it moved.
+TRANSITION_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+for expected in string.gmatch(ARGV[1], '[^,]+') do
+  if status == expected then
+    redis.call('HSET', KEYS[1], 'status', ARGV[2], ARGV[3], ARGV[4])
+    return 1
+  end
+end
+return 0
+"""

@@ -1,0 +1,56 @@
+"""Audio for the speech handler tests: tones, espeak-ng speech and PyAV encoding."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+FOX_SENTENCE = "The quick brown fox jumps over the lazy dog."
+
+# suffix -> (container format, codec, codec sample rate)
+AUDIO_FORMATS = {
+    ".wav": ("wav", "pcm_s16le", 16000),
+    ".flac": ("flac", "flac", 16000),
+    ".mp3": ("mp3", "libmp3lame", 16000),
+    ".m4a": ("ipod", "aac", 16000),
+    ".ogg": ("ogg", "libopus", 48000),
+    ".webm": ("webm", "libopus", 48000),
+}
+
+
+def encode_audio(samples: np.ndarray, sampling_rate: int, path: Path) -> Path:
+    """Write mono float samples to ``path`` with PyAV; the format follows the suffix."""
+    import av
+
+    container_format, codec, codec_rate = AUDIO_FORMATS[path.suffix]
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=codec_rate)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=codec_rate)
+        pcm = np.clip(samples, -1, 1).astype(np.float32).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
+        frame.sample_rate = sampling_rate
+        for resampled in resampler.resample(frame):
+            resampled.pts = None
+            container.mux(stream.encode(resampled))
+        for resampled in resampler.resample(None):
+            resampled.pts = None
+            container.mux(stream.encode(resampled))
+        container.mux(stream.encode(None))
+    return path
+
+
+def tone(seconds: float, sampling_rate: int = 16000, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(round(seconds * sampling_rate)) / sampling_rate
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def espeak(text: str, path: Path, words_per_minute: int = 175) -> Path:
+    subprocess.run(
+        ["espeak-ng", "-s", str(words_per_minute), "-w", str(path), text],
+        check=True,
+        capture_output=True,
+    )
+    return path

@@ -1,0 +1,231 @@
+"""Files and the OpenAI Batch API through the stack, with the official openai client."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.conftest import MINILM
+
+
+def _jsonl(lines: list[dict]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def _embedding_line(i: int, texts: list[str], model: str = MINILM) -> dict:
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": model, "input": texts, "encoding_format": "float"},
+    }
+
+
+def _wait(
+    client,
+    batch_id: str,
+    statuses=("completed", "failed", "cancelled", "expired"),
+    timeout: float = 180,
+):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in statuses:
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} still {batch.status}")
+
+
+def _read_jsonl(client, file_id: str) -> list[dict]:
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines() if line]
+
+
+def test_files_roundtrip(openai_client):
+    payload = b'{"hello": "world"}\n' * 1000
+    created = openai_client.files.create(file=("data.jsonl", io.BytesIO(payload)), purpose="batch")
+    assert created.object == "file"
+    assert created.bytes == len(payload)
+    assert created.filename == "data.jsonl"
+    assert created.purpose == "batch"
+    assert created.expires_at > created.created_at
+    assert openai_client.files.retrieve(created.id).bytes == len(payload)
+    assert openai_client.files.content(created.id).content == payload
+    assert created.id in [f.id for f in openai_client.files.list().data]
+    assert openai_client.files.delete(created.id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        openai_client.files.retrieve(created.id)
+
+
+def test_upload_over_the_limit_is_413(stack):
+    small = stack.start_api(MAX_FILE_BYTES="2000000")
+    response = httpx.post(
+        f"{small}/v1/files",
+        files={"file": ("big.jsonl", b"x" * 3_000_000)},
+        data={"purpose": "batch"},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "file_too_large"
+
+
+def test_embeddings_batch_end_to_end(openai_client):
+    lines = [_embedding_line(i, [f"batch text {i} {j}" for j in range(8)]) for i in range(150)]
+    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/embeddings",
+        completion_window="24h",
+        metadata={"job": "nightly"},
+    )
+    assert batch.status in ("validating", "in_progress")
+    assert batch.metadata == {"job": "nightly"}
+    done = _wait(openai_client, batch.id)
+    assert done.status == "completed", done
+    assert done.request_counts.total == 150
+    assert done.request_counts.completed == 150
+    assert done.request_counts.failed == 0
+    assert done.in_progress_at and done.finalizing_at and done.completed_at
+    assert done.error_file_id is None
+    output = _read_jsonl(openai_client, done.output_file_id)
+    assert sorted(o["custom_id"] for o in output) == sorted(f"req-{i}" for i in range(150))
+    by_id = {o["custom_id"]: o for o in output}
+    sync = openai_client.embeddings.create(
+        model=MINILM, input=lines[7]["body"]["input"], encoding_format="float"
+    )
+    got = by_id["req-7"]["response"]
+    assert got["status_code"] == 200
+    np.testing.assert_allclose(
+        [d["embedding"] for d in got["body"]["data"]],
+        [d.embedding for d in sync.data],
+        atol=1e-5,
+    )
+    assert got["body"]["usage"] == sync.usage.model_dump()
+
+
+def test_bad_lines_go_to_the_error_file(openai_client):
+    lines = [_embedding_line(i, [f"fine {i}"]) for i in range(5)]
+    lines[1]["body"]["input"] = ""
+    lines[3]["body"]["dimensions"] = 5000
+    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    done = _wait(openai_client, batch.id)
+    assert done.status == "completed"
+    assert (done.request_counts.completed, done.request_counts.failed) == (3, 2)
+    errors = _read_jsonl(openai_client, done.error_file_id)
+    assert sorted(e["custom_id"] for e in errors) == ["req-1", "req-3"]
+    assert all(e["response"]["status_code"] == 400 for e in errors)
+    assert {e["response"]["body"]["error"]["param"] for e in errors} == {"input", "dimensions"}
+    assert len(_read_jsonl(openai_client, done.output_file_id)) == 3
+
+
+def test_malformed_line_fails_validation_naming_the_line(openai_client):
+    good = _jsonl([_embedding_line(0, ["ok"]), _embedding_line(1, ["ok"])])
+    upload = openai_client.files.create(
+        file=("in.jsonl", good + b"{not json\n" + _jsonl([_embedding_line(1, ["dup"])])),
+        purpose="batch",
+    )
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    done = _wait(openai_client, batch.id)
+    assert done.status == "failed"
+    assert done.failed_at
+    errors = {e.line: e.code for e in done.errors.data}
+    assert errors == {3: "invalid_json", 4: "duplicate_custom_id"}
+    assert done.output_file_id is None
+
+
+def test_batch_creation_errors(openai_client):
+    upload = openai_client.files.create(
+        file=("in.jsonl", _jsonl([_embedding_line(0, ["x"])])), purpose="user_data"
+    )
+    with pytest.raises(openai.BadRequestError):
+        openai_client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+    with pytest.raises(openai.NotFoundError):
+        openai_client.batches.create(
+            input_file_id="file-nope", endpoint="/v1/embeddings", completion_window="24h"
+        )
+    with pytest.raises(openai.BadRequestError):
+        openai_client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h"
+        )
+
+
+def test_cancel_mid_way_keeps_finished_output(openai_client):
+    lines = [
+        _embedding_line(i, [f"long running text {i} {j} " * 6 for j in range(8)])
+        for i in range(3000)
+    ]
+    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        current = openai_client.batches.retrieve(batch.id)
+        if current.request_counts.completed > 0:
+            break
+        time.sleep(0.1)
+    cancelled = openai_client.batches.cancel(batch.id)
+    assert cancelled.status in ("cancelling", "cancelled")
+    done = _wait(openai_client, batch.id)
+    assert done.status == "cancelled"
+    assert done.cancelling_at and done.cancelled_at
+    assert 0 < done.request_counts.completed < 3000
+    output = _read_jsonl(openai_client, done.output_file_id)
+    assert len(output) == done.request_counts.completed
+    assert len({o["custom_id"] for o in output}) == len(output)
+
+
+def test_rerank_batch(stack, openai_client):
+    stack.start_worker(["tiny-reranker"]) if "tiny-reranker" not in httpx.get(
+        f"{stack.base_url}/ready"
+    ).json()["models"] else None
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/rerank",
+            "body": {"model": "tiny-reranker", "query": f"query {i}", "documents": ["a", "b c"]},
+        }
+        for i in range(10)
+    ]
+    upload = openai_client.files.create(file=("r.jsonl", _jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/rerank", completion_window="24h"
+    )
+    done = _wait(openai_client, batch.id)
+    assert done.status == "completed"
+    output = {o["custom_id"]: o for o in _read_jsonl(openai_client, done.output_file_id)}
+    sync = httpx.post(f"{stack.v1}/rerank", json=lines[4]["body"]).json()
+    assert [r["index"] for r in output["r4"]["response"]["body"]["results"]] == [
+        r["index"] for r in sync["results"]
+    ]
+
+
+def test_list_and_paginate_batches(openai_client):
+    upload = openai_client.files.create(
+        file=("in.jsonl", _jsonl([_embedding_line(0, ["x"])])), purpose="batch"
+    )
+    ids = [
+        openai_client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+        ).id
+        for _ in range(3)
+    ]
+    page = openai_client.batches.list(limit=2)
+    assert [b.id for b in page.data] == ids[::-1][:2]
+    assert page.has_more
+    rest = openai_client.batches.list(limit=2, after=page.data[-1].id)
+    assert rest.data[0].id == ids[0]
+    for batch_id in ids:
+        _wait(openai_client, batch_id)

@@ -1,0 +1,436 @@
+"""Running OpenAI batches: plan (validate + cut into parts), run parts, finalize.
+
+See ``inferq/batches.py`` for the flow and the Redis layout. Every step is safe to repeat:
+a redelivered ``plan`` finds the batch no longer ``validating``; a redelivered ``part`` is
+recorded once by ``RECORD_PART_SCRIPT``; ``finalize`` runs under a lock and only from a
+non-final status.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from celery import Celery
+from pydantic import ValidationError
+
+from api.protocol import EmbeddingRequest, RerankRequest
+from inferq import batches as b
+from inferq import protocol as p
+from inferq.blobs import Blobs
+from inferq.catalog import Catalog
+from inferq.errors import ServiceError, bad_request, model_not_found
+from inferq.settings import Settings
+from workers.embeddings import check_dimensions, embed_texts, embeddings_response
+from workers.registry import LoadedModel
+from workers.rerank import pairs_of, rerank_response
+
+log = logging.getLogger(__name__)
+
+MAX_REPORTED_ERRORS = 100
+
+
+@dataclass
+class _Part:
+    model: str
+    start: int
+    end: int = 0
+    lines: int = 0
+    inputs: int = 0
+    first_line: int = 0
+
+
+@dataclass
+class _Plan:
+    parts: list[_Part] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    lines: int = 0
+
+
+def _line_inputs(endpoint: str, body: dict[str, Any]) -> int:
+    if endpoint == p.Endpoint.EMBEDDINGS:
+        value = body.get("input")
+        return len(value) if isinstance(value, list) else 1
+    documents = body.get("documents")
+    return len(documents) if isinstance(documents, list) else 1
+
+
+def _check_line(
+    raw: bytes, number: int, endpoint: str, seen: set[str], catalog: Catalog
+) -> tuple[str, dict[str, Any]]:
+    """(model name, body) of a valid line, else ValueError(code, message, param)."""
+    try:
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValueError("invalid_json", f"line {number} is not valid JSON", None) from None
+    if not isinstance(line, dict):
+        raise ValueError("invalid_request", f"line {number} is not a JSON object", None)
+    custom_id = line.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise ValueError("missing_custom_id", f"line {number} has no 'custom_id'", "custom_id")
+    if custom_id in seen:
+        raise ValueError(
+            "duplicate_custom_id", f"line {number} repeats custom_id '{custom_id}'", "custom_id"
+        )
+    seen.add(custom_id)
+    if line.get("method") != "POST":
+        raise ValueError("invalid_method", f"line {number}: 'method' must be POST", "method")
+    if line.get("url") != endpoint:
+        raise ValueError(
+            "mismatched_url",
+            f"line {number}: 'url' {line.get('url')!r} differs from the batch endpoint {endpoint}",
+            "url",
+        )
+    body = line.get("body")
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise ValueError("invalid_body", f"line {number}: 'body' needs a 'model'", "body")
+    entry = catalog.get(body["model"])
+    if entry is None:
+        raise ValueError(
+            "model_not_found", f"line {number}: model '{body['model']}' is not served", "body.model"
+        )
+    return entry.name, body
+
+
+def make_plan(blobs: Blobs, record: dict[str, str], catalog: Catalog, settings: Settings) -> _Plan:
+    """Validate every line (streaming) and cut the file into parts of consecutive lines."""
+    plan, seen = _Plan(), set()
+    endpoint = record["endpoint"]
+    offset, number, current = 0, 0, None
+    for raw in blobs.lines(record["input_file_id"]):
+        start, offset = offset, offset + len(raw) + 1
+        number += 1
+        if not raw.strip():
+            continue
+        plan.lines += 1
+        if plan.lines > settings.max_batch_lines:
+            plan.errors.append(
+                {
+                    "code": "too_many_requests",
+                    "message": f"the file has more than {settings.max_batch_lines} requests",
+                    "param": None,
+                    "line": number,
+                }
+            )
+            break
+        try:
+            model, body = _check_line(raw, number, endpoint, seen, catalog)
+        except ValueError as exc:
+            code, message, param = exc.args
+            if len(plan.errors) < MAX_REPORTED_ERRORS:
+                plan.errors.append(
+                    {"code": code, "message": message, "param": param, "line": number}
+                )
+            continue
+        if plan.errors:
+            continue  # still validating the rest, but no point cutting parts
+        inputs = _line_inputs(endpoint, body)
+        if (
+            current is None
+            or current.model != model
+            or current.lines >= settings.batch_part_lines
+            or (current.lines and current.inputs + inputs > settings.batch_part_inputs)
+        ):
+            current = _Part(model=model, start=start, first_line=number)
+            plan.parts.append(current)
+        current.end = offset
+        current.lines += 1
+        current.inputs += inputs
+    if not plan.lines and not plan.errors:
+        plan.errors.append(
+            {
+                "code": "empty_file",
+                "message": "the input file has no requests",
+                "param": None,
+                "line": None,
+            }
+        )
+    return plan
+
+
+class BatchRunner:
+    """The worker's side of the Batch API."""
+
+    def __init__(self, redis_client, settings: Settings, celery: Celery, catalog_loader):
+        self.redis = redis_client
+        self.settings = settings
+        self.celery = celery
+        self.blobs = Blobs(redis_client)
+        self._catalog_loader = catalog_loader
+        self._record = redis_client.register_script(b.RECORD_PART_SCRIPT)
+        self._transition = redis_client.register_script(b.TRANSITION_SCRIPT)
+
+    def record(self, batch_id: str) -> dict[str, str]:
+        return b.decode(self.redis.hgetall(b.batch_key(batch_id)))
+
+    def transition(self, batch_id: str, expected: list[str], status: str, field_name: str) -> bool:
+        return bool(
+            self._transition(
+                keys=[b.batch_key(batch_id)],
+                args=[",".join(expected), status, field_name, int(p.now())],
+            )
+        )
+
+    # --- plan --------------------------------------------------------------------------------
+
+    def plan(self, batch_id: str) -> None:
+        record = self.record(batch_id)
+        if not record:
+            return
+        if record["status"] == b.BatchStatus.CANCELLING:
+            self._send_finalize(batch_id)
+            return
+        if record["status"] != b.BatchStatus.VALIDATING:
+            return  # planned already (a redelivery)
+        plan = make_plan(self.blobs, record, self._catalog_loader(), self.settings)
+        key = b.batch_key(batch_id)
+        if plan.errors:
+            self.redis.hset(
+                key,
+                mapping={"errors": p.dumps({"object": "list", "data": plan.errors}), "total": 0},
+            )
+            self.transition(batch_id, [b.BatchStatus.VALIDATING], b.BatchStatus.FAILED, "failed_at")
+            log.info("batch %s failed validation: %s", batch_id, plan.errors[0]["message"])
+            return
+        ttl = max(1, self.redis.ttl(key))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            b.parts_key(batch_id),
+            mapping={i: p.dumps(part.__dict__) for i, part in enumerate(plan.parts)},
+        )
+        pipe.expire(b.parts_key(batch_id), ttl)
+        pipe.hset(key, mapping={"parts": len(plan.parts), "total": plan.lines})
+        pipe.execute()
+        if not self.transition(
+            batch_id, [b.BatchStatus.VALIDATING], b.BatchStatus.IN_PROGRESS, "in_progress_at"
+        ):
+            self._send_finalize(batch_id)  # cancelled while validating
+            return
+        for index, part in enumerate(plan.parts):
+            self.celery.send_task(
+                b.TASK_PART,
+                args=[batch_id, index],
+                queue=p.queue_name(part.model),
+                priority=int(p.Priority.BULK),
+            )
+        log.info("batch %s: %d lines in %d parts", batch_id, plan.lines, len(plan.parts))
+
+    # --- parts -------------------------------------------------------------------------------
+
+    def run_part(self, batch_id: str, index: int, models: dict[str, LoadedModel]) -> None:
+        if self.redis.sismember(b.done_parts_key(batch_id), index):
+            return
+        record = self.record(batch_id)
+        if not record:
+            return
+        outputs: list[bytes] = []
+        errors: list[bytes] = []
+        stopped = record["status"] in b.STOPPED_STATUSES or p.now() > int(record["expires_at"])
+        if not stopped:
+            part = orjson.loads(self.redis.hget(b.parts_key(batch_id), index))
+            lines = list(self.blobs.lines(record["input_file_id"], part["start"], part["end"]))
+            outputs, errors = self._execute(record["endpoint"], lines, models[part["model"]])
+        settled_last = self._record(
+            keys=[
+                b.batch_key(batch_id),
+                b.done_parts_key(batch_id),
+                b.part_output_key(batch_id, index),
+                b.part_errors_key(batch_id, index),
+            ],
+            args=[index, len(outputs), len(errors), *outputs, *errors],
+        )
+        if settled_last == 1:
+            self._send_finalize(batch_id)
+
+    def _execute(
+        self, endpoint: str, raw_lines: list[bytes], model: LoadedModel
+    ) -> tuple[list[bytes], list[bytes]]:
+        """Run a part's lines together; returns (output lines, error lines) as JSON."""
+        requests: list[tuple[str, dict[str, Any]]] = []
+        outputs: list[bytes] = []
+        errors: list[bytes] = []
+        for raw in raw_lines:
+            if not raw.strip():
+                continue
+            line = orjson.loads(raw)
+            try:
+                request = self._normalize(endpoint, line["body"], model)
+            except ServiceError as exc:
+                errors.append(_output_line(line["custom_id"], exc.status, exc.body()))
+                continue
+            requests.append((line["custom_id"], request))
+        if not requests:
+            return outputs, errors
+        try:
+            bodies = self._compute(endpoint, [r for _, r in requests], model)
+        except Exception as exc:  # the whole part failed: every line goes to the error file
+            log.exception("batch part failed")
+            failure = ServiceError(500, f"{type(exc).__name__}: {exc}", code="internal_error")
+            errors += [_output_line(cid, 500, failure.body()) for cid, _ in requests]
+            return outputs, errors
+        for (custom_id, _), body in zip(requests, bodies, strict=True):
+            outputs.append(_output_line(custom_id, 200, body))
+        return outputs, errors
+
+    def _normalize(self, endpoint: str, body: dict[str, Any], model: LoadedModel) -> dict:
+        schema = EmbeddingRequest if endpoint == p.Endpoint.EMBEDDINGS else RerankRequest
+        try:
+            parsed = schema.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field_name = str(first["loc"][0]) if first.get("loc") else None
+            raise bad_request(f"invalid value: {first['msg']}", param=field_name) from None
+        capability = p.ENDPOINT_CAPABILITY[p.Endpoint(endpoint)]
+        if capability not in model.info["capabilities"]:
+            raise model_not_found(body["model"])
+        settings = self.settings
+        if endpoint == p.Endpoint.EMBEDDINGS:
+            request = parsed.normalized(
+                max_inputs=settings.max_inputs_per_request, max_chars=settings.max_input_chars
+            )
+            check_dimensions(request, model)
+        else:
+            request = parsed.normalized(
+                max_documents=settings.max_rerank_documents, max_chars=settings.max_input_chars
+            )
+        return {**request, "model": model.name}
+
+    def _compute(self, endpoint: str, requests: list[dict], model: LoadedModel) -> list[dict]:
+        """All lines' inputs in one submission to the model's batcher, split back per line."""
+        never = threading.Event()
+        if endpoint == p.Endpoint.EMBEDDINGS:
+            texts = [t for r in requests for t in r["input"]]
+            vectors, lengths = embed_texts(
+                model, texts, priority=int(p.Priority.BULK), cancel_event=never, chunk=len(texts)
+            )
+            bodies, at = [], 0
+            for request in requests:
+                n = len(request["input"])
+                bodies.append(
+                    embeddings_response(
+                        request, model, vectors[at : at + n], sum(lengths[at : at + n])
+                    )
+                )
+                at += n
+            return bodies
+        pairs = [pair for r in requests for pair in pairs_of(r)]
+        lengths = model.handler.token_lengths(pairs)
+        scores = model.batcher.submit(
+            pairs, lengths, priority=int(p.Priority.BULK), cancel_event=never
+        ).result()
+        bodies, at = [], 0
+        for request in requests:
+            n = len(request["documents"])
+            rid = uuid.uuid4().hex
+            bodies.append(
+                rerank_response(request, model, scores[at : at + n], sum(lengths[at : at + n]), rid)
+            )
+            at += n
+        return bodies
+
+    # --- finalize ----------------------------------------------------------------------------
+
+    def _send_finalize(self, batch_id: str) -> None:
+        self.celery.send_task(b.TASK_FINALIZE, args=[batch_id], queue=b.CONTROL_QUEUE)
+
+    def finalize(self, batch_id: str) -> None:
+        lock = f"{b.batch_key(batch_id)}:finalizing"
+        if not self.redis.set(lock, 1, nx=True, ex=3600):
+            return
+        try:
+            self._finalize(batch_id)
+        finally:
+            self.redis.delete(lock)
+
+    def _finalize(self, batch_id: str) -> None:
+        record = self.record(batch_id)
+        if not record or record["status"] not in (
+            b.BatchStatus.IN_PROGRESS,
+            b.BatchStatus.CANCELLING,
+            b.BatchStatus.VALIDATING,
+        ):
+            return
+        cancelling = record["status"] == b.BatchStatus.CANCELLING
+        if not cancelling:
+            self.transition(
+                batch_id, [b.BatchStatus.IN_PROGRESS], b.BatchStatus.FINALIZING, "finalizing_at"
+            )
+        parts = int(record.get("parts") or 0)
+        owner = record["owner"]
+        output_id = self._assemble(batch_id, parts, b.part_output_key, owner, "output")
+        error_id = self._assemble(batch_id, parts, b.part_errors_key, owner, "error")
+        self.redis.hset(
+            b.batch_key(batch_id),
+            mapping={"output_file_id": output_id or "", "error_file_id": error_id or ""},
+        )
+        if cancelling:
+            final, stamp, expected = (
+                b.BatchStatus.CANCELLED,
+                "cancelled_at",
+                [b.BatchStatus.CANCELLING],
+            )
+        elif p.now() > int(record["expires_at"]):
+            final, stamp, expected = b.BatchStatus.EXPIRED, "expired_at", [b.BatchStatus.FINALIZING]
+        else:
+            final, stamp, expected = (
+                b.BatchStatus.COMPLETED,
+                "completed_at",
+                [b.BatchStatus.FINALIZING],
+            )
+        self.transition(batch_id, expected, final, stamp)
+        cleanup = [b.parts_key(batch_id), b.done_parts_key(batch_id)]
+        for index in range(parts):
+            cleanup += [b.part_output_key(batch_id, index), b.part_errors_key(batch_id, index)]
+        self.redis.delete(*cleanup)
+        log.info("batch %s %s", batch_id, final)
+
+    def _assemble(self, batch_id: str, parts: int, key_of, owner: str, kind: str) -> str | None:
+        """Concatenate the parts' lines, in order, into a new file; None when there are none."""
+        if not any(self.redis.exists(key_of(batch_id, i)) for i in range(parts)):
+            return None
+        file_id = b.new_file_id()
+        writer = self.blobs.writer(file_id, ttl=self.settings.file_ttl_sec)
+        for index in range(parts):
+            key, start = key_of(batch_id, index), 0
+            while page := self.redis.lrange(key, start, start + 99):
+                for line in page:
+                    writer.write(line + b"\n")
+                start += len(page)
+        size = writer.close()
+        now = int(p.now())
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            b.file_key(file_id),
+            mapping={
+                "id": file_id,
+                "bytes": size,
+                "created_at": now,
+                "filename": f"{batch_id}_{kind}.jsonl",
+                "purpose": "batch_output",
+                "expires_at": now + self.settings.file_ttl_sec,
+                "owner": owner,
+            },
+        )
+        pipe.expire(b.file_key(file_id), self.settings.file_ttl_sec)
+        pipe.zadd(b.files_index_key(owner), {file_id: int(p.now() * 1000)})
+        pipe.execute()
+        return file_id
+
+
+def _output_line(custom_id: str, status: int, body: dict[str, Any]) -> bytes:
+    return p.dumps(
+        {
+            "id": f"batch_req_{uuid.uuid4().hex}",
+            "custom_id": custom_id,
+            "response": {
+                "status_code": status,
+                "request_id": f"req_{uuid.uuid4().hex}",
+                "body": body,
+            },
+            "error": None,
+        }
+    )
