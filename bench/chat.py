@@ -94,7 +94,12 @@ async def _stream(client: httpx.AsyncClient, topic: str) -> tuple[float, float, 
     tokens = 0
     started = time.perf_counter()
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
+        if response.status_code != 200:
+            await response.aread()
+            raise RuntimeError(
+                f"HTTP {response.status_code} (job {response.headers.get('x-job-id')}): "
+                f"{response.text}"
+            )
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -115,7 +120,7 @@ async def _streams(base: str, topics: list[str]) -> list[tuple[float, float, int
 def through_stack() -> dict:
     port = int(os.environ.get("BENCH_PORT", "8766"))
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-    env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": MODEL, "LOG_LEVEL": "WARNING"}
+    env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": MODEL, "LOG_LEVEL": "INFO"}
     redis_proc = ensure_redis(redis_url)
     logs = ROOT / "bench" / "results"
     logs.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ whose claiming worker stopped heart-beating is put back (``RELEASE_SCRIPT``).
 
 from __future__ import annotations
 
-from inferq.protocol import PREFIX, job_key
+from inferq.protocol import job_key
 
 TASK_HELP = "inferq.audio.part"  # args: [job_id]; take parts of that job until none are left
 
@@ -47,10 +47,11 @@ redis.call('HSET', KEYS[1], 'c:' .. index, ARGV[1])
 return tonumber(index)
 """
 
-# KEYS[1] parts; ARGV[1] index, ARGV[2] worker, ARGV[3] result JSON, ARGV[4] field prefix
-# ('r' for a result, 'f' for a failure). Returns the number of settled parts, or -1 if this
-# part was settled already (a duplicate run).
+# KEYS[1] parts, KEYS[2] job; ARGV[1] index, ARGV[2] worker, ARGV[3] result JSON, ARGV[4] field
+# prefix ('r' for a result, 'f' for a failure). Returns the number of settled parts, -1 if this
+# part was settled already (a duplicate run), -2 if the job is not running any more.
 RECORD_SCRIPT = """
+if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return -2 end
 local i = ARGV[1]
 if redis.call('HEXISTS', KEYS[1], 'r:' .. i) == 1 or redis.call('HEXISTS', KEYS[1], 'f:' .. i) == 1
 then return -1 end

@@ -153,6 +153,10 @@ def workers_key(model: str) -> str:
     return f"{PREFIX}:workers:{model}"
 
 
+# kombu's Redis transport: sorted set of unacknowledged deliveries scored by delivery time. A
+# delivery older than the visibility timeout is handed to another worker; workers refresh the
+# score of the jobs they are running (a lease), so only a dead worker's jobs are redelivered.
+UNACKED_INDEX_KEY = "unacked_index"
 STATS_JOBS_KEY = f"{PREFIX}:stats:jobs"  # hash: "<endpoint>|<model>|<status>" -> finished jobs
 MODEL_INFO_KEY = f"{PREFIX}:model-info"  # hash: model name -> JSON info announced by workers
 CANCEL_CHANNEL = f"{PREFIX}:cancel"  # pub/sub: job ids whose running work must stop
@@ -297,6 +301,9 @@ def celery_config(redis_url: str, visibility_timeout_sec: int) -> dict[str, Any]
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": visibility_timeout_sec,
+            # Look for unacked messages of dead workers often enough to honour the timeout.
+            "unacked_restore_interval": max(1, min(10, visibility_timeout_sec // 4)),
+            "unacked_restore_throttle": 1,
             "queue_order_strategy": "priority",
             "priority_steps": PRIORITY_STEPS,
             "sep": ":",

@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker, job store and pub/sub.")
     result_ttl_sec: int = Field(86400, description="How long jobs and their results are kept.")
     visibility_timeout_sec: int = Field(
-        7200, description="Unacked job redelivered after this; must exceed the longest job."
+        300,
+        description="A job whose worker stopped renewing its lease (died) is redelivered after "
+        "this. Running jobs are renewed every heartbeat, so it bounds recovery time, not job time.",
     )
     worker_concurrency: int = Field(
         32, description="Jobs a worker holds at once (threads; they share the model's batches)."

@@ -1,7 +1,8 @@
 """Run the whole service in the foreground: Redis (if none answers), one API, one worker.
 
 ``PORT`` (default 8000), ``MODELS`` (default: the offline demo embedding model) and
-``REDIS_URL`` are honoured. Ctrl-C stops everything: the worker finishes its running jobs.
+``REDIS_URL`` are honoured. A worker that exits (e.g. after losing Redis) is restarted.
+Ctrl-C stops everything: the worker finishes its running jobs.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ def main() -> int:
             f"inferq API on {base}/v1 (docs: {base}/docs); worker loading {env['MODELS']}",
             flush=True,
         )
-        while not stopping and api.poll() is None and worker.poll() is None:
+        while not stopping and api.poll() is None:
+            if worker.poll() is not None:  # supervise: a worker that lost its broker may exit
+                print(f"worker exited ({worker.returncode}); restarting it", flush=True)
+                time.sleep(2)
+                worker = spawn("workers", env)
             time.sleep(0.2)
     finally:
         print("stopping ...", flush=True)

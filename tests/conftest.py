@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,10 @@ from inferq.devstack import (
     spawn,
     stop,
     wait_http_ready,
-    wait_workers,
-    worker_counts,
 )
+from inferq.protocol import workers_key
 from tests.chat_support import chat_entries
+from tests.tiny.whisper import tiny_whisper_dir
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 TEST_REDIS_BASE = "redis://127.0.0.1:6379"
@@ -123,6 +124,13 @@ def stack_catalog(tmp_path_factory, tiny_embedders, upstream_port) -> Path:
                 "local_dir": str(tiny_embedders["qwen2"]),
             },
             {
+                "name": "crash-bert",
+                "hf_repo_id": "inferq-tests/crash-bert",
+                "handler": "tests.crashing.CrashingEmbedder",
+                "local_dir": str(tiny_embedders["bert"]),
+                "options": {"slow_seconds": 0.15},
+            },
+            {
                 "name": "tiny-reranker",
                 "hf_repo_id": "inferq-tests/tiny-cross-encoder",
                 "handler": "handlers.rerank.HFRerankModel",
@@ -133,6 +141,13 @@ def stack_catalog(tmp_path_factory, tiny_embedders, upstream_port) -> Path:
                 "hf_repo_id": "inferq-tests/minilm-cross-encoder",
                 "handler": "handlers.rerank.HFRerankModel",
                 "local_dir": str(tiny_embedders["minilm-cross-encoder"]),
+            },
+            {
+                "name": "tiny-whisper-random",  # multilingual: transcribes and translates
+                "hf_repo_id": "inferq-tests/tiny-whisper",
+                "handler": "handlers.speech.WhisperASR",
+                "local_dir": str(tiny_whisper_dir()),
+                "options": {"beam_size": 1},
             },
             *chat_entries(upstream_port),
         ]
@@ -155,21 +170,23 @@ class Stack:
         return f"{self.base_url}/v1"
 
     def start_worker(self, models: list[str], **env: str) -> subprocess.Popen:
+        """Start ``python -m workers`` for ``models``; returns once *it* has announced them."""
         name = "worker-" + "-".join(m.split("/")[-1] for m in models)
-        before = worker_counts(f"{self.base_url}/ready")
         proc = spawn(
             "workers",
             {**self.env, "MODELS": ",".join(models), **env},
             log_path=self.log_dir / f"{name}-{len(self.procs)}.log",
         )
         self.procs.append(proc)
-        wait_workers(
-            f"{self.base_url}/ready",
-            models,
-            timeout=120,
-            proc=proc,
-            at_least={m: before.get(m, 0) + 1 for m in models},
-        )
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        member = f"worker@{socket.gethostname()}:{proc.pid}"
+        deadline = time.monotonic() + 120
+        while not all(client.zscore(workers_key(m), member) for m in models):
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker for {models} exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker for {models} did not announce itself in 120 s")
+            time.sleep(0.1)
         return proc
 
     def start_api(self, **env: str) -> str:

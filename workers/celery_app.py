@@ -46,7 +46,7 @@ def _announce(sender=None, **_: object) -> None:
     from workers import runtime
 
     name = getattr(sender, "hostname", None) or instance_name("worker")
-    runtime.start_background(name)
+    runtime.start_background(name, controller=getattr(sender, "controller", None))
 
 
 @signals.worker_shutting_down.connect

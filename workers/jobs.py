@@ -113,8 +113,10 @@ class JobRuntime:
             )
         else:
             outcome = p.JobStatus.SUCCEEDED
-            self._finish_with(job_id, p.JobStatus.SUCCEEDED, {p.JobField.RESULT: result})
-            log.info("job %s succeeded (request_id=%s)", job_id, request_id)
+            if self._finish_with(job_id, p.JobStatus.SUCCEEDED, {p.JobField.RESULT: result}):
+                log.info("job %s succeeded (request_id=%s)", job_id, request_id)
+            else:
+                log.info("job %s: result dropped, the job was finished or cancelled", job_id)
         finally:
             with self._lock:
                 self.running.pop(job_id, None)
@@ -144,6 +146,19 @@ class JobRuntime:
     def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         self._progress(keys=[p.job_key(job_id), p.events_key(job_id)], args=[p.dumps(progress)])
 
+    def renew_leases(self) -> None:
+        """Mark every delivery this worker holds as fresh, so no other worker takes it over.
+
+        kombu redelivers a message unacknowledged for longer than the visibility timeout; a
+        live worker's long job (or one waiting for a free thread) must not count as lost.
+        """
+        from celery.worker import state
+
+        held = [*state.active_requests, *state.reserved_requests]
+        tags = [r.message.delivery_tag for r in held if getattr(r, "message", None)]
+        if tags:
+            self.redis.zadd(p.UNACKED_INDEX_KEY, dict.fromkeys(tags, p.now()), xx=True)
+
     def cancel_running(self, job_id: str) -> bool:
         with self._lock:
             event = self.running.get(job_id)
@@ -155,3 +170,4 @@ class JobRuntime:
         """Fallback to the pub/sub signal: read the job's status."""
         status = self.redis.hget(p.job_key(job_id), p.JobField.STATUS)
         return status is None or status.decode() == p.JobStatus.CANCELLED
+

@@ -17,10 +17,16 @@ class Heartbeat:
     """Keeps this worker in ``inferq:workers:<model>`` (scored by expiry) while it runs."""
 
     def __init__(
-        self, client: redis.Redis, settings: Settings, worker: str, infos: dict[str, dict]
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        worker: str,
+        infos: dict[str, dict],
+        on_beat=None,
     ):
         self.redis = client
         self.settings = settings
+        self.on_beat = on_beat  # also run every interval (renewing job leases)
         self.worker = worker
         self.infos = infos
         self._stop = threading.Event()
@@ -42,6 +48,8 @@ class Heartbeat:
             pipe.zadd(key, {self.worker: now + self.settings.heartbeat_ttl_sec})
             pipe.zremrangebyscore(key, "-inf", now)
         pipe.execute()
+        if self.on_beat is not None:
+            self.on_beat()
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval_sec):

@@ -10,6 +10,7 @@ from workers import metrics
 from workers.jobs import JobRuntime
 from workers.presence import CancelListener, Heartbeat
 from workers.registry import ModelRegistry
+from workers.watchdog import ConsumerWatchdog
 
 settings = get_settings()
 registry = ModelRegistry()
@@ -30,16 +31,24 @@ def batches():
     return BatchRunner(jobs.redis, settings, app, catalog)
 
 
-def start_background(worker_name: str) -> None:
+def start_background(worker_name: str, controller=None) -> None:
     infos = {name: loaded.info for name, loaded in registry.models.items()}
-    heartbeat = Heartbeat(jobs.redis, settings, worker_name, infos)
+    heartbeat = Heartbeat(jobs.redis, settings, worker_name, infos, on_beat=jobs.renew_leases)
     listener = CancelListener(jobs.redis, jobs.cancel_running)
     listener.start()
     heartbeat.start()
     metrics.start_server(settings.worker_metrics_port)
     _background[:] = [heartbeat, listener]
+    if controller is not None:
+        watchdog = ConsumerWatchdog(controller, jobs.running)
+        watchdog.start()
+        _background.append(watchdog)
 
 
 def stop_background() -> None:
+    """A requested shutdown: leave the worker pool; the watchdog must not interfere."""
     for part in _background:
-        part.stop()
+        if isinstance(part, ConsumerWatchdog):
+            part.graceful.set()
+        else:
+            part.stop()

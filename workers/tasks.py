@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from inferq.audio import TASK_HELP
 from inferq.batches import TASK_FINALIZE, TASK_PART, TASK_PLAN
 from inferq.protocol import TASK_NAMES, Endpoint
-from workers import runtime
+from workers import audio, runtime
 from workers.celery_app import app
 from workers.chat import serve_chat
 from workers.embeddings import serve_embeddings
@@ -52,3 +53,21 @@ def run_batch_part(batch_id: str, index: int) -> None:
 @app.task(name=TASK_FINALIZE, acks_late=True, reject_on_worker_lost=True)
 def finalize_batch(batch_id: str) -> None:
     runtime.batches().finalize(batch_id)
+
+
+@app.task(
+    name=TASK_NAMES[Endpoint.AUDIO_TRANSCRIPTIONS], acks_late=True, reject_on_worker_lost=True
+)
+def audio_transcriptions(job_id: str) -> None:
+    audio.run_job(job_id)
+
+
+@app.task(name=TASK_NAMES[Endpoint.AUDIO_TRANSLATIONS], acks_late=True, reject_on_worker_lost=True)
+def audio_translations(job_id: str) -> None:
+    audio.run_job(job_id)
+
+
+@app.task(name=TASK_HELP, acks_late=True, reject_on_worker_lost=True)
+def audio_part(job_id: str) -> None:
+    """Take parts of a long audio job (see workers/audio.py)."""
+    audio.help_with(job_id)

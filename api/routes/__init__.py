@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from api.routes import (
+    audio,
     batches,
     chat,
     embeddings,
@@ -24,3 +25,4 @@ router.include_router(chat.router, prefix="/v1")
 router.include_router(rerank.router)
 router.include_router(files.router, prefix="/v1")
 router.include_router(batches.router, prefix="/v1")
+router.include_router(audio.router, prefix="/v1")

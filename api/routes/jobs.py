@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
 from api.protocol import JobCreateRequest, JobList, JobObject
-from api.routes import chat, embeddings, rerank
+from api.routes import audio, chat, embeddings, rerank
 from api.routes.results import json_response, render_job
 from inferq.errors import ServiceError, bad_request
 from inferq.protocol import Endpoint, JobKind
@@ -20,6 +20,8 @@ JOB_PREPARERS = {
     Endpoint.EMBEDDINGS: embeddings.prepare_job,
     Endpoint.RERANK: rerank.prepare_job,
     Endpoint.CHAT: chat.prepare_job,
+    Endpoint.AUDIO_TRANSCRIPTIONS: audio.prepare_job,  # 400: use the multipart job route
+    Endpoint.AUDIO_TRANSLATIONS: audio.prepare_job,
 }
 
 

@@ -1,0 +1,300 @@
+"""Speech-to-text benchmark: a ~10-minute espeak-ng file, in process vs through the stack.
+
+Model: the offline demo ``Systran/faster-whisper-tiny.en`` (faster-whisper, int8 on CPU,
+beam 5). Speed is reported as audio seconds per wall second ("x real time"; the real-time
+factor RTF is its inverse), and recall as the share of the script's words found in the
+transcript (a bag-of-words check that no figure comes from dropping speech).
+
+(a) in process, sequential: the handler on the whole file (what a sync request runs);
+(b) in process, batched: faster-whisper's ``BatchedInferencePipeline`` (VAD-cut 30 s windows,
+    ``batch_size`` 8): the fastest way to run the model in one process;
+(c) through the stack as a job (``POST /v1/jobs/audio/transcriptions``, upload to result),
+    1 worker using every core;
+(d) the same with 1 worker pinned to one core (``taskset -c 0``), and
+(e) with 2 workers pinned to a core each (``taskset -c 0`` / ``taskset -c 1``): the job's
+    parts are shared by both. (e) / (d) is the scaling from a second worker.
+
+Each worker's CTranslate2 uses as many threads as it has cores (``cpu_threads`` through a
+catalog override); the API and Redis are not pinned.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import yaml
+
+from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
+
+MODEL = "Systran/faster-whisper-tiny.en"
+SECONDS = 600.0
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A journey of a thousand miles begins with a single step.",
+    "Every morning the baker opens his shop at six o'clock.",
+    "The weather today is cloudy with a chance of rain in the afternoon.",
+    "Please remember to close the window before you leave the house.",
+    "Our team will meet on Thursday to review the quarterly budget.",
+    "The museum downtown has a new exhibition about ancient Egypt.",
+    "He forgot his umbrella at the station and got wet on the way home.",
+]
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def recall(reference: list[str], text: str) -> float:
+    found = Counter(words(text))
+    expected = Counter(reference)
+    return sum(min(n, found[w]) for w, n in expected.items()) / sum(expected.values())
+
+
+def build_audio(folder: Path, seconds: float = SECONDS) -> tuple[Path, float, list[str]]:
+    """Sentences by espeak-ng in turn, 0.5-1.3 s pauses, as 16 kHz mono WAV."""
+    import wave
+
+    import numpy as np
+
+    from handlers.audio import decode_audio
+
+    clips = []
+    for i, sentence in enumerate(SENTENCES):
+        path = folder / f"s{i}.wav"
+        subprocess.run(["espeak-ng", "-w", str(path), sentence], check=True, capture_output=True)
+        clips.append(decode_audio(path))
+    rng = np.random.default_rng(0)
+    pieces, reference, total, i = [], [], 0, 0
+    while total < seconds * 16000:
+        pause = np.zeros(int(rng.uniform(0.5, 1.3) * 16000), np.float32)
+        pieces += [clips[i % len(clips)], pause]
+        reference += words(SENTENCES[i % len(clips)])
+        total += len(clips[i % len(clips)]) + len(pause)
+        i += 1
+    audio = np.concatenate(pieces)
+    out = folder / "speech-10min.wav"
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return out, len(audio) / 16000, reference
+
+
+def in_process(path: Path, duration: float, reference: list[str], threads: int) -> dict:
+    from faster_whisper import BatchedInferencePipeline
+
+    from handlers.audio import decode_audio
+    from handlers.speech import FasterWhisperASR
+
+    handler = FasterWhisperASR(MODEL, "cpu", cpu_threads=threads)
+    handler.transcribe(str(path), clip=(0.0, 5.0))  # warm-up
+    started = time.perf_counter()
+    sequential = handler.transcribe(str(path))
+    seq_wall = time.perf_counter() - started
+
+    pipeline = BatchedInferencePipeline(handler.model)
+    started = time.perf_counter()
+    audio = decode_audio(path)
+    segments, _ = pipeline.transcribe(audio, language="en", batch_size=8, beam_size=5)
+    batched_text = "".join(s.text for s in segments)
+    batched_wall = time.perf_counter() - started
+    return {
+        "threads": threads,
+        "sequential": _figures(duration, seq_wall, recall(reference, sequential.text)),
+        "batched": _figures(duration, batched_wall, recall(reference, batched_text)),
+    }
+
+
+def _figures(duration: float, wall: float, word_recall: float) -> dict:
+    return {
+        "wall_s": round(wall, 2),
+        "x_real_time": round(duration / wall, 2),
+        "rtf": round(wall / duration, 4),
+        "word_recall": round(word_recall, 4),
+    }
+
+
+def _spawn_worker(env: dict, cpus: str | None, log_path: Path) -> subprocess.Popen:
+    if cpus is None:
+        return spawn("workers", env, log_path=log_path)
+    out = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(
+        ["taskset", "-c", cpus, sys.executable, "-m", "workers"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _catalog(folder: Path, threads: int) -> Path:
+    """models.yaml plus a local override giving CTranslate2 ``threads`` threads."""
+    target = folder / f"catalog-{threads}"
+    target.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "models.yaml", target / "models.yaml")
+    override = {"models": [{"hf_repo_id": MODEL, "options": {"cpu_threads": threads}}]}
+    (target / "models.local.yaml").write_text(yaml.safe_dump(override))
+    return target / "models.yaml"
+
+
+def _run_job(base: str, path: Path) -> tuple[float, dict]:
+    started = time.perf_counter()
+    with open(path, "rb") as f:
+        response = httpx.post(
+            f"{base}/v1/jobs/audio/transcriptions",
+            data={"model": MODEL},
+            files={"file": (path.name, f, "audio/wav")},
+            timeout=120,
+        )
+    response.raise_for_status()
+    job_id = response.json()["id"]
+    while True:
+        job = httpx.get(f"{base}/v1/jobs/{job_id}", timeout=10).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+    wall = time.perf_counter() - started
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"job {job_id} {job['status']}: {job['error']}")
+    return wall, job
+
+
+def through_stack(
+    path: Path, duration: float, reference: list[str], folder: Path, cores: int
+) -> dict:
+    port = int(os.environ.get("BENCH_PORT", "8766"))
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+    logs = ROOT / "bench" / "results"
+    logs.mkdir(parents=True, exist_ok=True)
+    redis_proc = ensure_redis(redis_url)
+    base_env = {"REDIS_URL": redis_url, "PORT": str(port), "LOG_LEVEL": "WARNING"}
+    api = spawn("api", base_env, log_path=logs / "audio-api.log")
+    base = f"http://127.0.0.1:{port}"
+    scenarios = [("c_1_worker_all_cores", [None], cores)]
+    if cores >= 2 and shutil.which("taskset"):
+        scenarios += [("d_1_worker_1_core", ["0"], 1), ("e_2_workers_1_core_each", ["0", "1"], 1)]
+    results: dict = {}
+    warm = folder / "warm.wav"
+    subprocess.run(["espeak-ng", "-w", str(warm), SENTENCES[0]], check=True, capture_output=True)
+    try:
+        wait_http_ready(f"{base}/health", timeout=30, proc=api)
+        for name, pins, threads in scenarios:
+            env = {
+                **base_env,
+                "MODELS": MODEL,
+                "MODEL_CONFIG_PATH": str(_catalog(folder, threads)),
+                "OMP_NUM_THREADS": str(threads),
+            }
+            workers = []
+            try:
+                for i, cpus in enumerate(pins):
+                    log = logs / f"audio-worker-{name}-{i}.log"
+                    workers.append(_spawn_worker(env, cpus, log))
+                    wait_workers(
+                        f"{base}/ready",
+                        [MODEL],
+                        timeout=120,
+                        proc=workers[-1],
+                        at_least={MODEL: i + 1},
+                    )
+                with open(warm, "rb") as f:  # every worker's first call, off the clock
+                    for _ in pins:
+                        httpx.post(
+                            f"{base}/v1/audio/transcriptions",
+                            data={"model": MODEL},
+                            files={"file": ("warm.wav", f.read())},
+                            timeout=60,
+                        ).raise_for_status()
+                        f.seek(0)
+                wall, job = _run_job(base, path)
+                results[name] = {
+                    "workers": len(pins),
+                    "pinning": [f"taskset -c {c}" if c else "none" for c in pins],
+                    "cpu_threads_per_worker": threads,
+                    "parts": job["progress"]["chunks_total"] if job["progress"] else 1,
+                    **_figures(duration, wall, recall(reference, job["result"]["text"])),
+                }
+                print(f"  {name}: {results[name]}", flush=True)
+            finally:
+                for proc in workers:
+                    stop(proc)
+    finally:
+        stop(api)
+        if redis_proc is not None:
+            stop(redis_proc)
+    return results
+
+
+def run() -> dict:
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("the audio benchmark needs espeak-ng (apt-get install espeak-ng)")
+    cores = len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="inferq-bench-audio-") as tmp:
+        folder = Path(tmp)
+        path, duration, reference = build_audio(folder)
+        print(f"  audio: {duration:.1f} s, {len(reference)} words", flush=True)
+        local = in_process(path, duration, reference, threads=cores)
+        print(f"  in process: {local}", flush=True)
+        stack = through_stack(path, duration, reference, folder, cores)
+    result = {
+        "audio": {"seconds": round(duration, 1), "words": len(reference), "model": MODEL},
+        "cores": cores,
+        "a_b_in_process": local,
+        "stack": stack,
+    }
+    one = stack.get("c_1_worker_all_cores")
+    if one:
+        result["c_over_b"] = round(one["x_real_time"] / local["batched"]["x_real_time"], 3)
+        result["c_over_a"] = round(one["x_real_time"] / local["sequential"]["x_real_time"], 3)
+    if "e_2_workers_1_core_each" in stack:
+        result["e_over_d"] = round(
+            stack["e_2_workers_1_core_each"]["x_real_time"]
+            / stack["d_1_worker_1_core"]["x_real_time"],
+            3,
+        )
+    return result
+
+
+def report(result: dict) -> str:
+    local, stack = result["a_b_in_process"], result["stack"]
+
+    def line(label: str, f: dict) -> str:
+        return (
+            f"{label:<44} {f['x_real_time']:7.2f} x real time  (RTF {f['rtf']:.4f}, "
+            f"{f['wall_s']:7.1f} s, word recall {f['word_recall']:.3f})"
+        )
+
+    lines = [
+        f"audio: {result['audio']['seconds']} s of espeak-ng speech, {result['cores']} cores",
+        line(f"(a) in process, sequential ({local['threads']} threads)", local["sequential"]),
+        line(f"(b) in process, batched ({local['threads']} threads)", local["batched"]),
+    ]
+    labels = {
+        "c_1_worker_all_cores": "(c) stack job, 1 worker, all cores",
+        "d_1_worker_1_core": "(d) stack job, 1 worker, taskset -c 0",
+        "e_2_workers_1_core_each": "(e) stack job, 2 workers, taskset -c 0 / -c 1",
+    }
+    for key, label in labels.items():
+        if key in stack:
+            lines.append(line(label, stack[key]) + f"  [{stack[key]['parts']} parts]")
+    if "c_over_b" in result:
+        lines.append(f"(c) / (b) = {result['c_over_b']:.3f}  [goal >= 0.9]")
+        lines.append(f"(c) / (a) = {result['c_over_a']:.3f}")
+    if "e_over_d" in result:
+        lines.append(f"(e) / (d) = {result['e_over_d']:.3f}  [goal >= 1.7]")
+    return "\n".join(lines)
+
+
+def results_path() -> Path:
+    return ROOT / "bench" / "results" / "audio.json"
