@@ -27,6 +27,7 @@ from inferq.settings import Settings, instance_name
 log = logging.getLogger(__name__)
 
 POLL_FALLBACK_SEC = 1.0
+REDIS_POOL_SIZE = 64
 PRESENCE_CACHE_SEC = 1.0
 
 
@@ -34,9 +35,16 @@ class JobQueue:
     def __init__(self, settings: Settings, catalog: Catalog, client: aioredis.Redis | None = None):
         self.settings = settings
         self.catalog = catalog
-        self.redis = client or aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=10
+        # A bounded pool that makes a request wait for a free connection under bursts
+        # (a plain pool fails with "Too many connections" instead).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=10,
+            socket_connect_timeout=2,
+            socket_timeout=10,
         )
+        self.redis = client or aioredis.Redis(connection_pool=pool)
         self.celery = Celery("inferq-api")
         self.celery.conf.update(
             p.celery_config(settings.redis_url, settings.visibility_timeout_sec)

@@ -173,8 +173,8 @@ def _run_job(base: str, path: Path) -> tuple[float, dict]:
 def through_stack(
     path: Path, duration: float, reference: list[str], folder: Path, cores: int
 ) -> dict:
-    port = int(os.environ.get("BENCH_PORT", "8766"))
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+    port = int(os.environ.get("BENCH_AUDIO_PORT", "8767"))
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
     logs = ROOT / "bench" / "results"
     logs.mkdir(parents=True, exist_ok=True)
     redis_proc = ensure_redis(redis_url)
@@ -240,6 +240,7 @@ def run() -> dict:
     if shutil.which("espeak-ng") is None:
         raise SystemExit("the audio benchmark needs espeak-ng (apt-get install espeak-ng)")
     cores = len(os.sched_getaffinity(0))
+    load_at_start = os.getloadavg()  # other processes on the machine skew every figure
     with tempfile.TemporaryDirectory(prefix="inferq-bench-audio-") as tmp:
         folder = Path(tmp)
         path, duration, reference = build_audio(folder)
@@ -250,6 +251,7 @@ def run() -> dict:
     result = {
         "audio": {"seconds": round(duration, 1), "words": len(reference), "model": MODEL},
         "cores": cores,
+        "load_average_at_start_and_end": [round(x, 2) for x in (*load_at_start, *os.getloadavg())],
         "a_b_in_process": local,
         "stack": stack,
     }
@@ -276,7 +278,8 @@ def report(result: dict) -> str:
         )
 
     lines = [
-        f"audio: {result['audio']['seconds']} s of espeak-ng speech, {result['cores']} cores",
+        f"audio: {result['audio']['seconds']} s of espeak-ng speech, {result['cores']} cores "
+        f"(load averages at start and end: {result['load_average_at_start_and_end']})",
         line(f"(a) in process, sequential ({local['threads']} threads)", local["sequential"]),
         line(f"(b) in process, batched ({local['threads']} threads)", local["batched"]),
     ]

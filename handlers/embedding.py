@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Any, ClassVar
 
@@ -67,6 +68,11 @@ class HFEmbeddingModel:
         self.max_length = self._resolve_max_length(hf_repo_id, max_length)
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
+        # Fast tokenizers are not thread-safe (each call reconfigures padding and truncation):
+        # counting happens in the callers' threads on a copy of its own, under its own lock,
+        # while the model thread keeps the original.
+        self._counting_tokenizer = copy.deepcopy(self.tokenizer)
+        self._counting_lock = threading.Lock()
 
     def _resolve_max_length(self, source: str, configured: int | None) -> int:
         if configured:
@@ -83,9 +89,10 @@ class HFEmbeddingModel:
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens each text occupies after truncation (special tokens included)."""
-        encoded = self.tokenizer(
-            texts, truncation=True, max_length=self.max_length, add_special_tokens=True
-        )["input_ids"]
+        with self._counting_lock:
+            encoded = self._counting_tokenizer(
+                texts, truncation=True, max_length=self.max_length, add_special_tokens=True
+            )["input_ids"]
         return [len(ids) for ids in encoded]
 
     def count_tokens(self, texts: list[str]) -> int:

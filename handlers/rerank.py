@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -64,17 +65,22 @@ class HFRerankModel:
         self.max_length = min(int(v) for v in limits if v and v < 1_000_000)
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
+        # Fast tokenizers are not thread-safe: counting (callers' threads) uses its own copy.
+        self._counting_tokenizer = copy.deepcopy(self.tokenizer)
+        self._counting_lock = threading.Lock()
 
-    def _encode(self, pairs: Sequence[tuple[str, str]], **kwargs: Any):
+    def _encode(self, pairs: Sequence[tuple[str, str]], tokenizer=None, **kwargs: Any):
         queries = [q for q, _ in pairs]
         documents = [d for _, d in pairs]
-        return self.tokenizer(
+        return (tokenizer or self.tokenizer)(
             queries, documents, truncation="only_second", max_length=self.max_length, **kwargs
         )
 
     def token_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """Tokens each pair occupies after truncation (special tokens included)."""
-        return [len(ids) for ids in self._encode(pairs)["input_ids"]]
+        with self._counting_lock:
+            encoded = self._encode(pairs, self._counting_tokenizer)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def count_tokens(self, pairs: Sequence[tuple[str, str]]) -> int:
         return sum(self.token_lengths(pairs))

@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     batch_part_inputs: int = Field(
         1024, description="Most texts or documents in one batch part (bounds its duration)."
     )
+    job_timeout_sec: float = Field(
+        3600.0, description="A job running longer is stopped and failed with a timeout error."
+    )
+    job_timeouts: dict[str, float] = Field(
+        default_factory=lambda: {"/v1/embeddings": 600.0, "/v1/rerank": 600.0},
+        description='Per-endpoint limits over JOB_TIMEOUT_SEC, JSON: {"/v1/embeddings": 600}.',
+    )
     sync_timeout_sec: float = Field(600.0, description="A sync route gives up (504) after this.")
     # Audio (speech-to-text)
     max_audio_bytes: int = Field(
@@ -144,6 +151,9 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
+
+    def job_timeout(self, endpoint: str) -> float:
+        return self.job_timeouts.get(endpoint, self.job_timeout_sec)
 
     def accepted_api_keys(self) -> list[str]:
         """API_KEYS plus the lines of API_KEYS_FILE."""

@@ -197,3 +197,33 @@ def test_redis_restart_under_load(stack, own_redis, tmp_path: Path):
         for proc in workers if "workers" in locals() else [worker]:
             stop(proc)
         stop(api)
+
+
+def test_a_job_past_its_time_limit_fails_with_timeout_and_frees_the_worker(stack):
+    worker = stack.start_worker(
+        [MODEL], JOB_TIMEOUTS='{"/v1/embeddings": 2}', WORKER_CONCURRENCY="1"
+    )
+    try:
+        long_job = _submit(stack.base_url, [f"too slow {i}" for i in range(5000)])  # ~30 s
+        job = _wait_for(
+            lambda: (j := _job(stack.base_url, long_job))["status"] in p.TERMINAL_STATUSES and j,
+            60,
+            "timeout",
+        )
+        assert job["status"] == "failed"
+        assert job["error"]["code"] == "timeout"
+        started = time.monotonic()
+        response = httpx.post(
+            f"{stack.v1}/embeddings", json={"model": MODEL, "input": "next one"}, timeout=30
+        )
+        assert response.status_code == 200  # the single job slot is free again
+        assert time.monotonic() - started < 10
+        sync_timeout = httpx.post(
+            f"{stack.v1}/embeddings",
+            json={"model": MODEL, "input": [f"sync {i}" for i in range(2048)]},
+            timeout=60,
+        )
+        assert sync_timeout.status_code == 504
+        assert sync_timeout.json()["error"]["code"] == "timeout"
+    finally:
+        stop(worker)

@@ -676,8 +676,9 @@ class Coordinator:
         """Read the parts settled since the last look; publish the progress they make."""
         unseen = [i for i in range(len(ranges)) if i not in self.results]
         fields = [f"{kind}:{i}" for i in unseen for kind in ("r", "f")]
+        values = self.client.hmget(self.parts_key, fields) if fields else []
         new: list[int] = []
-        for name, value in zip(fields, self.client.hmget(self.parts_key, fields), strict=True):
+        for name, value in zip(fields, values, strict=True):
             if value is None:
                 continue
             if name[0] == "f":
@@ -702,6 +703,8 @@ class Coordinator:
     def _recover(self, total: int, plan: dict[str, Any]) -> None:
         """Put back parts claimed by workers that stopped heart-beating; keep a puller here."""
         unsettled = [i for i in range(total) if i not in self.results]
+        if not unsettled:
+            return
         claims = self.client.hmget(self.parts_key, [f"c:{i}" for i in unsettled])
         now = p.now()
         released = 0

@@ -81,7 +81,11 @@ class JobRuntime:
                 ),
             )
             return
-        cancel_event = threading.Event()
+        cancel_event, timed_out = threading.Event(), threading.Event()
+        limit = self.settings.job_timeout(endpoint)
+        timer = threading.Timer(limit, lambda: (timed_out.set(), cancel_event.set()))
+        timer.daemon = True
+        timer.start()
         with self._lock:
             self.running[job_id] = cancel_event
         ctx = JobContext(
@@ -96,9 +100,19 @@ class JobRuntime:
         try:
             result = serve(ctx)
         except Cancelled:
-            outcome = p.JobStatus.CANCELLED
-            self._finish_with(job_id, p.JobStatus.CANCELLED)
-            log.info("job %s cancelled (request_id=%s)", job_id, request_id)
+            if timed_out.is_set():
+                self.finish_failed(
+                    job_id,
+                    ServiceError(
+                        504,
+                        f"the job ran past its {limit:g} s limit and was stopped",
+                        code="timeout",
+                    ),
+                )
+            else:
+                outcome = p.JobStatus.CANCELLED
+                self._finish_with(job_id, p.JobStatus.CANCELLED)
+                log.info("job %s cancelled (request_id=%s)", job_id, request_id)
         except ServiceError as exc:
             self.finish_failed(job_id, exc)
         except InvalidInput as exc:
@@ -118,6 +132,7 @@ class JobRuntime:
             else:
                 log.info("job %s: result dropped, the job was finished or cancelled", job_id)
         finally:
+            timer.cancel()
             with self._lock:
                 self.running.pop(job_id, None)
             metrics.record_job(
@@ -170,4 +185,3 @@ class JobRuntime:
         """Fallback to the pub/sub signal: read the job's status."""
         status = self.redis.hget(p.job_key(job_id), p.JobField.STATUS)
         return status is None or status.decode() == p.JobStatus.CANCELLED
-
