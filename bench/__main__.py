@@ -7,9 +7,9 @@ import os
 import platform
 import sys
 
-from bench import audio, chat, embeddings
+from bench import audio, batch, chat, embeddings
 
-SUITES = {"embeddings": embeddings, "chat": chat, "audio": audio}
+SUITES = {"embeddings": embeddings, "batch": batch, "chat": chat, "audio": audio}
 
 
 def machine() -> dict:

@@ -1,0 +1,147 @@
+"""Batch API benchmark: a 10 000-line embeddings batch (8 texts a line) end to end.
+
+(a) in-process handler throughput on the same 80 000 texts;
+(b) the batch through the stack: upload, create, poll to completed (texts/s from creation to
+    completion), with the official openai client;
+(c) one-text sync latency, idle vs while the batch runs (p50/p99, one request every 0.25 s).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import statistics
+import threading
+import time
+
+import httpx
+import openai
+
+from bench.embeddings import MODEL, corpus, in_process, percentile
+from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
+
+LINES = int(os.environ.get("BENCH_BATCH_LINES", "10000"))
+TEXTS_PER_LINE = 8
+
+
+def _latencies(
+    base: str,
+    texts: list[str],
+    *,
+    stop_event: threading.Event,
+    out: list[float],
+    limit: int | None = None,
+) -> None:
+    with httpx.Client(base_url=base, timeout=120) as client:
+        i = 0
+        while not stop_event.is_set() and (limit is None or i < limit):
+            started = time.perf_counter()
+            client.post(
+                "/v1/embeddings",
+                json={"model": MODEL, "input": texts[i % len(texts)], "encoding_format": "base64"},
+            ).raise_for_status()
+            out.append(time.perf_counter() - started)
+            i += 1
+            time.sleep(0.25)
+
+
+def run() -> dict:
+    texts = corpus(LINES * TEXTS_PER_LINE, seed=1)
+    local = in_process(texts, repeats=1, single_runs=50)
+
+    port = int(os.environ.get("BENCH_PORT", "8766"))
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+    env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": MODEL, "LOG_LEVEL": "WARNING"}
+    redis_proc = ensure_redis(redis_url)
+    logs = ROOT / "bench" / "results"
+    logs.mkdir(parents=True, exist_ok=True)
+    api = spawn("api", env, log_path=logs / "batch-api.log")
+    worker = spawn("workers", env, log_path=logs / "batch-worker.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ready(f"{base}/health", timeout=30, proc=api)
+        wait_workers(f"{base}/ready", [MODEL], timeout=120, proc=worker)
+        idle: list[float] = []
+        _latencies(base, texts, stop_event=threading.Event(), out=idle, limit=60)
+
+        lines = b"".join(
+            json.dumps(
+                {
+                    "custom_id": f"line-{i}",
+                    "method": "POST",
+                    "url": "/v1/embeddings",
+                    "body": {
+                        "model": MODEL,
+                        "input": texts[i * TEXTS_PER_LINE : (i + 1) * TEXTS_PER_LINE],
+                        "encoding_format": "base64",
+                    },
+                }
+            ).encode()
+            + b"\n"
+            for i in range(LINES)
+        )
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="bench", max_retries=0)
+        upload = client.files.create(file=("bench.jsonl", io.BytesIO(lines)), purpose="batch")
+        busy: list[float] = []
+        stop_event = threading.Event()
+        sampler = threading.Thread(
+            target=_latencies, args=(base, texts), kwargs={"stop_event": stop_event, "out": busy}
+        )
+        started = time.perf_counter()
+        batch = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        sampler.start()
+        while (batch := client.batches.retrieve(batch.id)).status not in (
+            "completed",
+            "failed",
+            "cancelled",
+            "expired",
+        ):
+            time.sleep(0.5)
+        wall = time.perf_counter() - started
+        stop_event.set()
+        sampler.join()
+        assert batch.status == "completed", batch
+        assert batch.request_counts.completed == LINES
+    finally:
+        for proc in (worker, api):
+            stop(proc)
+        if redis_proc is not None:
+            stop(redis_proc)
+    stack_rate = LINES * TEXTS_PER_LINE / wall
+    return {
+        "lines": LINES,
+        "texts": LINES * TEXTS_PER_LINE,
+        "a_in_process_texts_per_s": local["texts_per_s"],
+        "b_batch_texts_per_s": stack_rate,
+        "b_over_a": stack_rate / local["texts_per_s"],
+        "batch_wall_s": wall,
+        "c_idle_p50_ms": 1000 * statistics.median(idle),
+        "c_idle_p99_ms": 1000 * percentile(idle, 0.99),
+        "c_busy_p50_ms": 1000 * statistics.median(busy),
+        "c_busy_p99_ms": 1000 * percentile(busy, 0.99),
+        "c_busy_over_idle_p50": statistics.median(busy) / statistics.median(idle),
+        "busy_samples": len(busy),
+    }
+
+
+def report(result: dict) -> str:
+    r = result
+    return "\n".join(
+        [
+            f"(a) in-process handler, {r['texts']} texts:"
+            f" {r['a_in_process_texts_per_s']:8.1f} texts/s",
+            f"(b) {r['lines']}-line batch end to end:   {r['b_batch_texts_per_s']:8.1f} texts/s"
+            f" ({r['batch_wall_s']:.0f} s) -> {r['b_over_a']:.3f} x (a)  [goal >= 0.95]",
+            f"(c) one-text sync latency idle: p50 {r['c_idle_p50_ms']:.1f} ms"
+            f" p99 {r['c_idle_p99_ms']:.1f} ms;"
+            f" during the batch: p50 {r['c_busy_p50_ms']:.1f} ms p99 {r['c_busy_p99_ms']:.1f} ms"
+            f" -> {r['c_busy_over_idle_p50']:.1f} x  [goal <= 2]",
+        ]
+    )
+
+
+def results_path():
+    return ROOT / "bench" / "results" / "batch.json"
