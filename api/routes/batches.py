@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import FilesDep, OwnerDep
-from api.routes.results import json_response
+from api.routes.results import json_response, list_response
 from inferq.batches import render_batch
 
 router = APIRouter(tags=["batches"])
@@ -44,15 +44,7 @@ async def list_batches(
 ):
     records, has_more = await files.list_batches(owner, limit=limit, after=after)
     data = [render_batch(r) for r in records]
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return list_response(data, has_more)
 
 
 @router.get("/batches/{batch_id}", summary="Get a batch")

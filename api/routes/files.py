@@ -9,7 +9,8 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import FilesDep, OwnerDep, SettingsDep
 from api.files import too_large
-from api.routes.results import json_response
+from api.routes.results import json_response, list_response
+from inferq.batches import render_file
 
 router = APIRouter(tags=["files"])
 
@@ -49,27 +50,15 @@ async def list_files(
     after: str | None = None,
     order: Literal["asc", "desc"] = "desc",
 ):
-    from inferq.batches import render_file
-
     records, has_more = await files.list_files(
         owner, purpose=purpose, limit=limit, after=after, order=order
     )
     data = [render_file(r) for r in records]
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return list_response(data, has_more)
 
 
 @router.get("/files/{file_id}", summary="Get a file's metadata")
 async def get_file(file_id: str, files: FilesDep, owner: OwnerDep):
-    from inferq.batches import render_file
-
     return json_response(render_file(await files.file(file_id, owner)))
 
 

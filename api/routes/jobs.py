@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
 from api.protocol import JobCreateRequest, JobList, JobObject
 from api.routes import audio, chat, embeddings, rerank
-from api.routes.results import json_response, render_job
+from api.routes.results import json_response, list_response, render_job
 from inferq.errors import ServiceError, bad_request
 from inferq.protocol import Endpoint, JobKind
 
@@ -65,15 +65,7 @@ async def list_jobs(
 ) -> Response:
     records, has_more = await queue.list(owner, limit=limit, after=after)
     data = [render_job(r) for r in records]
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return list_response(data, has_more)
 
 
 @router.get("/jobs/{job_id}", response_model=JobObject, summary="Get a job")

@@ -59,6 +59,19 @@ def render_job(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def list_response(data: list[dict[str, Any]], has_more: bool) -> Response:
+    """An OpenAI list page (``first_id``/``last_id`` for cursor pagination)."""
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+    )
+
+
 def json_response(content: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
 
