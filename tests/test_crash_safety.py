@@ -227,3 +227,49 @@ def test_a_job_past_its_time_limit_fails_with_timeout_and_frees_the_worker(stack
         assert sync_timeout.json()["error"]["code"] == "timeout"
     finally:
         stop(worker)
+
+
+def test_worker_killed_mid_batch_loses_and_duplicates_no_output_line(stack, openai_client):
+    import io
+    import json
+
+    first = stack.start_worker([MODEL], **FAST_REDELIVERY)
+    lines = [
+        {
+            "custom_id": f"line-{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": MODEL, "input": [f"batch crash {i} {j}" for j in range(8)]},
+        }
+        for i in range(400)
+    ]
+    payload = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    upload = openai_client.files.create(file=("in.jsonl", io.BytesIO(payload)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    _wait_for(
+        lambda: openai_client.batches.retrieve(batch.id).request_counts.completed > 0,
+        120,
+        "first finished part",
+    )
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    second = stack.start_worker([MODEL], **FAST_REDELIVERY)
+    try:
+        done = _wait_for(
+            lambda: (
+                (b := openai_client.batches.retrieve(batch.id)).status
+                in ("completed", "failed", "cancelled", "expired")
+                and b
+            ),
+            240,
+            "batch completion",
+        )
+    finally:
+        stop(second)
+    assert done.status == "completed"
+    assert (done.request_counts.completed, done.request_counts.failed) == (400, 0)
+    output = openai_client.files.content(done.output_file_id).text.splitlines()
+    ids = [json.loads(line)["custom_id"] for line in output]
+    assert sorted(ids) == sorted(line["custom_id"] for line in lines)  # each exactly once
