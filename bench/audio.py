@@ -31,8 +31,10 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import redis
 import yaml
 
+from inferq import audio as a
 from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
 
 MODEL = "Systran/faster-whisper-tiny.en"
@@ -159,12 +161,12 @@ def _run_job(base: str, path: Path) -> tuple[float, dict]:
         )
     response.raise_for_status()
     job_id = response.json()["id"]
-    while True:
-        job = httpx.get(f"{base}/v1/jobs/{job_id}", timeout=10).json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.1)
+    # Wait on the job's event stream (no polling load): it ends after the terminal status.
+    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=None) as events:
+        for _ in events.iter_lines():
+            pass
     wall = time.perf_counter() - started
+    job = httpx.get(f"{base}/v1/jobs/{job_id}", timeout=10).json()
     if job["status"] != "succeeded":
         raise RuntimeError(f"job {job_id} {job['status']}: {job['error']}")
     return wall, job
@@ -218,8 +220,11 @@ def through_stack(
                         ).raise_for_status()
                         f.seek(0)
                 wall, job = _run_job(base, path)
+                ran = redis.Redis.from_url(redis_url).hgetall(a.parts_key(job["id"]))
+                by_worker = Counter(v.decode() for k, v in ran.items() if k.startswith(b"w:"))
                 results[name] = {
                     "workers": len(pins),
+                    "parts_per_worker": sorted(by_worker.values(), reverse=True),
                     "pinning": [f"taskset -c {c}" if c else "none" for c in pins],
                     "cpu_threads_per_worker": threads,
                     "parts": job["progress"]["chunks_total"] if job["progress"] else 1,
@@ -290,7 +295,8 @@ def report(result: dict) -> str:
     }
     for key, label in labels.items():
         if key in stack:
-            lines.append(line(label, stack[key]) + f"  [{stack[key]['parts']} parts]")
+            split = "/".join(str(n) for n in stack[key].get("parts_per_worker", []))
+            lines.append(line(label, stack[key]) + f"  [{stack[key]['parts']} parts: {split}]")
     if "c_over_b" in result:
         lines.append(f"(c) / (b) = {result['c_over_b']:.3f}  [goal >= 0.9]")
         lines.append(f"(c) / (a) = {result['c_over_a']:.3f}")

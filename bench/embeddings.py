@@ -106,6 +106,8 @@ def through_stack(
     port = int(os.environ.get("BENCH_PORT", "8765"))
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
     env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": MODEL, "LOG_LEVEL": "WARNING"}
+    if threads := os.environ.get("BENCH_WORKER_TORCH_THREADS"):
+        env["TORCH_THREADS"] = threads
     redis_proc = ensure_redis(redis_url)
     logs = ROOT / "bench" / "results"
     logs.mkdir(parents=True, exist_ok=True)

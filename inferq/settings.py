@@ -108,7 +108,13 @@ class Settings(BaseSettings):
         3600.0, description="A job running longer is stopped and failed with a timeout error."
     )
     job_timeouts: dict[str, float] = Field(
-        default_factory=lambda: {"/v1/embeddings": 600.0, "/v1/rerank": 600.0},
+        default_factory=lambda: {
+            "/v1/embeddings": 600.0,
+            "/v1/rerank": 600.0,
+            # hours of audio on a slow model; a fanned-out job's coordinator waits for it all
+            "/v1/audio/transcriptions": 21600.0,
+            "/v1/audio/translations": 21600.0,
+        },
         description='Per-endpoint limits over JOB_TIMEOUT_SEC, JSON: {"/v1/embeddings": 600}.',
     )
     sync_timeout_sec: float = Field(600.0, description="A sync route gives up (504) after this.")
@@ -141,6 +147,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="API port.")
     log_level: str = Field("INFO", description="Log level of API and workers.")
     log_format: str = Field("json", description="json (one object per line) or text.")
+    torch_threads: int = Field(
+        0, description="torch intra-op threads in a worker (0: torch's default, one per core)."
+    )
     worker_metrics_port: int = Field(
         0, description="Port of a worker's Prometheus /metrics (0: off; one port per worker)."
     )

@@ -94,6 +94,10 @@ class ModelRegistry:
         from handlers.base import resolve_device
 
         device = resolve_device(settings.model_device)
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         for entry in entries:
             if entry.name in self.models:
                 continue
