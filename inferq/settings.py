@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     batch_part_lines: int = Field(
         64, description="Most batch lines a worker runs together as one unit (one broker message)."
     )
+    batch_active_parts: int = Field(
+        4,
+        description="Batch parts a worker runs at once; more go back to the queue, keeping its "
+        "job threads free for interactive requests.",
+    )
     batch_part_inputs: int = Field(
         1024, description="Most texts or documents in one batch part (bounds its duration)."
     )

@@ -162,6 +162,7 @@ class BatchRunner:
         self.blobs = Blobs(redis_client)
         self._catalog_loader = catalog_loader
         self._record = redis_client.register_script(b.RECORD_PART_SCRIPT)
+        self._part_slots = threading.BoundedSemaphore(settings.batch_active_parts)
         self._transition = redis_client.register_script(b.TRANSITION_SCRIPT)
 
     def record(self, batch_id: str) -> dict[str, str]:
@@ -220,6 +221,22 @@ class BatchRunner:
         log.info("batch %s: %d lines in %d parts", batch_id, plan.lines, len(plan.parts))
 
     # --- parts -------------------------------------------------------------------------------
+
+    def try_run_part(self, batch_id: str, index: int, models: dict[str, LoadedModel]) -> bool:
+        """Run a part if this worker has a free part slot; False means "give it back".
+
+        A part holds a job thread for several forward passes; were every thread holding one,
+        an interactive request would wait in Redis for a thread. Parts beyond
+        ``BATCH_ACTIVE_PARTS`` are returned to the queue instead (those running keep the
+        model's batches full).
+        """
+        if not self._part_slots.acquire(blocking=False):
+            return False
+        try:
+            self.run_part(batch_id, index, models)
+        finally:
+            self._part_slots.release()
+        return True
 
     def run_part(self, batch_id: str, index: int, models: dict[str, LoadedModel]) -> None:
         if self.redis.sismember(b.done_parts_key(batch_id), index):

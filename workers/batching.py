@@ -141,6 +141,10 @@ class Batcher:
 
     def _choose(self, candidates: list[_Item]) -> tuple[list[_Item], list[_Item]]:
         anchor = candidates[0]
+        # Urgent work rides in a pass of its own priority: an interactive text is not padded
+        # out with a full batch of bulk texts (which would make its pass the slowest).
+        others = [it for it in candidates if it.priority != anchor.priority]
+        candidates = [it for it in candidates if it.priority == anchor.priority]
         by_length = sorted(candidates, key=lambda it: it.length)
         lo = hi = by_length.index(anchor)
 
@@ -157,7 +161,7 @@ class Batcher:
                 hi += 1
                 grew = True
         chosen = by_length[lo : hi + 1]
-        rest = by_length[:lo] + by_length[hi + 1 :]
+        rest = by_length[:lo] + by_length[hi + 1 :] + others
         return chosen, rest
 
     @staticmethod

@@ -1,6 +1,10 @@
-"""Celery tasks: one per endpoint family, each carrying only a job id."""
+"""Celery tasks: one per endpoint family (each carrying only a job id) and the batch steps."""
 
 from __future__ import annotations
+
+import time
+
+from celery.exceptions import Reject
 
 from inferq.audio import TASK_HELP
 from inferq.batches import TASK_FINALIZE, TASK_PART, TASK_PLAN
@@ -47,7 +51,9 @@ def plan_batch(batch_id: str) -> None:
 
 @app.task(name=TASK_PART, acks_late=True, reject_on_worker_lost=True)
 def run_batch_part(batch_id: str, index: int) -> None:
-    runtime.batches().run_part(batch_id, index, runtime.registry.models)
+    if not runtime.batches().try_run_part(batch_id, index, runtime.registry.models):
+        time.sleep(0.2)  # all part slots busy: hand the message back (after a breath)
+        raise Reject("all batch part slots are busy", requeue=True)
 
 
 @app.task(name=TASK_FINALIZE, acks_late=True, reject_on_worker_lost=True)
