@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         64, description="Most batch lines a worker runs together as one unit (one broker message)."
     )
     batch_active_parts: int = Field(
-        4,
+        8,
         description="Batch parts a worker runs at once; more go back to the queue, keeping its "
         "job threads free for interactive requests.",
     )

@@ -52,7 +52,7 @@ def plan_batch(batch_id: str) -> None:
 @app.task(name=TASK_PART, acks_late=True, reject_on_worker_lost=True)
 def run_batch_part(batch_id: str, index: int) -> None:
     if not runtime.batches().try_run_part(batch_id, index, runtime.registry.models):
-        time.sleep(0.2)  # all part slots busy: hand the message back (after a breath)
+        time.sleep(1.0)  # all part slots busy: hand the message back (after a breath)
         raise Reject("all batch part slots are busy", requeue=True)
 
 
