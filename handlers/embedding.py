@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -100,18 +101,15 @@ class HFEmbeddingModel:
 
     def embed(self, texts: list[str], cancel_event: threading.Event | None = None) -> np.ndarray:
         """Embed any number of texts: sorted by length, cut into token-budgeted batches."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        lengths = self.token_lengths(texts)
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for batch in plan_batches(
-            [lengths[i] for i in order], self.batch_tokens, self.max_batch_size
-        ):
-            check_cancelled(cancel_event)
-            idx = order[batch.start : batch.stop]
-            out[idx] = self.embed_batch([texts[i] for i in idx])
-        return out
+        return run_in_length_batches(
+            texts,
+            self.token_lengths(texts) if texts else [],
+            self.embed_batch,
+            out=np.empty((len(texts), self.dim), dtype=np.float32),
+            batch_tokens=self.batch_tokens,
+            max_batch_size=self.max_batch_size,
+            cancel_event=cancel_event,
+        )
 
     @torch.inference_mode()
     def embed_batch(self, texts: list[str]) -> np.ndarray:
@@ -147,3 +145,23 @@ def plan_batches(sorted_lengths: list[int], batch_tokens: int, max_batch_size: i
     if start < len(sorted_lengths):
         batches.append(slice(start, len(sorted_lengths)))
     return batches
+
+
+def run_in_length_batches(
+    items: Sequence[Any],
+    lengths: list[int],
+    forward: Callable[[list[Any]], np.ndarray],
+    *,
+    out: np.ndarray,
+    batch_tokens: int,
+    max_batch_size: int,
+    cancel_event: threading.Event | None = None,
+) -> np.ndarray:
+    """``forward`` over any number of items: sorted by token length, cut by ``plan_batches``,
+    results written to ``out`` in the items' order (the cancel event is checked per batch)."""
+    order = np.argsort(lengths, kind="stable")
+    for batch in plan_batches([lengths[i] for i in order], batch_tokens, max_batch_size):
+        check_cancelled(cancel_event)
+        idx = order[batch.start : batch.stop]
+        out[idx] = forward([items[i] for i in idx])
+    return out

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from handlers.base import RerankResult, check_cancelled
-from handlers.embedding import plan_batches
+from handlers.base import RerankResult
+from handlers.embedding import run_in_length_batches
 
 # Cross-encoders are trained on short passages; longer limits only cost memory.
 _DEFAULT_MAX_LENGTH = 512
@@ -100,18 +100,15 @@ class HFRerankModel:
         self, pairs: Sequence[tuple[str, str]], cancel_event: threading.Event | None = None
     ) -> np.ndarray:
         """Scores for any number of pairs: sorted by length, cut into token-budgeted batches."""
-        if not pairs:
-            return np.zeros((0,), dtype=np.float32)
-        lengths = self.token_lengths(pairs)
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(pairs),), dtype=np.float32)
-        for batch in plan_batches(
-            [lengths[i] for i in order], self.batch_tokens, self.max_batch_size
-        ):
-            check_cancelled(cancel_event)
-            idx = order[batch.start : batch.stop]
-            out[idx] = self.score_batch([pairs[i] for i in idx])
-        return out
+        return run_in_length_batches(
+            pairs,
+            self.token_lengths(pairs) if pairs else [],
+            self.score_batch,
+            out=np.empty((len(pairs),), dtype=np.float32),
+            batch_tokens=self.batch_tokens,
+            max_batch_size=self.max_batch_size,
+            cancel_event=cancel_event,
+        )
 
     def rerank(
         self,
