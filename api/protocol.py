@@ -7,7 +7,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferq.errors import bad_request
+from inferq.images import remote_image_problem
 from inferq.protocol import Endpoint
+from inferq.settings import Settings
 
 
 class EmbeddingRequest(BaseModel):
@@ -200,6 +202,46 @@ class ChatCompletionRequest(BaseModel):
             "response_format": self.response_format if kind != "text" else None,
             "user": self.user,
         }
+
+
+def image_urls(messages: list[dict[str, Any]]) -> list[str]:
+    """The image URLs of normalized chat messages."""
+    return [
+        part["image_url"]["url"]
+        for message in messages
+        if isinstance(message["content"], list)
+        for part in message["content"]
+        if part["type"] == "image_url"
+    ]
+
+
+def check_chat_for_model(
+    request: dict[str, Any],
+    *,
+    model: str,
+    structured_outputs: bool,
+    capabilities: list[str],
+    settings: Settings,
+) -> None:
+    """A normalized chat request against what its local model can do (400 naming the field);
+    marks requests whose images the worker has to fetch (``remote_images``)."""
+    if request["response_format"] and not structured_outputs:
+        raise bad_request(
+            f"model '{model}' does not support structured outputs (response_format)",
+            param="response_format",
+            code="unsupported_parameter",
+        )
+    urls = image_urls(request["messages"])
+    if not urls:
+        return
+    if "vision" not in capabilities:
+        raise bad_request(
+            f"model '{model}' does not accept images", param="messages", code="no_vision"
+        )
+    for url in urls:
+        if problem := remote_image_problem(url, settings):
+            raise bad_request(problem, param="messages", code="invalid_image_url")
+    request["remote_images"] = any(not url.startswith("data:") for url in urls)
 
 
 def _chat_message(index: int, message: dict[str, Any]) -> dict[str, Any]:

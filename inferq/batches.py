@@ -28,7 +28,7 @@ TASK_PLAN = "inferq.batch.plan"
 TASK_PART = "inferq.batch.part"
 TASK_FINALIZE = "inferq.batch.finalize"
 
-BATCH_ENDPOINTS = (Endpoint.EMBEDDINGS, Endpoint.RERANK)
+BATCH_ENDPOINTS = (Endpoint.EMBEDDINGS, Endpoint.CHAT, Endpoint.RERANK)
 
 
 class BatchStatus(StrEnum):

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     batch_part_inputs: int = Field(
         1024, description="Most texts or documents in one batch part (bounds its duration)."
     )
+    batch_part_chat_lines: int = Field(
+        8, description="Most chat lines in one batch part (each line is a whole generation)."
+    )
     job_timeout_sec: float = Field(
         3600.0, description="A job running longer is stopped and failed with a timeout error."
     )

@@ -33,6 +33,7 @@ from tests.chat_support import chat_entries
 from tests.tiny.whisper import tiny_whisper_dir
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TEST_REDIS_BASE = "redis://127.0.0.1:6379"
 SESSION_LOCK_KEY = "inferq-tests:session"
 
@@ -227,6 +228,13 @@ def stack(redis_url, stack_catalog, tmp_path_factory) -> Iterator[Stack]:
     finally:
         for proc in reversed(stack.procs):
             stop(proc, timeout=20)
+
+
+@pytest.fixture(scope="session")
+def smol_stack(stack) -> Stack:
+    """The stack plus a worker of the real SmolLM2 (~30-90 s to load here: once a session)."""
+    stack.start_worker([SMOL])
+    return stack
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import MINILM
+from tests.conftest import MINILM, SMOL
 
 
 def _jsonl(lines: list[dict]) -> bytes:
@@ -210,6 +210,85 @@ def test_rerank_batch(stack, openai_client):
     assert [r["index"] for r in output["r4"]["response"]["body"]["results"]] == [
         r["index"] for r in sync["results"]
     ]
+
+
+def _chat_line(custom_id: str, content: str, **body) -> dict:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": SMOL,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": 0,
+            **body,
+        },
+    }
+
+
+def test_chat_batch_on_smollm2(smol_stack, openai_client):
+    capital = "What is the capital of France?"
+    lines = [
+        _chat_line("capital", capital, max_tokens=20),
+        _chat_line("short", "Count from one to twenty.", max_tokens=5),
+        *(_chat_line(f"q{i}", f"Name a colour, number {i}.", max_tokens=12) for i in range(10)),
+        _chat_line("two-choices", capital, n=2),
+        _chat_line("streamed", capital, stream=True),
+        _chat_line("tools", capital, tools=[{"type": "function", "function": {"name": "f"}}]),
+    ]
+    upload = openai_client.files.create(file=("chat.jsonl", _jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = _wait(openai_client, batch.id, timeout=300)
+    assert done.status == "completed", done
+    assert (done.request_counts.total, done.request_counts.completed) == (15, 12)
+    assert done.request_counts.failed == 3
+    output = {
+        o["custom_id"]: o["response"] for o in _read_jsonl(openai_client, done.output_file_id)
+    }
+    assert set(output) == {"capital", "short", *(f"q{i}" for i in range(10))}
+    answer = output["capital"]["body"]
+    assert output["capital"]["status_code"] == 200
+    assert answer["object"] == "chat.completion"
+    assert answer["model"] == SMOL
+    assert "Paris" in answer["choices"][0]["message"]["content"]
+    sync = openai_client.chat.completions.create(
+        model=SMOL, messages=lines[0]["body"]["messages"], temperature=0, max_tokens=20
+    )
+    assert answer["usage"]["prompt_tokens"] == sync.usage.prompt_tokens
+    short = output["short"]["body"]
+    assert short["choices"][0]["finish_reason"] == "length"
+    assert short["usage"]["completion_tokens"] == 5
+    assert all(output[f"q{i}"]["body"]["choices"][0]["message"]["content"] for i in range(10))
+    errors = {e["custom_id"]: e["response"] for e in _read_jsonl(openai_client, done.error_file_id)}
+    assert {cid: e["status_code"] for cid, e in errors.items()} == {
+        "two-choices": 400,
+        "streamed": 400,
+        "tools": 400,
+    }
+    assert {cid: e["body"]["error"]["param"] for cid, e in errors.items()} == {
+        "two-choices": "n",
+        "streamed": "stream",
+        "tools": "tools",
+    }
+
+
+def test_cancelling_a_chat_batch_stops_running_generations(smol_stack, openai_client):
+    story = "Write a very long story about a dragon and a knight."
+    lines = [_chat_line(f"s{i}", story, max_tokens=1000) for i in range(8)]  # one part
+    upload = openai_client.files.create(file=("story.jsonl", _jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    _wait(openai_client, batch.id, statuses=("in_progress",), timeout=60)
+    time.sleep(2)  # the part is decoding: eight long generations, far from done
+    openai_client.batches.cancel(batch.id)
+    done = _wait(openai_client, batch.id, timeout=120)
+    assert done.status == "cancelled"
+    # the running lines were stopped, not finished: neither file has them
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 0)
+    assert done.output_file_id is None and done.error_file_id is None
 
 
 def test_list_and_paginate_batches(openai_client):

@@ -21,8 +21,8 @@ from tests.chat_support import (
     FakeUpstream,
     png_bytes,
 )
+from tests.conftest import SMOL
 
-SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY = "tiny-llama-chat"
 VL = "tiny-qwen3-vl"
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
@@ -37,10 +37,11 @@ def upstream(upstream_port):
 
 
 @pytest.fixture(scope="module")
-def chat_stack(stack, upstream):
-    stack.start_worker([TINY, VL, "proxy-chat", "proxy-embed"], **{UPSTREAM_KEY_ENV: UPSTREAM_KEY})
-    stack.start_worker([SMOL])  # ~30-45 s to load on a 2-core CPU: once per session
-    return stack
+def chat_stack(smol_stack, upstream):
+    smol_stack.start_worker(
+        [TINY, VL, "proxy-chat", "proxy-embed"], **{UPSTREAM_KEY_ENV: UPSTREAM_KEY}
+    )
+    return smol_stack
 
 
 @pytest.fixture(scope="module")

@@ -11,27 +11,27 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from celery import Celery
-from pydantic import ValidationError
 
-from api.protocol import EmbeddingRequest, RerankRequest
 from inferq import batches as b
 from inferq import protocol as p
 from inferq.blobs import Blobs
 from inferq.catalog import Catalog
-from inferq.errors import ServiceError, bad_request, model_not_found
+from inferq.errors import ServiceError
 from inferq.settings import Settings
-from workers.embeddings import check_dimensions, embed_texts, embeddings_response
+from workers.batch_lines import as_service_error, lines_for
 from workers.registry import LoadedModel
-from workers.rerank import pairs_of, rerank_response
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 100
+STOP_POLL_SEC = 1.0  # a running part re-reads its batch's status this often
 
 
 @dataclass
@@ -51,7 +51,11 @@ class _Plan:
     lines: int = 0
 
 
-def _line_inputs(endpoint: str, body: dict[str, Any]) -> int:
+def _line_inputs(endpoint: str, body: dict[str, Any], settings: Settings) -> int:
+    """A line's weight against ``BATCH_PART_INPUTS``: its texts, documents, or for chat a
+    share that makes ``BATCH_PART_CHAT_LINES`` lines fill a part (each is a generation)."""
+    if endpoint == p.Endpoint.CHAT:
+        return max(1, settings.batch_part_inputs // max(1, settings.batch_part_chat_lines))
     if endpoint == p.Endpoint.EMBEDDINGS:
         value = body.get("input")
         return len(value) if isinstance(value, list) else 1
@@ -128,7 +132,7 @@ def make_plan(blobs: Blobs, record: dict[str, str], catalog: Catalog, settings: 
             continue
         if plan.errors:
             continue  # still validating the rest, but no point cutting parts
-        inputs = _line_inputs(endpoint, body)
+        inputs = _line_inputs(endpoint, body, settings)
         if (
             current is None
             or current.model != model
@@ -246,11 +250,11 @@ class BatchRunner:
             return
         outputs: list[bytes] = []
         errors: list[bytes] = []
-        stopped = record["status"] in b.STOPPED_STATUSES or p.now() > int(record["expires_at"])
-        if not stopped:
+        if not _stopped(record):
             part = orjson.loads(self.redis.hget(b.parts_key(batch_id), index))
             lines = list(self.blobs.lines(record["input_file_id"], part["start"], part["end"]))
-            outputs, errors = self._execute(record["endpoint"], lines, models[part["model"]])
+            model = models[part["model"]]
+            outputs, errors = self._execute(batch_id, record["endpoint"], lines, model)
         settled_last = self._record(
             keys=[
                 b.batch_key(batch_id),
@@ -264,90 +268,59 @@ class BatchRunner:
             self._send_finalize(batch_id)
 
     def _execute(
-        self, endpoint: str, raw_lines: list[bytes], model: LoadedModel
+        self, batch_id: str, endpoint: str, raw_lines: list[bytes], model: LoadedModel
     ) -> tuple[list[bytes], list[bytes]]:
         """Run a part's lines together; returns (output lines, error lines) as JSON."""
-        requests: list[tuple[str, dict[str, Any]]] = []
+        lines = [orjson.loads(raw) for raw in raw_lines if raw.strip()]
+        try:
+            runner = lines_for(p.Endpoint(endpoint), model, self.settings)
+        except ServiceError as exc:
+            return [], [_output_line(line["custom_id"], exc.status, exc.body()) for line in lines]
         outputs: list[bytes] = []
         errors: list[bytes] = []
-        for raw in raw_lines:
-            if not raw.strip():
-                continue
-            line = orjson.loads(raw)
+        requests: list[tuple[str, dict[str, Any]]] = []
+        for line in lines:
             try:
-                request = self._normalize(endpoint, line["body"], model)
+                requests.append((line["custom_id"], runner.prepare(line["body"], model)))
             except ServiceError as exc:
                 errors.append(_output_line(line["custom_id"], exc.status, exc.body()))
-                continue
-            requests.append((line["custom_id"], request))
         if not requests:
             return outputs, errors
-        try:
-            bodies = self._compute(endpoint, [r for _, r in requests], model)
-        except Exception as exc:  # the whole part failed: every line goes to the error file
-            log.exception("batch part failed")
-            failure = ServiceError(500, f"{type(exc).__name__}: {exc}", code="internal_error")
-            errors += [_output_line(cid, 500, failure.body()) for cid, _ in requests]
-            return outputs, errors
-        for (custom_id, _), body in zip(requests, bodies, strict=True):
-            outputs.append(_output_line(custom_id, 200, body))
+        with self._watch(batch_id) as stop:
+            try:
+                outcomes = runner.run([r for _, r in requests], model, stop)
+            except Exception as exc:  # the whole part failed: every line goes to the error file
+                log.exception("batch part failed")
+                outcomes = [as_service_error(exc)] * len(requests)
+        for (custom_id, _), outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, ServiceError):
+                errors.append(_output_line(custom_id, outcome.status, outcome.body()))
+            elif outcome is not None:
+                outputs.append(_output_line(custom_id, 200, outcome))
         return outputs, errors
 
-    def _normalize(self, endpoint: str, body: dict[str, Any], model: LoadedModel) -> dict:
-        schema = EmbeddingRequest if endpoint == p.Endpoint.EMBEDDINGS else RerankRequest
-        try:
-            parsed = schema.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field_name = str(first["loc"][0]) if first.get("loc") else None
-            raise bad_request(f"invalid value: {first['msg']}", param=field_name) from None
-        capability = p.ENDPOINT_CAPABILITY[p.Endpoint(endpoint)]
-        if capability not in model.info["capabilities"]:
-            raise model_not_found(body["model"])
-        settings = self.settings
-        if endpoint == p.Endpoint.EMBEDDINGS:
-            request = parsed.normalized(
-                max_inputs=settings.max_inputs_per_request, max_chars=settings.max_input_chars
-            )
-            check_dimensions(request, model)
-        else:
-            request = parsed.normalized(
-                max_documents=settings.max_rerank_documents, max_chars=settings.max_input_chars
-            )
-        return {**request, "model": model.name}
+    @contextmanager
+    def _watch(self, batch_id: str) -> Iterator[threading.Event]:
+        """An event set once the batch is cancelled or expires, checked every second while
+        the part runs (running lines stop at their next batch or decoding step)."""
+        stop, done = threading.Event(), threading.Event()
 
-    def _compute(self, endpoint: str, requests: list[dict], model: LoadedModel) -> list[dict]:
-        """All lines' inputs in one submission to the model's batcher, split back per line."""
-        never = threading.Event()
-        if endpoint == p.Endpoint.EMBEDDINGS:
-            texts = [t for r in requests for t in r["input"]]
-            vectors, lengths = embed_texts(
-                model, texts, priority=int(p.Priority.BULK), cancel_event=never, chunk=len(texts)
-            )
-            bodies, at = [], 0
-            for request in requests:
-                n = len(request["input"])
-                bodies.append(
-                    embeddings_response(
-                        request, model, vectors[at : at + n], sum(lengths[at : at + n])
-                    )
-                )
-                at += n
-            return bodies
-        pairs = [pair for r in requests for pair in pairs_of(r)]
-        lengths = model.handler.token_lengths(pairs)
-        scores = model.batcher.submit(
-            pairs, lengths, priority=int(p.Priority.BULK), cancel_event=never
-        ).result()
-        bodies, at = [], 0
-        for request in requests:
-            n = len(request["documents"])
-            rid = uuid.uuid4().hex
-            bodies.append(
-                rerank_response(request, model, scores[at : at + n], sum(lengths[at : at + n]), rid)
-            )
-            at += n
-        return bodies
+        def watch() -> None:
+            while not done.wait(STOP_POLL_SEC):
+                try:
+                    record = self.record(batch_id)
+                except Exception:  # Redis away for a moment: look again next time
+                    continue
+                if not record or _stopped(record):
+                    stop.set()
+                    return
+
+        watcher = threading.Thread(target=watch, name=f"watch:{batch_id}", daemon=True)
+        watcher.start()
+        try:
+            yield stop
+        finally:
+            done.set()
 
     # --- finalize ----------------------------------------------------------------------------
 
@@ -436,6 +409,11 @@ class BatchRunner:
         pipe.zadd(b.files_index_key(owner), {file_id: int(p.now() * 1000)})
         pipe.execute()
         return file_id
+
+
+def _stopped(record: dict[str, str]) -> bool:
+    """Whether a batch's parts should stop starting (and running) lines."""
+    return record["status"] in b.STOPPED_STATUSES or p.now() > int(record["expires_at"])
 
 
 def _output_line(custom_id: str, status: int, body: dict[str, Any]) -> bytes:

@@ -7,7 +7,9 @@ urgent priority first, up to the handler's ``max_batch_size``), prefilling them 
 merging them into the running batch; every step advances all running requests by one token,
 and a request that ends (EOS, stop string, ``max_tokens``, cancellation, error) leaves at once,
 its slot free for the next one. Each request keeps its own sampling parameters, stop strings,
-``max_tokens`` and cancel event, so cancelling one job never ends another.
+``max_tokens`` and cancel event, so cancelling one job never ends another. Bulk requests (batch
+files) never take the last ``reserved_rows`` rows: an interactive request arriving while a
+batch file runs joins at the next step instead of waiting for a bulk generation to end.
 
 Streaming. Each new piece of text becomes a ``delta`` entry on the job's Redis Stream
 (:func:`inferq.protocol.events_key`). The scheduler thread only appends to an in-memory queue;
@@ -125,6 +127,7 @@ class JobEvents:
 @dataclass
 class _Ticket:
     request: ChatRequest
+    bulk: bool = False
     future: Future = field(default_factory=Future)
 
 
@@ -140,10 +143,19 @@ class SchedulerStats:
 class ChatScheduler:
     """Continuous batching of one chat model's requests (see the module docstring)."""
 
-    def __init__(self, handler, *, name: str = "", max_batch_size: int | None = None):
+    def __init__(
+        self,
+        handler,
+        *,
+        name: str = "",
+        max_batch_size: int | None = None,
+        reserved_rows: int = 1,
+    ):
         self.handler = handler
         self.name = name
         self.max_batch_size = max(1, max_batch_size or getattr(handler, "max_batch_size", 8))
+        # rows bulk requests may hold; the rest stay free for interactive ones
+        self.bulk_rows = max(1, self.max_batch_size - reserved_rows)
         self.stats = SchedulerStats()
         self._pending: list[tuple[int, int, _Ticket]] = []
         self._cond = threading.Condition()
@@ -154,7 +166,7 @@ class ChatScheduler:
 
     def submit(self, request: ChatRequest, *, priority: int = 0) -> Future:
         """Queue a request; the future gives its ChatGeneration or raises what ended it."""
-        ticket = _Ticket(request)
+        ticket = _Ticket(request, bulk=priority >= p.Priority.BULK)
         with self._cond:
             if self._stopped:
                 raise RuntimeError(f"chat scheduler {self.name} is stopped")
@@ -177,10 +189,15 @@ class ChatScheduler:
         if not batch.joinable:
             return admitted
         room = self.max_batch_size - len(batch)
+        bulk_room = self.bulk_rows - sum(1 for row in batch.rows if row.key.bulk)
         while self._pending and len(admitted) < room:
-            _, _, ticket = heapq.heappop(self._pending)
+            ticket = self._pending[0][2]
+            if ticket.bulk and bulk_room <= 0:
+                break  # the heap is in priority order: only bulk tickets are left
+            heapq.heappop(self._pending)
             if not ticket.future.done():
                 admitted.append(ticket)
+                bulk_room -= ticket.bulk
         return admitted
 
     def _run(self) -> None:
@@ -298,26 +315,29 @@ def serve_chat(ctx: JobContext, model: LoadedModel) -> bytes:
     events.flush()
     if isinstance(result, Cancelled):  # pragma: no cover - futures raise it instead
         raise result
-    usage = {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    created = int(request.get("created") or time.time())
+    return p.dumps(completion_body(p.completion_id(ctx.job_id), model.name, created, result))
+
+
+def completion_body(completion_id: str, model: str, created: int, result) -> dict[str, Any]:
+    """A ``chat.completion`` object for a finished :class:`handlers.chat.ChatGeneration`."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        },
     }
-    return p.dumps(
-        {
-            "id": p.completion_id(ctx.job_id),
-            "object": "chat.completion",
-            "created": int(request.get("created") or time.time()),
-            "model": model.name,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": result.finish_reason,
-                }
-            ],
-            "usage": usage,
-        }
-    )

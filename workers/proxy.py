@@ -7,6 +7,8 @@ the API relays to its client as they come; the job's result is the merged comple
 
 from __future__ import annotations
 
+from typing import Any
+
 from handlers.proxy import UpstreamError, UpstreamTimeout
 from inferq.errors import ServiceError
 from workers.chat import JobEvents, publisher
@@ -14,7 +16,7 @@ from workers.jobs import JobContext
 from workers.registry import LoadedModel
 
 
-def _service_error(exc: UpstreamError) -> ServiceError:
+def service_error(exc: UpstreamError) -> ServiceError:
     if isinstance(exc, UpstreamTimeout):
         return ServiceError(504, exc.message, code="upstream_timeout")
     code = "upstream_error" if exc.status >= 500 else "upstream_rejected"
@@ -27,18 +29,22 @@ def serve_proxy_chat(ctx: JobContext, model: LoadedModel) -> bytes:
     try:
         result = model.handler.chat(body, on_chunk=events.chunk, cancel_event=ctx.cancel_event)
     except UpstreamError as exc:
-        raise _service_error(exc) from None
+        raise service_error(exc) from None
     finally:
         events.flush()
     return result
 
 
-def serve_proxy_embeddings(ctx: JobContext, model: LoadedModel) -> bytes:
-    request = ctx.request
+def upstream_embeddings_body(request: dict[str, Any]) -> dict[str, Any]:
+    """What goes upstream for a normalized embeddings request."""
     body = {"input": request["input"], "encoding_format": request["encoding_format"]}
     if request.get("dimensions") is not None:
         body["dimensions"] = request["dimensions"]
+    return body
+
+
+def serve_proxy_embeddings(ctx: JobContext, model: LoadedModel) -> bytes:
     try:
-        return model.handler.embeddings(body)
+        return model.handler.embeddings(upstream_embeddings_body(ctx.request))
     except UpstreamError as exc:
-        raise _service_error(exc) from None
+        raise service_error(exc) from None

@@ -22,29 +22,18 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
-from api.protocol import ChatCompletionRequest
+from api.protocol import ChatCompletionRequest, check_chat_for_model, image_urls
 from api.queue import JobQueue
 from api.routes.events import BLOCK_MS, PING_SEC, follow, is_terminal_status
 from api.routes.results import job_error, parse_body, sync_response
 from inferq import protocol as p
 from inferq.catalog import ModelEntry
-from inferq.errors import ServiceError, bad_request
-from inferq.images import remote_image_problem
+from inferq.errors import ServiceError
 from inferq.settings import Settings
 
 router = APIRouter(tags=["chat"])
 
 OUTPUT_EVENTS = (p.EventType.DELTA, p.EventType.CHUNK)
-
-
-def _image_urls(messages: list[dict[str, Any]]) -> list[str]:
-    return [
-        part["image_url"]["url"]
-        for message in messages
-        if isinstance(message["content"], list)
-        for part in message["content"]
-        if part["type"] == "image_url"
-    ]
 
 
 async def prepare(
@@ -61,23 +50,17 @@ async def prepare(
         }
     request = body.normalized(max_stop=settings.chat_max_stop_sequences)
     request.update(model=entry.name, created=created)
-    if request["response_format"] and not entry.supports_structured_outputs:
-        raise bad_request(
-            f"model '{entry.name}' does not support structured outputs (response_format)",
-            param="response_format",
-            code="unsupported_parameter",
-        )
-    urls = _image_urls(request["messages"])
-    if urls:
+    capabilities = []
+    if image_urls(request["messages"]):
         info = (await queue.model_infos(cached=True)).get(entry.name, {})
-        if "vision" not in info.get("capabilities", []):
-            raise bad_request(
-                f"model '{entry.name}' does not accept images", param="messages", code="no_vision"
-            )
-        for url in urls:
-            if problem := remote_image_problem(url, settings):
-                raise bad_request(problem, param="messages", code="invalid_image_url")
-        request["remote_images"] = any(not url.startswith("data:") for url in urls)
+        capabilities = info.get("capabilities", [])
+    check_chat_for_model(
+        request,
+        model=entry.name,
+        structured_outputs=entry.supports_structured_outputs,
+        capabilities=capabilities,
+        settings=settings,
+    )
     return entry, request
 
 
