@@ -414,6 +414,40 @@ def test_proxy_embeddings(client, upstream):
     assert upstream.bodies[-1]["model"] == UPSTREAM_EMBED_MODEL
 
 
+def test_batches_of_proxy_models_forward_each_line(client, upstream):
+    def line(custom_id, content, **body):
+        return {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "proxy-chat", "messages": [{"role": "user", "content": content}]}
+            | body,
+        }
+
+    lines = [line(f"c{i}", f"question {i}", stream=True) for i in range(5)] + [
+        line("broken", "FAIL please")
+    ]
+    payload = "".join(json.dumps(item) + "\n" for item in lines).encode()
+    upload = client.files.create(file=("proxy.jsonl", payload), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 60
+    while (batch := client.batches.retrieve(batch.id)).status != "completed":
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.2)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (5, 1)
+    outputs = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in outputs) == [f"c{i}" for i in range(5)]
+    answer = outputs[0]["response"]["body"]
+    assert answer["choices"][0]["message"]["content"] == f"echo:{UPSTREAM_CHAT_MODEL} done"
+    forwarded = [b for b in upstream.bodies if "question" in str(b.get("messages"))]
+    assert len(forwarded) == 5 and not any(b["stream"] for b in forwarded)  # plain answers
+    (error,) = [json.loads(x) for x in client.files.content(batch.error_file_id).text.splitlines()]
+    assert error["custom_id"] == "broken"
+    assert error["response"]["status_code"] == 502
+
+
 # -- chat as a job, and job events ------------------------------------------------------------
 
 
