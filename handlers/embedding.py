@@ -70,10 +70,11 @@ class HFEmbeddingModel:
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
         # Fast tokenizers are not thread-safe (each call reconfigures padding and truncation):
-        # counting happens in the callers' threads on a copy of its own, under its own lock,
-        # while the model thread keeps the original.
+        # counting happens in the callers' threads on a copy of its own, under its own lock;
+        # forward passes (which may come from two threads) take turns on the original.
         self._counting_tokenizer = copy.deepcopy(self.tokenizer)
         self._counting_lock = threading.Lock()
+        self._encoding_lock = threading.Lock()
 
     def _resolve_max_length(self, source: str, configured: int | None) -> int:
         if configured:
@@ -114,9 +115,14 @@ class HFEmbeddingModel:
     @torch.inference_mode()
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         """One forward pass over ``texts`` (the caller sizes the batch)."""
-        inputs = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
+        with self._encoding_lock:
+            inputs = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
         hidden = self.model(**inputs).last_hidden_state
         mask = inputs["attention_mask"]
         if self.pooling == "cls":

@@ -65,9 +65,11 @@ class HFRerankModel:
         self.max_length = min(int(v) for v in limits if v and v < 1_000_000)
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
-        # Fast tokenizers are not thread-safe: counting (callers' threads) uses its own copy.
+        # Fast tokenizers are not thread-safe: counting (callers' threads) uses its own copy;
+        # forward passes (which may come from two threads) take turns on the original.
         self._counting_tokenizer = copy.deepcopy(self.tokenizer)
         self._counting_lock = threading.Lock()
+        self._encoding_lock = threading.Lock()
 
     def _encode(self, pairs: Sequence[tuple[str, str]], tokenizer=None, **kwargs: Any):
         queries = [q for q, _ in pairs]
@@ -88,8 +90,9 @@ class HFRerankModel:
     @torch.inference_mode()
     def score_batch(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """One forward pass over ``pairs`` (the caller sizes the batch): a score per pair."""
-        inputs = self._encode(pairs, padding=True, return_tensors="pt").to(self.device)
-        logits = self.model(**inputs).logits.float()
+        with self._encoding_lock:
+            inputs = self._encode(pairs, padding=True, return_tensors="pt")
+        logits = self.model(**inputs.to(self.device)).logits.float()
         if self.num_labels == 1:
             scores = torch.sigmoid(logits[:, 0])
         else:

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         16384, description="Token budget of one forward pass (batch size x padded length)."
     )
     embed_max_batch_size: int = Field(128, description="Most texts in one forward pass.")
+    embed_urgent_lane: bool = Field(
+        True,
+        description="Interactive inputs get a forward pass of their own while a bulk pass "
+        "(batch file) runs, instead of waiting for it (a second model thread).",
+    )
     embed_job_chunk: int = Field(
         1024,
         description="Texts a job hands the batcher at a time (progress and cancel granularity).",

@@ -100,6 +100,52 @@ def test_interactive_work_overtakes_queued_bulk_work(handler):
     assert position == 1  # right after the pass that was already running
 
 
+class GatedBulk(Recording):
+    """Blocks only passes of bulk texts, and records which thread ran each pass."""
+
+    def __init__(self, handler, gate: threading.Event):
+        super().__init__(handler)
+        self.bulk_gate = gate
+        self.threads: list[tuple[str, list[str]]] = []
+
+    def embed_batch(self, texts):
+        self.threads.append((threading.current_thread().name, list(texts)))
+        if any(t.startswith("bulk") for t in texts):
+            self.bulk_gate.wait(10)
+        return super().embed_batch(texts)
+
+
+def test_urgent_lane_serves_interactive_inputs_during_a_bulk_pass(handler):
+    gate = threading.Event()
+    recording = GatedBulk(handler, gate)
+    batcher = _batcher(recording, batch_tokens=10_000, max_batch_size=4, urgent_priority=0)
+    try:
+        bulk = _submit(batcher, handler, [f"bulk {i}" for i in range(8)], priority=6)
+        time.sleep(0.1)  # the main thread is inside a (blocked) bulk pass
+        urgent = _submit(batcher, handler, ["urgent one", "urgent two"], priority=0)
+        expected = handler.embed_batch(["urgent one", "urgent two"])
+        np.testing.assert_allclose(urgent.result(5), expected, atol=1e-5)  # not waiting
+        assert not bulk.done()
+        gate.set()
+        assert bulk.result(10).shape == (8, handler.dim)
+    finally:
+        batcher.stop()
+    urgent_pass = next(name for name, texts in recording.threads if "urgent one" in texts)
+    assert urgent_pass.startswith("batcher-urgent:")
+
+
+def test_without_bulk_in_flight_the_urgent_lane_stays_idle(handler):
+    recording = GatedBulk(handler, threading.Event())
+    batcher = _batcher(recording, batch_tokens=10_000, max_batch_size=4, urgent_priority=0)
+    try:
+        futures = [_submit(batcher, handler, [f"text {i}"], priority=0) for i in range(12)]
+        for future in futures:
+            future.result(10)
+    finally:
+        batcher.stop()
+    assert {name for name, _ in recording.threads} == {"batcher:"}
+
+
 def test_cancelling_one_job_leaves_the_others(handler):
     gate = threading.Event()
     recording = Recording(handler, gate=gate)

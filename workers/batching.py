@@ -8,6 +8,13 @@ anchors the batch on the first of those (so nothing waits longer than the inputs
 before it), then grows it with the inputs closest in length until the padded size reaches
 the token budget. Inputs from different jobs share a batch; a long job's inputs interleave
 with later small requests, so a single input waits about one forward pass, not a whole job.
+
+The urgent lane. With ``urgent_priority`` set, a second thread runs passes of inputs at that
+priority or more urgent **while the main thread is busy with a less urgent pass** (a batch
+file's): an interactive request then waits for neither that pass nor the bulk queue. The two
+passes share the device for a moment (the forward must be safe to call from two threads);
+without bulk work in flight the second thread stays idle, so ordinary traffic still forms
+full batches on one thread.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +83,7 @@ class Batcher:
         batch_tokens: int,
         max_batch_size: int,
         name: str = "",
+        urgent_priority: int | None = None,
     ):
         self.forward = forward
         self.width = width
@@ -88,8 +96,14 @@ class Batcher:
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._stopped = False
+        self._main_pass_priority: int | None = None  # what the main thread is running
+        self.urgent_priority = urgent_priority
         self._thread = threading.Thread(target=self._run, name=f"batcher:{name}", daemon=True)
         self._thread.start()
+        if urgent_priority is not None:
+            threading.Thread(
+                target=self._run_urgent, name=f"batcher-urgent:{name}", daemon=True
+            ).start()
 
     def submit(
         self,
@@ -114,18 +128,21 @@ class Batcher:
             queue = self._pending.setdefault(priority, deque())
             for i, length in enumerate(lengths):
                 queue.append(_Item(ticket, i, max(1, length), priority, next(self._seq)))
-            self._cond.notify()
+            self._cond.notify_all()
         return ticket.future
 
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
-            self._cond.notify()
+            self._cond.notify_all()
 
-    def _take_candidates(self) -> list[_Item]:
-        """Pop up to ``window`` live items, most urgent priority first, oldest first."""
+    def _take_candidates(self, most: int | None = None) -> list[_Item]:
+        """Pop up to ``window`` live items, most urgent priority first, oldest first (only
+        priorities up to ``most`` when given)."""
         taken: list[_Item] = []
         for priority in sorted(self._pending):
+            if most is not None and priority > most:
+                break
             queue = self._pending[priority]
             while queue and len(taken) < self.window:
                 item = queue.popleft()
@@ -170,8 +187,7 @@ class Batcher:
 
     @staticmethod
     def _abandon(ticket: _Ticket) -> None:
-        if not ticket.future.done():
-            ticket.future.set_exception(Cancelled())
+        _settle(ticket.future, error=Cancelled())
 
     def _run(self) -> None:
         while True:
@@ -185,6 +201,32 @@ class Batcher:
                     continue
                 batch, rest = self._choose(candidates)
                 self._put_back(rest)
+                self._main_pass_priority = batch[0].priority
+            try:
+                self._execute(batch)
+            finally:
+                with self._cond:
+                    self._main_pass_priority = None
+
+    def _urgent_waiting(self) -> bool:
+        """Urgent inputs wait while the main thread runs a less urgent pass."""
+        running = self._main_pass_priority
+        if running is None or running <= self.urgent_priority:
+            return False
+        return any(q for prio, q in self._pending.items() if prio <= self.urgent_priority)
+
+    def _run_urgent(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and not self._urgent_waiting():
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                candidates = self._take_candidates(most=self.urgent_priority)
+                if not candidates:
+                    continue
+                batch, rest = self._choose(candidates)
+                self._put_back(rest)
             self._execute(batch)
 
     def _execute(self, batch: list[_Item]) -> None:
@@ -193,18 +235,32 @@ class Batcher:
         except Exception as exc:  # a failed forward fails every job in the batch, not the thread
             log.exception("forward pass failed")
             for ticket in {id(it.ticket): it.ticket for it in batch}.values():
-                if not ticket.future.done():
-                    ticket.future.set_exception(exc)
+                _settle(ticket.future, error=exc)
             return
         metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
         metrics.TOKENS.labels(self.name, "input").inc(self.stats_tokens(batch))
-        self.stats.batches += 1
-        self.stats.inputs += len(batch)
-        self.stats.padded_tokens += len(batch) * max(it.length for it in batch)
-        self.stats.real_tokens += sum(it.length for it in batch)
-        for item, output in zip(batch, outputs, strict=True):
-            ticket = item.ticket
-            ticket.outputs[item.index] = output
-            ticket.remaining -= 1
-            if ticket.remaining == 0 and not ticket.future.done():
-                ticket.future.set_result(ticket.outputs)
+        finished: list[_Ticket] = []
+        with self._cond:  # the urgent thread may finish a pass (of the same ticket) at once
+            self.stats.batches += 1
+            self.stats.inputs += len(batch)
+            self.stats.padded_tokens += len(batch) * max(it.length for it in batch)
+            self.stats.real_tokens += sum(it.length for it in batch)
+            for item, output in zip(batch, outputs, strict=True):
+                ticket = item.ticket
+                ticket.outputs[item.index] = output
+                ticket.remaining -= 1
+                if ticket.remaining == 0:
+                    finished.append(ticket)
+        for ticket in finished:
+            _settle(ticket.future, result=ticket.outputs)
+
+
+def _settle(future: Future, *, result: Any = None, error: BaseException | None = None) -> None:
+    """Resolve ``future`` unless another thread (or a cancel) got there first."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass

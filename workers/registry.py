@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inferq.catalog import CatalogError, ModelEntry
+from inferq.protocol import Priority
 from inferq.settings import Settings
 from workers import metrics
 
@@ -151,6 +152,7 @@ class ModelRegistry:
             batch_tokens=settings.embed_batch_tokens,
             max_batch_size=settings.embed_max_batch_size,
             name=loaded.name,
+            urgent_priority=int(Priority.INTERACTIVE) if settings.embed_urgent_lane else None,
         )
 
     @staticmethod
