@@ -6,10 +6,15 @@ finalize batches). A batch runs as:
 1. ``plan`` (any worker, control queue): stream the input file once, validate every line
    (a malformed line fails the batch, naming its line number), then cut it into **parts**:
    runs of consecutive lines for one model, described by byte offsets into the input file,
-   and enqueue one task per part on that model's queue at bulk priority.
-2. ``part`` (a worker of that model): read its byte range, run its lines together (all the
-   texts of all its lines share the model's batches), and record its output and error lines
-   with ``RECORD_PART_SCRIPT`` — once, whatever redeliveries happen.
+   and list their indices in the batch's **to-do list**; then enqueue a few **runner** tasks
+   on that model's queue at bulk priority (``BATCH_ACTIVE_PARTS`` per live worker).
+2. ``runner`` (a worker of that model): claim the next part from the to-do list
+   (``CLAIM_PART_SCRIPT``, which remembers the runner's claim, so a redelivered runner resumes
+   its part), read its byte range, run its lines together (all the texts of all its lines
+   share the model's batches), record its output and error lines with
+   ``RECORD_PART_SCRIPT`` — once, whatever redeliveries happen — and claim the next one until
+   the list is empty. A batch thus holds a bounded number of broker messages and worker
+   threads however many parts it has; runners added as workers join spread it wider.
 3. ``finalize`` (control queue, when every part is settled): concatenate part outputs in
    order into the output and error files, then mark the batch completed (or cancelled /
    expired, keeping what finished).
@@ -25,7 +30,7 @@ from inferq.protocol import PREFIX, Endpoint, loads
 
 CONTROL_QUEUE = f"{PREFIX}.control"
 TASK_PLAN = "inferq.batch.plan"
-TASK_PART = "inferq.batch.part"
+TASK_RUNNER = "inferq.batch.runner"
 TASK_FINALIZE = "inferq.batch.finalize"
 
 BATCH_ENDPOINTS = (Endpoint.EMBEDDINGS, Endpoint.CHAT, Endpoint.RERANK)
@@ -86,6 +91,21 @@ def batches_index_key(owner: str) -> str:
 def parts_key(batch_id: str) -> str:
     """Hash: part index -> JSON {model, start, end, lines, first_line}."""
     return f"{PREFIX}:batch:{batch_id}:parts"
+
+
+def todo_key(batch_id: str, model: str) -> str:
+    """List: indices of ``model``'s parts that no runner has claimed yet."""
+    return f"{PREFIX}:batch:{batch_id}:todo:{model}"
+
+
+def runners_field(model: str) -> str:
+    """Batch record field: how many runners ``model``'s parts have."""
+    return f"runners:{model}"
+
+
+def claims_key(batch_id: str) -> str:
+    """Hash: runner id -> the part index it is running."""
+    return f"{PREFIX}:batch:{batch_id}:claims"
 
 
 def done_parts_key(batch_id: str) -> str:
@@ -162,6 +182,19 @@ local settled = redis.call('HINCRBY', KEYS[1], 'parts_settled', 1)
 local parts = tonumber(redis.call('HGET', KEYS[1], 'parts') or '-1')
 if settled == parts then return 1 end
 return 0
+"""
+
+# KEYS: to-do list, claims hash. ARGV[1]: runner id. The part this runner claimed before (a
+# redelivered runner resumes it), else the next part from the to-do list, else nil.
+CLAIM_PART_SCRIPT = """
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then return held end
+local ttl = redis.call('TTL', KEYS[1])
+local index = redis.call('LPOP', KEYS[1])
+if not index then return false end
+redis.call('HSET', KEYS[2], ARGV[1], index)
+if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+return index
 """
 
 # KEYS[1] batch. ARGV: expected current statuses (comma-separated), new status, timestamp

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 100
 STOP_POLL_SEC = 1.0  # a running part re-reads its batch's status this often
+HAND_BACK_AFTER_SEC = 1.0  # a runner waits this long for a free part slot, then goes back
 
 
 @dataclass
@@ -166,7 +167,9 @@ class BatchRunner:
         self.blobs = Blobs(redis_client)
         self._catalog_loader = catalog_loader
         self._record = redis_client.register_script(b.RECORD_PART_SCRIPT)
+        self._claim = redis_client.register_script(b.CLAIM_PART_SCRIPT)
         self._part_slots = threading.BoundedSemaphore(settings.batch_active_parts)
+        self.stopping = threading.Event()  # the worker is shutting down
         self._transition = redis_client.register_script(b.TRANSITION_SCRIPT)
 
     def record(self, batch_id: str) -> dict[str, str]:
@@ -189,6 +192,10 @@ class BatchRunner:
         if record["status"] == b.BatchStatus.CANCELLING:
             self._send_finalize(batch_id)
             return
+        if record["status"] == b.BatchStatus.IN_PROGRESS:  # a redelivery: runners sent?
+            for model in p.loads(record.get("models") or "[]"):
+                self._add_runners(batch_id, model)
+            return
         if record["status"] != b.BatchStatus.VALIDATING:
             return  # planned already (a redelivery)
         plan = make_plan(self.blobs, record, self._catalog_loader(), self.settings)
@@ -202,45 +209,83 @@ class BatchRunner:
             log.info("batch %s failed validation: %s", batch_id, plan.errors[0]["message"])
             return
         ttl = max(1, self.redis.ttl(key))
+        models = sorted({part.model for part in plan.parts})
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(
             b.parts_key(batch_id),
             mapping={i: p.dumps(part.__dict__) for i, part in enumerate(plan.parts)},
         )
         pipe.expire(b.parts_key(batch_id), ttl)
-        pipe.hset(key, mapping={"parts": len(plan.parts), "total": plan.lines})
+        for model in models:
+            todo = b.todo_key(batch_id, model)
+            pipe.delete(todo)  # a redelivered plan starts the list afresh
+            pipe.rpush(todo, *(i for i, part in enumerate(plan.parts) if part.model == model))
+            pipe.expire(todo, ttl)
+        pipe.hset(
+            key,
+            mapping={"parts": len(plan.parts), "total": plan.lines, "models": p.dumps(models)},
+        )
         pipe.execute()
         if not self.transition(
             batch_id, [b.BatchStatus.VALIDATING], b.BatchStatus.IN_PROGRESS, "in_progress_at"
         ):
             self._send_finalize(batch_id)  # cancelled while validating
             return
-        for index, part in enumerate(plan.parts):
-            self.celery.send_task(
-                b.TASK_PART,
-                args=[batch_id, index],
-                queue=p.queue_name(part.model),
-                priority=int(p.Priority.BULK),
-            )
+        for model in models:
+            self._add_runners(batch_id, model)
         log.info("batch %s: %d lines in %d parts", batch_id, plan.lines, len(plan.parts))
 
-    # --- parts -------------------------------------------------------------------------------
+    # --- runners and parts -------------------------------------------------------------------
 
-    def try_run_part(self, batch_id: str, index: int, models: dict[str, LoadedModel]) -> bool:
-        """Run a part if this worker has a free part slot; False means "give it back".
+    def _add_runners(self, batch_id: str, model: str) -> None:
+        """Enqueue runners for ``model`` up to ``BATCH_ACTIVE_PARTS`` per live worker of it
+        (and no more than it has parts waiting)."""
+        live = self.redis.zcount(p.workers_key(model), p.now(), "+inf")
+        target = self.settings.batch_active_parts * max(1, live)
+        waiting = self.redis.llen(b.todo_key(batch_id, model))
+        counter = b.runners_field(model)
+        running = int(self.redis.hget(b.batch_key(batch_id), counter) or 0)
+        for _ in range(min(target - running, waiting)):
+            self.redis.hincrby(b.batch_key(batch_id), counter, 1)
+            self._send_runner(batch_id, model, uuid.uuid4().hex)
+
+    def _send_runner(self, batch_id: str, model: str, runner_id: str) -> None:
+        self.celery.send_task(
+            b.TASK_RUNNER,
+            args=[batch_id, model, runner_id],
+            queue=p.queue_name(model),
+            priority=int(p.Priority.BULK),
+        )
+
+    def run_runner(
+        self, batch_id: str, model: str, runner_id: str, models: dict[str, LoadedModel]
+    ) -> None:
+        """Run ``model``'s parts of the batch one after another until none is left.
 
         A part holds a job thread for several forward passes; were every thread holding one,
-        an interactive request would wait in Redis for a thread. Parts beyond
-        ``BATCH_ACTIVE_PARTS`` are returned to the queue instead (those running keep the
-        model's batches full).
+        an interactive request would wait in Redis for a thread. So a worker runs at most
+        ``BATCH_ACTIVE_PARTS`` parts at once (enough to keep the model's batches full); a
+        runner finding no free slot within a second goes back to the queue as a new message
+        (cheaper than a rejection, which Celery records with a formatted traceback), and so
+        does every runner once the worker is shutting down (after its current part).
         """
-        if not self._part_slots.acquire(blocking=False):
-            return False
-        try:
-            self.run_part(batch_id, index, models)
-        finally:
-            self._part_slots.release()
-        return True
+        keys = [b.todo_key(batch_id, model), b.claims_key(batch_id)]
+        while True:
+            if self.stopping.is_set() or not self._part_slots.acquire(timeout=HAND_BACK_AFTER_SEC):
+                if self.redis.exists(b.batch_key(batch_id)):
+                    self._send_runner(batch_id, model, runner_id)
+                return
+            try:
+                index = self._claim(keys=keys, args=[runner_id])
+                if index is None:
+                    if self.redis.exists(b.batch_key(batch_id)):
+                        self.redis.hincrby(b.batch_key(batch_id), b.runners_field(model), -1)
+                    return
+                self.run_part(batch_id, int(index), models)
+                self.redis.hdel(b.claims_key(batch_id), runner_id)
+            finally:
+                self._part_slots.release()
+            self._add_runners(batch_id, model)  # workers may have joined since
 
     def run_part(self, batch_id: str, index: int, models: dict[str, LoadedModel]) -> None:
         if self.redis.sismember(b.done_parts_key(batch_id), index):
@@ -372,7 +417,8 @@ class BatchRunner:
                 [b.BatchStatus.FINALIZING],
             )
         self.transition(batch_id, expected, final, stamp)
-        cleanup = [b.parts_key(batch_id), b.done_parts_key(batch_id)]
+        cleanup = [b.parts_key(batch_id), b.done_parts_key(batch_id), b.claims_key(batch_id)]
+        cleanup += [b.todo_key(batch_id, m) for m in p.loads(record.get("models") or "[]")]
         for index in range(parts):
             cleanup += [b.part_output_key(batch_id, index), b.part_errors_key(batch_id, index)]
         self.redis.delete(*cleanup)

@@ -46,7 +46,9 @@ def start_background(worker_name: str, controller=None) -> None:
 
 
 def stop_background() -> None:
-    """A requested shutdown: leave the worker pool; the watchdog must not interfere."""
+    """A requested shutdown: leave the worker pool; the watchdog must not interfere; batch
+    runners hand their batches back after the part they are running."""
+    batches().stopping.set()
     for part in _background:
         if isinstance(part, ConsumerWatchdog):
             part.graceful.set()

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
-from celery.exceptions import Reject
-
 from inferq.audio import TASK_HELP
-from inferq.batches import TASK_FINALIZE, TASK_PART, TASK_PLAN
+from inferq.batches import TASK_FINALIZE, TASK_PLAN, TASK_RUNNER
 from inferq.protocol import TASK_NAMES, Endpoint
 from workers import audio, runtime
 from workers.celery_app import app
@@ -49,11 +45,9 @@ def plan_batch(batch_id: str) -> None:
     runtime.batches().plan(batch_id)
 
 
-@app.task(name=TASK_PART, acks_late=True, reject_on_worker_lost=True)
-def run_batch_part(batch_id: str, index: int) -> None:
-    if not runtime.batches().try_run_part(batch_id, index, runtime.registry.models):
-        time.sleep(1.0)  # all part slots busy: hand the message back (after a breath)
-        raise Reject("all batch part slots are busy", requeue=True)
+@app.task(name=TASK_RUNNER, acks_late=True, reject_on_worker_lost=True)
+def run_batch_parts(batch_id: str, model: str, runner_id: str) -> None:
+    runtime.batches().run_runner(batch_id, model, runner_id, runtime.registry.models)
 
 
 @app.task(name=TASK_FINALIZE, acks_late=True, reject_on_worker_lost=True)
