@@ -3,7 +3,10 @@
 (a) one stream: tokens/s and time to first token of ``handler.generate`` vs one streamed
     ``/v1/chat/completions`` request (HTTP -> queue -> worker -> Redis stream -> SSE);
 (b) eight streams: aggregate tokens/s of ``handler.generate_batch`` on 8 prompts vs 8
-    concurrent streamed requests (which the worker batches continuously).
+    concurrent streamed requests (which the worker batches continuously);
+(c) a batch file of 32 prompts through the Batch API (``client.batches``): tokens/s from
+    creation to completion vs ``handler.generate_batch`` on the same 32 prompts, and the time
+    to first token of one interactive stream while the batch runs vs idle.
 
 Both sides decode the same prompts greedily with the same ``max_tokens``, so they produce the
 same tokens. Goals (issue 3): (a) >= 0.95x with TTFT <= +15 ms; (b) >= 0.85x.
@@ -25,6 +28,7 @@ from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wa
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MAX_TOKENS = 64
 REPEATS = 3
+BATCH_PROMPTS = 32
 TOPICS = [
     "a dragon and a knight",
     "a lighthouse keeper",
@@ -39,6 +43,10 @@ TOPICS = [
 
 def messages(topic: str) -> list[dict]:
     return [{"role": "user", "content": f"Write a long story about {topic}."}]
+
+
+def batch_topics() -> list[str]:
+    return [f"{TOPICS[i % len(TOPICS)]}, chapter {i}" for i in range(BATCH_PROMPTS)]
 
 
 def in_process() -> dict:
@@ -72,11 +80,18 @@ def in_process() -> dict:
         results = handler.generate_batch(requests)
         wall = time.perf_counter() - started
         batches.append(sum(r.completion_tokens for r in results) / wall)
+    requests = [
+        ChatRequest(messages=messages(t), max_new_tokens=MAX_TOKENS) for t in batch_topics()
+    ]
+    started = time.perf_counter()
+    results = handler.generate_batch(requests)
+    file_tokens_per_s = sum(r.completion_tokens for r in results) / (time.perf_counter() - started)
     return {
         "single_tokens_per_s": statistics.median(s[0] for s in singles),
         "single_ttft_ms": 1000 * statistics.median(s[1] for s in singles),
         "single_tokens": singles[0][2],
         "batch8_tokens_per_s": statistics.median(batches),
+        "batch_file_tokens_per_s": file_tokens_per_s,
     }
 
 
@@ -138,6 +153,7 @@ def through_stack() -> dict:
             results = asyncio.run(_streams(base, TOPICS))
             wall = time.perf_counter() - started
             batches.append(sum(r[2] for r in results) / wall)
+        batch_file = _batch_file(base)
     finally:
         for proc in (worker, api):
             stop(proc)
@@ -148,6 +164,51 @@ def through_stack() -> dict:
         "single_ttft_ms": 1000 * statistics.median(s[1] for s in singles),
         "single_tokens": singles[0][2],
         "streams8_tokens_per_s": statistics.median(batches),
+        **batch_file,
+    }
+
+
+def _batch_file(base: str) -> dict:
+    """(c): the 32-prompt batch file, with interactive streams measured while it runs."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    lines = [
+        {
+            "custom_id": f"p{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": MODEL,
+                "messages": messages(t),
+                "max_tokens": MAX_TOKENS,
+                "temperature": 0,
+            },
+        }
+        for i, t in enumerate(batch_topics())
+    ]
+    payload = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    upload = client.files.create(file=("prompts.jsonl", payload), purpose="batch")
+    started = time.perf_counter()
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    while client.batches.retrieve(batch.id).status == "validating":
+        time.sleep(0.05)
+    time.sleep(1.0)  # the batch's rows are decoding
+    during = []
+    while (batch := client.batches.retrieve(batch.id)).status == "in_progress":
+        during.append(asyncio.run(_streams(base, TOPICS[:1]))[0][1])
+    wall = time.perf_counter() - started
+    if batch.status != "completed":
+        raise RuntimeError(f"batch ended {batch.status}: {batch}")
+    outputs = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
+    tokens = sum(o["response"]["body"]["usage"]["completion_tokens"] for o in outputs)
+    return {
+        "batch_file_tokens_per_s": tokens / wall,
+        "batch_file_lines": len(outputs),
+        "ttft_during_batch_ms": 1000 * statistics.median(during) if during else None,
+        "streams_during_batch": len(during),
     }
 
 
@@ -161,6 +222,7 @@ def run() -> dict:
         "single_ratio": stack["single_tokens_per_s"] / local["single_tokens_per_s"],
         "ttft_added_ms": stack["single_ttft_ms"] - local["single_ttft_ms"],
         "eight_ratio": stack["streams8_tokens_per_s"] / local["batch8_tokens_per_s"],
+        "batch_file_ratio": stack["batch_file_tokens_per_s"] / local["batch_file_tokens_per_s"],
     }
 
 
@@ -177,6 +239,13 @@ def report(result: dict) -> str:
             f"(b) 8 prompts    in-process generate_batch: {a['batch8_tokens_per_s']:7.2f} tok/s",
             f"    8 streams    via stack:                 {s['streams8_tokens_per_s']:7.2f} tok/s"
             f" -> {result['eight_ratio']:.3f} x  [goal >= 0.85 x]",
+            f"(c) {BATCH_PROMPTS} prompts   in-process generate_batch: "
+            f"{a['batch_file_tokens_per_s']:7.2f} tok/s",
+            f"    batch file   via stack:                 {s['batch_file_tokens_per_s']:7.2f} tok/s"
+            f" -> {result['batch_file_ratio']:.3f} x; one stream's TTFT during it "
+            f"{s['ttft_during_batch_ms'] or float('nan'):.1f} ms"
+            f" (idle {s['single_ttft_ms']:.1f} ms,"
+            f" {s['streams_during_batch']} streams)",
         ]
     )
 

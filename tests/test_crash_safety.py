@@ -273,3 +273,55 @@ def test_worker_killed_mid_batch_loses_and_duplicates_no_output_line(stack, open
     output = openai_client.files.content(done.output_file_id).text.splitlines()
     ids = [json.loads(line)["custom_id"] for line in output]
     assert sorted(ids) == sorted(line["custom_id"] for line in lines)  # each exactly once
+
+
+def test_sigterm_mid_batch_hands_the_batch_back(stack, openai_client, redis_client):
+    """A warm shutdown finishes the running parts, not the whole batch: the runners go back
+    to the queue and another worker completes the batch, every line exactly once."""
+    import io
+    import json
+
+    first = stack.start_worker([MODEL], **FAST_REDELIVERY)
+    assert redis_client.zcard(p.workers_key(MODEL)) == 1
+    lines = [
+        {
+            "custom_id": f"line-{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": MODEL, "input": [f"handed back {i} {j}" for j in range(8)]},
+        }
+        for i in range(3000)  # ~47 parts of 0.6 s on one worker
+    ]
+    payload = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    upload = openai_client.files.create(file=("in.jsonl", io.BytesIO(payload)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    _wait_for(
+        lambda: openai_client.batches.retrieve(batch.id).request_counts.completed > 0,
+        120,
+        "first finished part",
+    )
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(60) == 0
+    left = openai_client.batches.retrieve(batch.id)
+    assert left.status == "in_progress"  # it did not stay to run the whole batch
+    assert 0 < left.request_counts.completed < 3000
+    second = stack.start_worker([MODEL], **FAST_REDELIVERY)
+    try:
+        done = _wait_for(
+            lambda: (
+                (b := openai_client.batches.retrieve(batch.id)).status
+                in ("completed", "failed", "cancelled", "expired")
+                and b
+            ),
+            240,
+            "batch completion",
+        )
+    finally:
+        stop(second)
+    assert done.status == "completed"
+    assert (done.request_counts.completed, done.request_counts.failed) == (3000, 0)
+    output = openai_client.files.content(done.output_file_id).text.splitlines()
+    ids = [json.loads(line)["custom_id"] for line in output]
+    assert sorted(ids) == sorted(line["custom_id"] for line in lines)
