@@ -272,12 +272,17 @@ class BatchRunner:
         keys = [b.todo_key(batch_id, model), b.claims_key(batch_id)]
         while True:
             if self.stopping.is_set() or not self._part_slots.acquire(timeout=HAND_BACK_AFTER_SEC):
+                why = "the worker is stopping" if self.stopping.is_set() else "no free part slot"
+                log.info(
+                    "batch %s: runner %s goes back to the queue (%s)", batch_id, runner_id, why
+                )
                 if self.redis.exists(b.batch_key(batch_id)):
                     self._send_runner(batch_id, model, runner_id)
                 return
             try:
                 index = self._claim(keys=keys, args=[runner_id])
                 if index is None:
+                    log.info("batch %s: runner %s found no part left", batch_id, runner_id)
                     if self.redis.exists(b.batch_key(batch_id)):
                         self.redis.hincrby(b.batch_key(batch_id), b.runners_field(model), -1)
                     return

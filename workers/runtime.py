@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 from inferq.catalog import Catalog, load_catalog
@@ -23,12 +24,21 @@ def catalog() -> Catalog:
     return load_catalog(settings.model_config_path)
 
 
-@lru_cache(maxsize=1)
-def batches():
-    from workers.batch import BatchRunner
-    from workers.celery_app import app
+_batches = None
+_batches_lock = threading.Lock()
 
-    return BatchRunner(jobs.redis, settings, app, catalog)
+
+def batches():
+    """The worker's one BatchRunner (its part slots and stop flag are process-wide; an
+    lru_cache could build two when the first tasks arrive together)."""
+    global _batches
+    with _batches_lock:
+        if _batches is None:
+            from workers.batch import BatchRunner
+            from workers.celery_app import app
+
+            _batches = BatchRunner(jobs.redis, settings, app, catalog)
+        return _batches
 
 
 def start_background(worker_name: str, controller=None) -> None:
