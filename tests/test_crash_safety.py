@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import signal
 import subprocess
 import time
@@ -229,21 +231,18 @@ def test_a_job_past_its_time_limit_fails_with_timeout_and_frees_the_worker(stack
         stop(worker)
 
 
-def test_worker_killed_mid_batch_loses_and_duplicates_no_output_line(stack, openai_client):
-    import io
-    import json
-
-    first = stack.start_worker([MODEL], **FAST_REDELIVERY)
-    lines = [
+def _start_batch(openai_client, lines: int, label: str) -> str:
+    """A batch of ``lines`` embeddings lines (8 texts each) for MODEL, running."""
+    rows = [
         {
             "custom_id": f"line-{i}",
             "method": "POST",
             "url": "/v1/embeddings",
-            "body": {"model": MODEL, "input": [f"batch crash {i} {j}" for j in range(8)]},
+            "body": {"model": MODEL, "input": [f"{label} {i} {j}" for j in range(8)]},
         }
-        for i in range(400)
+        for i in range(lines)
     ]
-    payload = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    payload = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
     upload = openai_client.files.create(file=("in.jsonl", io.BytesIO(payload)), purpose="batch")
     batch = openai_client.batches.create(
         input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
@@ -253,13 +252,16 @@ def test_worker_killed_mid_batch_loses_and_duplicates_no_output_line(stack, open
         120,
         "first finished part",
     )
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    return batch.id
+
+
+def _finish_on_a_new_worker(stack, openai_client, batch_id: str, lines: int) -> None:
+    """Another worker completes the batch: every line in the output exactly once."""
     second = stack.start_worker([MODEL], **FAST_REDELIVERY)
     try:
         done = _wait_for(
             lambda: (
-                (b := openai_client.batches.retrieve(batch.id)).status
+                (b := openai_client.batches.retrieve(batch_id)).status
                 in ("completed", "failed", "cancelled", "expired")
                 and b
             ),
@@ -269,59 +271,29 @@ def test_worker_killed_mid_batch_loses_and_duplicates_no_output_line(stack, open
     finally:
         stop(second)
     assert done.status == "completed"
-    assert (done.request_counts.completed, done.request_counts.failed) == (400, 0)
+    assert (done.request_counts.completed, done.request_counts.failed) == (lines, 0)
     output = openai_client.files.content(done.output_file_id).text.splitlines()
     ids = [json.loads(line)["custom_id"] for line in output]
-    assert sorted(ids) == sorted(line["custom_id"] for line in lines)  # each exactly once
+    assert sorted(ids) == sorted(f"line-{i}" for i in range(lines))
+
+
+def test_worker_killed_mid_batch_loses_and_duplicates_no_output_line(stack, openai_client):
+    first = stack.start_worker([MODEL], **FAST_REDELIVERY)
+    batch_id = _start_batch(openai_client, 400, "batch crash")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    _finish_on_a_new_worker(stack, openai_client, batch_id, 400)
 
 
 def test_sigterm_mid_batch_hands_the_batch_back(stack, openai_client, redis_client):
     """A warm shutdown finishes the running parts, not the whole batch: the runners go back
     to the queue and another worker completes the batch, every line exactly once."""
-    import io
-    import json
-
     first = stack.start_worker([MODEL], **FAST_REDELIVERY)
     assert redis_client.zcard(p.workers_key(MODEL)) == 1
-    lines = [
-        {
-            "custom_id": f"line-{i}",
-            "method": "POST",
-            "url": "/v1/embeddings",
-            "body": {"model": MODEL, "input": [f"handed back {i} {j}" for j in range(8)]},
-        }
-        for i in range(3000)  # ~47 parts of 0.6 s on one worker
-    ]
-    payload = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
-    upload = openai_client.files.create(file=("in.jsonl", io.BytesIO(payload)), purpose="batch")
-    batch = openai_client.batches.create(
-        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
-    )
-    _wait_for(
-        lambda: openai_client.batches.retrieve(batch.id).request_counts.completed > 0,
-        120,
-        "first finished part",
-    )
+    batch_id = _start_batch(openai_client, 3000, "handed back")  # ~47 parts of 0.6 s
     first.send_signal(signal.SIGTERM)
     assert first.wait(60) == 0
-    left = openai_client.batches.retrieve(batch.id)
+    left = openai_client.batches.retrieve(batch_id)
     assert left.status == "in_progress"  # it did not stay to run the whole batch
     assert 0 < left.request_counts.completed < 3000
-    second = stack.start_worker([MODEL], **FAST_REDELIVERY)
-    try:
-        done = _wait_for(
-            lambda: (
-                (b := openai_client.batches.retrieve(batch.id)).status
-                in ("completed", "failed", "cancelled", "expired")
-                and b
-            ),
-            240,
-            "batch completion",
-        )
-    finally:
-        stop(second)
-    assert done.status == "completed"
-    assert (done.request_counts.completed, done.request_counts.failed) == (3000, 0)
-    output = openai_client.files.content(done.output_file_id).text.splitlines()
-    ids = [json.loads(line)["custom_id"] for line in output]
-    assert sorted(ids) == sorted(line["custom_id"] for line in lines)
+    _finish_on_a_new_worker(stack, openai_client, batch_id, 3000)

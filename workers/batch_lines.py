@@ -58,7 +58,7 @@ class BatchLines:
     def __init__(self, settings: Settings):
         self.settings = settings
 
-    def parse(self, body: dict[str, Any], model: LoadedModel) -> BaseModel:
+    def parse(self, body: dict[str, Any]) -> BaseModel:
         try:
             parsed = self.schema.model_validate(body)
         except ValidationError as exc:
@@ -80,7 +80,7 @@ class EmbeddingLines(BatchLines):
     schema = EmbeddingRequest
 
     def prepare(self, body, model):
-        request = self.parse(body, model).normalized(
+        request = self.parse(body).normalized(
             max_inputs=self.settings.max_inputs_per_request,
             max_chars=self.settings.max_input_chars,
         )
@@ -109,7 +109,7 @@ class RerankLines(BatchLines):
     schema = RerankRequest
 
     def prepare(self, body, model):
-        request = self.parse(body, model).normalized(
+        request = self.parse(body).normalized(
             max_documents=self.settings.max_rerank_documents,
             max_chars=self.settings.max_input_chars,
         )
@@ -142,7 +142,7 @@ class ChatLines(BatchLines):
     schema = ChatCompletionRequest
 
     def prepare(self, body, model):
-        parsed = self.parse(body, model)
+        parsed = self.parse(body)
         if parsed.stream:
             raise bad_request("streaming is not available in batches", param="stream")
         request = parsed.normalized(max_stop=self.settings.chat_max_stop_sequences)
@@ -205,7 +205,7 @@ class ProxyLines(BatchLines):
         self.schema = ChatCompletionRequest if endpoint == p.Endpoint.CHAT else EmbeddingRequest
 
     def prepare(self, body, model):
-        parsed = self.parse(body, model)
+        parsed = self.parse(body)
         if self.endpoint == p.Endpoint.CHAT:
             upstream = parsed.upstream_body()
             upstream.pop("stream_options", None)
