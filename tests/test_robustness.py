@@ -54,7 +54,8 @@ def test_a_thousand_concurrent_requests_complete_or_get_429(stack, redis_client)
     limited = stack.start_api(MAX_QUEUE_DEPTH="40")
 
     async def burst():
-        limits = httpx.Limits(max_connections=200)
+        # keep-alive shorter than uvicorn's 5 s: never reuse a connection the server is closing
+        limits = httpx.Limits(max_connections=200, keepalive_expiry=1.0)
         async with httpx.AsyncClient(base_url=limited, timeout=300, limits=limits) as client:
 
             async def one(i: int) -> tuple[str, int, str | None]:
