@@ -50,6 +50,16 @@ def as_service_error(exc: Exception) -> ServiceError:
     return ServiceError(500, f"{type(exc).__name__}: {exc}", code="internal_error")
 
 
+def _per_request(requests: list[dict], sizes: list[int], build) -> list[Outcome]:
+    """Split one submission's outputs back per request: ``build(request, start, end)``."""
+    outcomes: list[Outcome] = []
+    at = 0
+    for request, size in zip(requests, sizes, strict=True):
+        outcomes.append(build(request, at, at + size))
+        at += size
+    return outcomes
+
+
 class BatchLines:
     """One endpoint family's lines: ``prepare`` each body, then ``run`` them all together."""
 
@@ -95,14 +105,11 @@ class EmbeddingLines(BatchLines):
             )
         except Cancelled:
             return [None] * len(requests)
-        outcomes: list[Outcome] = []
-        at = 0
-        for request in requests:
-            n = len(request["input"])
-            tokens = sum(lengths[at : at + n])
-            outcomes.append(embeddings_response(request, model, vectors[at : at + n], tokens))
-            at += n
-        return outcomes
+        return _per_request(
+            requests,
+            [len(r["input"]) for r in requests],
+            lambda r, a, z: embeddings_response(r, model, vectors[a:z], sum(lengths[a:z])),
+        )
 
 
 class RerankLines(BatchLines):
@@ -125,15 +132,13 @@ class RerankLines(BatchLines):
             scores = future.result()
         except Cancelled:
             return [None] * len(requests)
-        outcomes: list[Outcome] = []
-        at = 0
-        for request in requests:
-            n = len(request["documents"])
-            tokens = sum(lengths[at : at + n])
-            rid = uuid.uuid4().hex
-            outcomes.append(rerank_response(request, model, scores[at : at + n], tokens, rid))
-            at += n
-        return outcomes
+        return _per_request(
+            requests,
+            [len(r["documents"]) for r in requests],
+            lambda r, a, z: rerank_response(
+                r, model, scores[a:z], sum(lengths[a:z]), uuid.uuid4().hex
+            ),
+        )
 
 
 class ChatLines(BatchLines):
