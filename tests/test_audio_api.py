@@ -346,7 +346,8 @@ def test_long_file_job_reports_progress_then_the_whole_transcript(
         **{"timestamp_granularities[]": ["segment", "word"]},
         metadata='{"purpose": "test"}',
     )
-    assert job["status"] == "queued" and job["metadata"] == {"purpose": "test"}
+    # The response reads the job back after enqueueing: a free worker may already have taken it.
+    assert job["status"] in ("queued", "running") and job["metadata"] == {"purpose": "test"}
     assert job["endpoint"] == "/v1/audio/transcriptions"
     snapshots = []
     deadline = time.monotonic() + 300
