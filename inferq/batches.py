@@ -51,6 +51,19 @@ class BatchStatus(StrEnum):
 STOPPED_STATUSES = frozenset(
     {BatchStatus.CANCELLING, BatchStatus.CANCELLED, BatchStatus.FAILED, BatchStatus.EXPIRED}
 )
+# A cancelled batch's runners settle their parts within a second or two; after this long the
+# sweep settles what is left itself (the model may have no live worker at all).
+CANCEL_GRACE_SEC = 10
+
+# Error codes of lines a stopped batch never ran (OpenAI's batch output error codes).
+STOP_ERRORS = {
+    BatchStatus.CANCELLING: ("batch_cancelled", "The batch was cancelled before this request ran."),
+    BatchStatus.EXPIRED: (
+        "batch_expired",
+        "This request could not be executed before the completion window expired.",
+    ),
+}
+
 TIMESTAMP_FIELDS = (
     "created_at",
     "in_progress_at",
@@ -86,6 +99,12 @@ def batch_key(batch_id: str) -> str:
 
 def batches_index_key(owner: str) -> str:
     return f"{PREFIX}:batches:{owner}"
+
+
+def open_batches_key() -> str:
+    """Sorted set: batches not yet final, scored by when the sweep should look at them (the
+    expiry time; a cancel moves it to shortly after the cancel)."""
+    return f"{PREFIX}:batches:open"
 
 
 def parts_key(batch_id: str) -> str:

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(200 * 1024 * 1024, description="Largest file upload (413 past it).")
     file_ttl_sec: int = Field(7 * 86400, description="How long uploaded and output files are kept.")
     max_batch_lines: int = Field(50_000, description="Most requests (lines) in one batch file.")
+    batch_expiry_sec: int = Field(
+        24 * 3600,
+        description="Seconds a batch has to finish (its completion_window, '24h'); lines not "
+        "run by then go to the error file as batch_expired. Shorten only for tests.",
+    )
     batch_part_lines: int = Field(
         64, description="Most batch lines a worker runs together as one unit (one broker message)."
     )

@@ -183,7 +183,13 @@ def test_cancel_mid_way_keeps_finished_output(openai_client):
     assert 0 < done.request_counts.completed < 3000
     output = _read_jsonl(openai_client, done.output_file_id)
     assert len(output) == done.request_counts.completed
-    assert len({o["custom_id"] for o in output}) == len(output)
+    # every line not run is in the error file, marked as OpenAI marks it
+    errors = _read_jsonl(openai_client, done.error_file_id)
+    assert len(errors) == done.request_counts.failed == 3000 - len(output)
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+    assert all(e["response"] is None for e in errors)
+    custom_ids = [line["custom_id"] for line in output + errors]
+    assert sorted(custom_ids) == sorted(f"req-{i}" for i in range(3000))
 
 
 def test_rerank_batch(stack, openai_client):
@@ -286,9 +292,12 @@ def test_cancelling_a_chat_batch_stops_running_generations(smol_stack, openai_cl
     openai_client.batches.cancel(batch.id)
     done = _wait(openai_client, batch.id, timeout=120)
     assert done.status == "cancelled"
-    # the running lines were stopped, not finished: neither file has them
-    assert (done.request_counts.completed, done.request_counts.failed) == (0, 0)
-    assert done.output_file_id is None and done.error_file_id is None
+    # the running lines were stopped, not finished: each is a batch_cancelled error
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 8)
+    assert done.output_file_id is None
+    errors = _read_jsonl(openai_client, done.error_file_id)
+    assert sorted(e["custom_id"] for e in errors) == [f"s{i}" for i in range(8)]
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
 
 
 def test_list_and_paginate_batches(openai_client):
@@ -308,3 +317,42 @@ def test_list_and_paginate_batches(openai_client):
     assert rest.data[0].id == ids[0]
     for batch_id in ids:
         _wait(openai_client, batch_id)
+
+
+UNSERVED = "google/embeddinggemma-300m"  # in the catalog, never consumed in the tests
+
+
+def test_a_batch_no_worker_runs_expires_with_every_line_in_the_error_file(stack):
+    """The completion window is enforced by the workers' sweep, not by a part that runs: a
+    batch whose model has no worker still ends, as ``expired``."""
+    base = stack.start_api(BATCH_EXPIRY_SEC="3")
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    lines = [_embedding_line(i, ["never embedded"], model=UNSERVED) for i in range(5)]
+    upload = client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    assert batch.expires_at - batch.created_at == 3
+    assert _wait(client, batch.id, statuses=("in_progress",), timeout=30).status == "in_progress"
+    done = _wait(client, batch.id, timeout=60)
+    assert done.status == "expired" and done.expired_at >= batch.expires_at
+    assert done.output_file_id is None
+    assert (done.request_counts.total, done.request_counts.failed) == (5, 5)
+    errors = _read_jsonl(client, done.error_file_id)
+    assert sorted(e["custom_id"] for e in errors) == [f"req-{i}" for i in range(5)]
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+
+
+def test_cancelling_a_batch_no_worker_runs_ends_cancelled(openai_client):
+    lines = [_embedding_line(i, ["never embedded"], model=UNSERVED) for i in range(3)]
+    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    _wait(openai_client, batch.id, statuses=("in_progress",), timeout=30)
+    assert openai_client.batches.cancel(batch.id).status == "cancelling"
+    done = _wait(openai_client, batch.id, timeout=60)  # the sweep, after the grace period
+    assert done.status == "cancelled" and done.cancelled_at
+    errors = _read_jsonl(openai_client, done.error_file_id)
+    assert sorted(e["custom_id"] for e in errors) == ["req-0", "req-1", "req-2"]
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}

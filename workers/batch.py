@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 MAX_REPORTED_ERRORS = 100
 STOP_POLL_SEC = 1.0  # a running part re-reads its batch's status this often
 HAND_BACK_AFTER_SEC = 1.0  # a runner waits this long for a free part slot, then goes back
+SWEEP_RETRY_SEC = 60  # a due batch whose finalize did not happen is swept again after this
+SWEEP_BATCHES = 50  # most due batches one sweep looks at
+FINAL_STATUSES = frozenset(
+    {b.BatchStatus.COMPLETED, b.BatchStatus.FAILED, b.BatchStatus.EXPIRED, b.BatchStatus.CANCELLED}
+)
 
 
 @dataclass
@@ -206,6 +211,7 @@ class BatchRunner:
                 mapping={"errors": p.dumps({"object": "list", "data": plan.errors}), "total": 0},
             )
             self.transition(batch_id, [b.BatchStatus.VALIDATING], b.BatchStatus.FAILED, "failed_at")
+            self.redis.zrem(b.open_batches_key(), batch_id)
             log.info("batch %s failed validation: %s", batch_id, plan.errors[0]["message"])
             return
         ttl = max(1, self.redis.ttl(key))
@@ -298,13 +304,25 @@ class BatchRunner:
         record = self.record(batch_id)
         if not record:
             return
-        outputs: list[bytes] = []
-        errors: list[bytes] = []
-        if not _stopped(record):
-            part = orjson.loads(self.redis.hget(b.parts_key(batch_id), index))
-            lines = list(self.blobs.lines(record["input_file_id"], part["start"], part["end"]))
-            model = models[part["model"]]
+        lines = self._part_lines(batch_id, record, index)
+        if _stopped(record):
+            outputs, errors = [], [_stopped_line(line["custom_id"], record) for line in lines]
+        else:
+            model = models[self._part(batch_id, index)["model"]]
             outputs, errors = self._execute(batch_id, record["endpoint"], lines, model)
+        if self._settle(batch_id, index, outputs, errors):
+            self._send_finalize(batch_id)
+
+    def _part(self, batch_id: str, index: int) -> dict[str, Any]:
+        return orjson.loads(self.redis.hget(b.parts_key(batch_id), index))
+
+    def _part_lines(self, batch_id: str, record: dict[str, str], index: int) -> list[dict]:
+        part = self._part(batch_id, index)
+        raw_lines = self.blobs.lines(record["input_file_id"], part["start"], part["end"])
+        return [orjson.loads(raw) for raw in raw_lines if raw.strip()]
+
+    def _settle(self, batch_id: str, index: int, outputs: list[bytes], errors: list[bytes]) -> bool:
+        """Record a part's lines (once, whoever gets there first); True if it was the last."""
         settled_last = self._record(
             keys=[
                 b.batch_key(batch_id),
@@ -314,14 +332,12 @@ class BatchRunner:
             ],
             args=[index, len(outputs), len(errors), *outputs, *errors],
         )
-        if settled_last == 1:
-            self._send_finalize(batch_id)
+        return settled_last == 1
 
     def _execute(
-        self, batch_id: str, endpoint: str, raw_lines: list[bytes], model: LoadedModel
+        self, batch_id: str, endpoint: str, lines: list[dict], model: LoadedModel
     ) -> tuple[list[bytes], list[bytes]]:
         """Run a part's lines together; returns (output lines, error lines) as JSON."""
-        lines = [orjson.loads(raw) for raw in raw_lines if raw.strip()]
         try:
             runner = lines_for(p.Endpoint(endpoint), model, self.settings)
         except ServiceError as exc:
@@ -342,11 +358,15 @@ class BatchRunner:
             except Exception as exc:  # the whole part failed: every line goes to the error file
                 log.exception("batch part failed")
                 outcomes = [as_service_error(exc)] * len(requests)
+        stopped_record = None
         for (custom_id, _), outcome in zip(requests, outcomes, strict=True):
             if isinstance(outcome, ServiceError):
                 errors.append(_output_line(custom_id, outcome.status, outcome.body()))
             elif outcome is not None:
                 outputs.append(_output_line(custom_id, 200, outcome))
+            else:  # stopped by a cancel or the expiry before it finished
+                stopped_record = stopped_record or self.record(batch_id)
+                errors.append(_stopped_line(custom_id, stopped_record))
         return outputs, errors
 
     @contextmanager
@@ -374,6 +394,25 @@ class BatchRunner:
 
     # --- finalize ----------------------------------------------------------------------------
 
+    def sweep(self) -> None:
+        """Finish the batches whose time is up, whether or not a runner is left to do it:
+        expired ones, and cancelled ones that no runner settled within the grace period.
+        Every worker runs this on each heartbeat; the finalize lock lets one of them act."""
+        due = self.redis.zrangebyscore(
+            b.open_batches_key(), "-inf", p.now(), start=0, num=SWEEP_BATCHES
+        )
+        for raw_id in due:
+            batch_id = raw_id.decode()
+            record = self.record(batch_id)
+            if not record or record["status"] in FINAL_STATUSES:
+                self.redis.zrem(b.open_batches_key(), batch_id)
+            elif _stopped(record):
+                self.redis.zadd(b.open_batches_key(), {batch_id: p.now() + SWEEP_RETRY_SEC})
+                log.info("batch %s is %s: finalizing", batch_id, _stop_status(record))
+                self._send_finalize(batch_id)
+            else:
+                self.redis.zadd(b.open_batches_key(), {batch_id: int(record["expires_at"])})
+
     def _send_finalize(self, batch_id: str) -> None:
         self.celery.send_task(b.TASK_FINALIZE, args=[batch_id], queue=b.CONTROL_QUEUE)
 
@@ -395,11 +434,20 @@ class BatchRunner:
         ):
             return
         cancelling = record["status"] == b.BatchStatus.CANCELLING
+        parts = int(record.get("parts") or 0)
+        if _stopped(record):  # lines no runner got to go to the error file
+            self._settle_unfinished(batch_id, record, parts)
+        elif record["status"] != b.BatchStatus.IN_PROGRESS or (
+            int(record.get("parts_settled") or 0) < parts
+        ):
+            return  # not done (a stray finalize): the last part to settle sends another
         if not cancelling:
             self.transition(
-                batch_id, [b.BatchStatus.IN_PROGRESS], b.BatchStatus.FINALIZING, "finalizing_at"
+                batch_id,
+                [b.BatchStatus.IN_PROGRESS, b.BatchStatus.VALIDATING],
+                b.BatchStatus.FINALIZING,
+                "finalizing_at",
             )
-        parts = int(record.get("parts") or 0)
         owner = record["owner"]
         output_id = self._assemble(batch_id, parts, b.part_output_key, owner, "output")
         error_id = self._assemble(batch_id, parts, b.part_errors_key, owner, "error")
@@ -427,7 +475,18 @@ class BatchRunner:
         for index in range(parts):
             cleanup += [b.part_output_key(batch_id, index), b.part_errors_key(batch_id, index)]
         self.redis.delete(*cleanup)
+        self.redis.zrem(b.open_batches_key(), batch_id)
         log.info("batch %s %s", batch_id, final)
+
+    def _settle_unfinished(self, batch_id: str, record: dict[str, str], parts: int) -> None:
+        """Settle every part no runner has recorded: each of its lines becomes a
+        batch_cancelled / batch_expired error (a runner still inside one loses the race)."""
+        done = {int(i) for i in self.redis.smembers(b.done_parts_key(batch_id))}
+        for index in range(parts):
+            if index not in done:
+                lines = self._part_lines(batch_id, record, index)
+                errors = [_stopped_line(line["custom_id"], record) for line in lines]
+                self._settle(batch_id, index, [], errors)
 
     def _assemble(self, batch_id: str, parts: int, key_of, owner: str, kind: str) -> str | None:
         """Concatenate the parts' lines, in order, into a new file; None when there are none."""
@@ -465,6 +524,25 @@ class BatchRunner:
 def _stopped(record: dict[str, str]) -> bool:
     """Whether a batch's parts should stop starting (and running) lines."""
     return record["status"] in b.STOPPED_STATUSES or p.now() > int(record["expires_at"])
+
+
+def _stop_status(record: dict[str, str] | None) -> b.BatchStatus:
+    if not record or record["status"] in (b.BatchStatus.CANCELLING, b.BatchStatus.CANCELLED):
+        return b.BatchStatus.CANCELLING
+    return b.BatchStatus.EXPIRED
+
+
+def _stopped_line(custom_id: str, record: dict[str, str] | None) -> bytes:
+    """The error-file line of a request that a cancel or the expiry kept from running."""
+    code, message = b.STOP_ERRORS[_stop_status(record)]
+    return p.dumps(
+        {
+            "id": f"batch_req_{uuid.uuid4().hex}",
+            "custom_id": custom_id,
+            "response": None,
+            "error": {"code": code, "message": message},
+        }
+    )
 
 
 def _output_line(custom_id: str, status: int, body: dict[str, Any]) -> bytes:

@@ -34,7 +34,17 @@ BATCH_SIZE = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
-TOKENS = Counter("inferq_worker_tokens_total", "Tokens processed.", ["model", "kind"])
+TOKENS = Counter(
+    "inferq_worker_tokens_total",
+    "Tokens processed (kind 'padded': the batcher's passes counted with their padding).",
+    ["model", "kind"],
+)
+FORWARD_SECONDS = Counter(
+    "inferq_worker_forward_seconds_total",
+    "Time the batcher's model threads spent in forward passes (against wall time: how busy "
+    "the model is).",
+    ["model", "lane"],
+)
 LOAD_SECONDS = Gauge("inferq_worker_model_load_seconds", "Time to load a model.", ["model"])
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from functools import lru_cache
+
+from redis import RedisError
 
 from inferq.catalog import Catalog, load_catalog
 from inferq.settings import get_settings
@@ -13,6 +16,7 @@ from workers.presence import CancelListener, Heartbeat
 from workers.registry import ModelRegistry
 from workers.watchdog import ConsumerWatchdog
 
+log = logging.getLogger(__name__)
 settings = get_settings()
 registry = ModelRegistry()
 jobs = JobRuntime(settings)
@@ -43,7 +47,7 @@ def batches():
 
 def start_background(worker_name: str, controller=None) -> None:
     infos = {name: loaded.info for name, loaded in registry.models.items()}
-    heartbeat = Heartbeat(jobs.redis, settings, worker_name, infos, on_beat=jobs.renew_leases)
+    heartbeat = Heartbeat(jobs.redis, settings, worker_name, infos, on_beat=_on_beat)
     listener = CancelListener(jobs.redis, jobs.cancel_running)
     listener.start()
     heartbeat.start()
@@ -53,6 +57,17 @@ def start_background(worker_name: str, controller=None) -> None:
         watchdog = ConsumerWatchdog(controller, jobs.running)
         watchdog.start()
         _background.append(watchdog)
+
+
+def _on_beat() -> None:
+    """Every heartbeat: renew the leases of running jobs, finish batches whose time is up."""
+    jobs.renew_leases()
+    try:
+        batches().sweep()
+    except RedisError:
+        raise  # the heartbeat logs it and tries again
+    except Exception:  # never let a sweep stop the heartbeat
+        log.exception("batch sweep failed")
 
 
 def stop_background() -> None:
