@@ -128,7 +128,7 @@ class FilesAndBatches:
         pipe.hset(b.batch_key(batch_id), mapping=record)
         pipe.expire(b.batch_key(batch_id), ttl)
         pipe.zadd(b.batches_index_key(owner), {batch_id: int(p.now() * 1000)})
-        pipe.zadd(b.open_batches_key(), {batch_id: record["expires_at"]})
+        pipe.zadd(b.open_batches_key(), {batch_id: record["expires_at"] + b.STOP_GRACE_SEC})
         await pipe.execute()
         await asyncio.to_thread(
             self.queue.celery.send_task, b.TASK_PLAN, args=[batch_id], queue=b.CONTROL_QUEUE
@@ -158,7 +158,7 @@ class FilesAndBatches:
             ],
         )
         if moved:  # the sweep finishes the cancel should no runner settle the parts
-            await self.redis.zadd(b.open_batches_key(), {batch_id: p.now() + b.CANCEL_GRACE_SEC})
+            await self.redis.zadd(b.open_batches_key(), {batch_id: p.now() + b.STOP_GRACE_SEC})
         record = await self.batch(batch_id, owner)
         if not moved and record["status"] not in (
             b.BatchStatus.CANCELLING,

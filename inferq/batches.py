@@ -51,9 +51,12 @@ class BatchStatus(StrEnum):
 STOPPED_STATUSES = frozenset(
     {BatchStatus.CANCELLING, BatchStatus.CANCELLED, BatchStatus.FAILED, BatchStatus.EXPIRED}
 )
-# A cancelled batch's runners settle their parts within a second or two; after this long the
-# sweep settles what is left itself (the model may have no live worker at all).
-CANCEL_GRACE_SEC = 10
+# A cancelled or expired batch's runners settle their parts within a second or two; after this
+# long the sweep settles what is left itself (the model may have no live worker at all).
+STOP_GRACE_SEC = 10
+FINAL_STATUSES = frozenset(
+    {BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
+)
 
 # Error codes of lines a stopped batch never ran (OpenAI's batch output error codes).
 STOP_ERRORS = {
@@ -181,9 +184,13 @@ def render_batch(record: dict[str, str]) -> dict[str, Any]:
 
 
 # KEYS: batch, done set, output list, error list. ARGV: part index, ok count, error count,
-# then the output lines, then the error lines. Records a part once; returns -1 for a duplicate,
-# else 1 when this was the last part to settle (the caller finalizes), else 0.
+# then the output lines, then the error lines. Records a part once; returns -1 for a duplicate
+# or a batch already final (or gone), else 1 when this was the last part to settle (the caller
+# finalizes), else 0.
 RECORD_PART_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'completed' or status == 'failed' or status == 'expired'
+  or status == 'cancelled' then return -1 end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return -1 end
 local ok = tonumber(ARGV[2])
 local bad = tonumber(ARGV[3])

@@ -11,6 +11,7 @@ import numpy as np
 import openai
 import pytest
 
+from inferq import protocol as p
 from tests.conftest import MINILM, SMOL
 
 
@@ -319,22 +320,28 @@ def test_list_and_paginate_batches(openai_client):
         _wait(openai_client, batch_id)
 
 
-UNSERVED = "google/embeddinggemma-300m"  # in the catalog, never consumed in the tests
+UNSERVED = "Qwen/Qwen3-Embedding-4B"  # in the catalog, no worker in the tests
 
 
-def test_a_batch_no_worker_runs_expires_with_every_line_in_the_error_file(stack):
+@pytest.fixture
+def unserved_queue(redis_client):
+    """The runners such a batch sends wait on the model's queue for ever: drop them after."""
+    yield UNSERVED
+    redis_client.delete(*p.queue_lists(UNSERVED))
+
+
+def test_a_batch_no_worker_runs_expires_with_every_line_in_the_error_file(stack, unserved_queue):
     """The completion window is enforced by the workers' sweep, not by a part that runs: a
     batch whose model has no worker still ends, as ``expired``."""
-    base = stack.start_api(BATCH_EXPIRY_SEC="3")
+    base = stack.start_api(BATCH_EXPIRY_SEC="5")
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
     lines = [_embedding_line(i, ["never embedded"], model=UNSERVED) for i in range(5)]
     upload = client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
     batch = client.batches.create(
         input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
     )
-    assert batch.expires_at - batch.created_at == 3
-    assert _wait(client, batch.id, statuses=("in_progress",), timeout=30).status == "in_progress"
-    done = _wait(client, batch.id, timeout=60)
+    assert batch.expires_at - batch.created_at == 5
+    done = _wait(client, batch.id, timeout=90)  # the sweep acts 10 s after the expiry
     assert done.status == "expired" and done.expired_at >= batch.expires_at
     assert done.output_file_id is None
     assert (done.request_counts.total, done.request_counts.failed) == (5, 5)
@@ -343,7 +350,7 @@ def test_a_batch_no_worker_runs_expires_with_every_line_in_the_error_file(stack)
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
 
 
-def test_cancelling_a_batch_no_worker_runs_ends_cancelled(openai_client):
+def test_cancelling_a_batch_no_worker_runs_ends_cancelled(openai_client, unserved_queue):
     lines = [_embedding_line(i, ["never embedded"], model=UNSERVED) for i in range(3)]
     upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
     batch = openai_client.batches.create(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import redis
 from celery import Celery
 
 from inferq import batches as b
@@ -35,9 +36,7 @@ STOP_POLL_SEC = 1.0  # a running part re-reads its batch's status this often
 HAND_BACK_AFTER_SEC = 1.0  # a runner waits this long for a free part slot, then goes back
 SWEEP_RETRY_SEC = 60  # a due batch whose finalize did not happen is swept again after this
 SWEEP_BATCHES = 50  # most due batches one sweep looks at
-FINAL_STATUSES = frozenset(
-    {b.BatchStatus.COMPLETED, b.BatchStatus.FAILED, b.BatchStatus.EXPIRED, b.BatchStatus.CANCELLED}
-)
+FINALIZE_LOCK_SEC = 900  # a finalize that died holds its batch this long, then the sweep retries
 
 
 @dataclass
@@ -304,20 +303,24 @@ class BatchRunner:
         record = self.record(batch_id)
         if not record:
             return
-        lines = self._part_lines(batch_id, record, index)
+        part = self._part(batch_id, index)
+        if part is None:  # finalized (and cleaned up) meanwhile
+            return
+        lines = self._lines(record, part)
         if _stopped(record):
             outputs, errors = [], [_stopped_line(line["custom_id"], record) for line in lines]
         else:
-            model = models[self._part(batch_id, index)["model"]]
+            model = models[part["model"]]
             outputs, errors = self._execute(batch_id, record["endpoint"], lines, model)
         if self._settle(batch_id, index, outputs, errors):
             self._send_finalize(batch_id)
 
-    def _part(self, batch_id: str, index: int) -> dict[str, Any]:
-        return orjson.loads(self.redis.hget(b.parts_key(batch_id), index))
+    def _part(self, batch_id: str, index: int) -> dict[str, Any] | None:
+        raw = self.redis.hget(b.parts_key(batch_id), index)
+        return orjson.loads(raw) if raw else None
 
-    def _part_lines(self, batch_id: str, record: dict[str, str], index: int) -> list[dict]:
-        part = self._part(batch_id, index)
+    def _lines(self, record: dict[str, str], part: dict[str, Any]) -> list[dict]:
+        """A part's requests, read from its byte range of the input file."""
         raw_lines = self.blobs.lines(record["input_file_id"], part["start"], part["end"])
         return [orjson.loads(raw) for raw in raw_lines if raw.strip()]
 
@@ -396,29 +399,44 @@ class BatchRunner:
 
     def sweep(self) -> None:
         """Finish the batches whose time is up, whether or not a runner is left to do it:
-        expired ones, and cancelled ones that no runner settled within the grace period.
-        Every worker runs this on each heartbeat; the finalize lock lets one of them act."""
+        expired ones and cancelled ones that no runner settled within ``STOP_GRACE_SEC``, and
+        finalizes that died. Every worker runs this on each heartbeat; the finalize lock lets
+        one of them act at a time."""
         due = self.redis.zrangebyscore(
             b.open_batches_key(), "-inf", p.now(), start=0, num=SWEEP_BATCHES
         )
         for raw_id in due:
             batch_id = raw_id.decode()
-            record = self.record(batch_id)
-            if not record or record["status"] in FINAL_STATUSES:
-                self.redis.zrem(b.open_batches_key(), batch_id)
-            elif _stopped(record):
+            try:
+                self._sweep_one(batch_id)
+            except redis.RedisError:
+                raise
+            except Exception:  # one odd record must not block the others
+                log.exception("sweeping batch %s failed", batch_id)
                 self.redis.zadd(b.open_batches_key(), {batch_id: p.now() + SWEEP_RETRY_SEC})
-                log.info("batch %s is %s: finalizing", batch_id, _stop_status(record))
-                self._send_finalize(batch_id)
-            else:
-                self.redis.zadd(b.open_batches_key(), {batch_id: int(record["expires_at"])})
+
+    def _sweep_one(self, batch_id: str) -> None:
+        record = self.record(batch_id)
+        status = record.get("status")
+        if status is None or status in b.FINAL_STATUSES:
+            self.redis.zrem(b.open_batches_key(), batch_id)
+        elif status == b.BatchStatus.VALIDATING:  # the plan task was lost: plan again
+            self.redis.zadd(b.open_batches_key(), {batch_id: p.now() + SWEEP_RETRY_SEC})
+            self.celery.send_task(b.TASK_PLAN, args=[batch_id], queue=b.CONTROL_QUEUE)
+        elif status == b.BatchStatus.FINALIZING or _stopped(record):
+            self.redis.zadd(b.open_batches_key(), {batch_id: p.now() + SWEEP_RETRY_SEC})
+            log.info("batch %s is due (%s): finalizing", batch_id, status)
+            self._send_finalize(batch_id)
+        else:  # not due after all
+            expires = int(record["expires_at"]) + b.STOP_GRACE_SEC
+            self.redis.zadd(b.open_batches_key(), {batch_id: expires})
 
     def _send_finalize(self, batch_id: str) -> None:
         self.celery.send_task(b.TASK_FINALIZE, args=[batch_id], queue=b.CONTROL_QUEUE)
 
     def finalize(self, batch_id: str) -> None:
         lock = f"{b.batch_key(batch_id)}:finalizing"
-        if not self.redis.set(lock, 1, nx=True, ex=3600):
+        if not self.redis.set(lock, 1, nx=True, ex=FINALIZE_LOCK_SEC):
             return
         try:
             self._finalize(batch_id)
@@ -426,28 +444,41 @@ class BatchRunner:
             self.redis.delete(lock)
 
     def _finalize(self, batch_id: str) -> None:
+        """Settle what a stop left, assemble the files, reach the final status. Runs again
+        safely after a crash: a batch left ``finalizing`` is finished by the next run."""
         record = self.record(batch_id)
-        if not record or record["status"] not in (
+        status = record.get("status")
+        parts = int(record.get("parts") or 0)
+        if status not in (
             b.BatchStatus.IN_PROGRESS,
             b.BatchStatus.CANCELLING,
-            b.BatchStatus.VALIDATING,
+            b.BatchStatus.FINALIZING,
         ):
+            return  # validating (the plan finishes it), or final already
+        if status == b.BatchStatus.IN_PROGRESS:
+            expired = p.now() > int(record["expires_at"])
+            if not expired and int(record.get("parts_settled") or 0) < parts:
+                return  # a stray finalize: the last part to settle sends another
+            if not self.transition(
+                batch_id, [b.BatchStatus.IN_PROGRESS], b.BatchStatus.FINALIZING, "finalizing_at"
+            ):
+                return  # cancelled meanwhile: the cancel's finalize finishes it
+            record = self.record(batch_id)
+            status = record["status"]
+        if status == b.BatchStatus.CANCELLING:
+            final, stamp = b.BatchStatus.CANCELLED, "cancelled_at"
+        elif status == b.BatchStatus.FINALIZING:
+            if int(record["finalizing_at"]) > int(record["expires_at"]):
+                final, stamp = b.BatchStatus.EXPIRED, "expired_at"
+            else:
+                final, stamp = b.BatchStatus.COMPLETED, "completed_at"
+        else:
             return
-        cancelling = record["status"] == b.BatchStatus.CANCELLING
-        parts = int(record.get("parts") or 0)
-        if _stopped(record):  # lines no runner got to go to the error file
+        # Should this run die, the sweep finalizes again once the lock is gone.
+        retry_at = p.now() + FINALIZE_LOCK_SEC + SWEEP_RETRY_SEC
+        self.redis.zadd(b.open_batches_key(), {batch_id: retry_at})
+        if final != b.BatchStatus.COMPLETED:  # lines no runner got to go to the error file
             self._settle_unfinished(batch_id, record, parts)
-        elif record["status"] != b.BatchStatus.IN_PROGRESS or (
-            int(record.get("parts_settled") or 0) < parts
-        ):
-            return  # not done (a stray finalize): the last part to settle sends another
-        if not cancelling:
-            self.transition(
-                batch_id,
-                [b.BatchStatus.IN_PROGRESS, b.BatchStatus.VALIDATING],
-                b.BatchStatus.FINALIZING,
-                "finalizing_at",
-            )
         owner = record["owner"]
         output_id = self._assemble(batch_id, parts, b.part_output_key, owner, "output")
         error_id = self._assemble(batch_id, parts, b.part_errors_key, owner, "error")
@@ -455,21 +486,7 @@ class BatchRunner:
             b.batch_key(batch_id),
             mapping={"output_file_id": output_id or "", "error_file_id": error_id or ""},
         )
-        if cancelling:
-            final, stamp, expected = (
-                b.BatchStatus.CANCELLED,
-                "cancelled_at",
-                [b.BatchStatus.CANCELLING],
-            )
-        elif p.now() > int(record["expires_at"]):
-            final, stamp, expected = b.BatchStatus.EXPIRED, "expired_at", [b.BatchStatus.FINALIZING]
-        else:
-            final, stamp, expected = (
-                b.BatchStatus.COMPLETED,
-                "completed_at",
-                [b.BatchStatus.FINALIZING],
-            )
-        self.transition(batch_id, expected, final, stamp)
+        self.transition(batch_id, [status], final, stamp)
         cleanup = [b.parts_key(batch_id), b.done_parts_key(batch_id), b.claims_key(batch_id)]
         cleanup += [b.todo_key(batch_id, m) for m in p.loads(record.get("models") or "[]")]
         for index in range(parts):
@@ -483,8 +500,9 @@ class BatchRunner:
         batch_cancelled / batch_expired error (a runner still inside one loses the race)."""
         done = {int(i) for i in self.redis.smembers(b.done_parts_key(batch_id))}
         for index in range(parts):
-            if index not in done:
-                lines = self._part_lines(batch_id, record, index)
+            part = None if index in done else self._part(batch_id, index)
+            if part is not None:
+                lines = self._lines(record, part)
                 errors = [_stopped_line(line["custom_id"], record) for line in lines]
                 self._settle(batch_id, index, [], errors)
 
@@ -527,7 +545,7 @@ def _stopped(record: dict[str, str]) -> bool:
 
 
 def _stop_status(record: dict[str, str] | None) -> b.BatchStatus:
-    if not record or record["status"] in (b.BatchStatus.CANCELLING, b.BatchStatus.CANCELLED):
+    if not record or record.get("status") in (b.BatchStatus.CANCELLING, b.BatchStatus.CANCELLED):
         return b.BatchStatus.CANCELLING
     return b.BatchStatus.EXPIRED
 
