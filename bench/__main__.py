@@ -1,4 +1,5 @@
-"""``python -m bench [embeddings] [chat] [audio]``: run benchmarks, print, save JSON results."""
+"""``python -m bench [embeddings] [batch] [batch_probe] [chat] [audio]``: run benchmarks, print,
+save JSON results (all of them without arguments)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import os
 import platform
 import sys
 
-from bench import audio, batch, chat, embeddings
+from bench import audio, batch, batch_probe, chat, embeddings
 
-SUITES = {"embeddings": embeddings, "batch": batch, "chat": chat, "audio": audio}
+SUITES = {
+    "embeddings": embeddings,
+    "batch": batch,
+    "batch_probe": batch_probe,
+    "chat": chat,
+    "audio": audio,
+}
 
 
 def machine() -> dict:
