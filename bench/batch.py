@@ -24,7 +24,7 @@ import httpx
 import openai
 
 from bench.embeddings import MODEL, corpus, in_process, percentile
-from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
+from bench.stack import RESULTS, one_worker_stack
 
 LINES = int(os.environ.get("BENCH_BATCH_LINES", "10000"))
 BUSY_LINES = int(os.environ.get("BENCH_BUSY_LINES", "2000"))
@@ -101,18 +101,8 @@ def run() -> dict:
     texts = corpus(LINES * TEXTS_PER_LINE, seed=1)
     local = in_process(texts, repeats=1, single_runs=50)
 
-    port = int(os.environ.get("BENCH_PORT", "8766"))
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
-    env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": MODEL, "LOG_LEVEL": "WARNING"}
-    redis_proc = ensure_redis(redis_url)
-    logs = ROOT / "bench" / "results"
-    logs.mkdir(parents=True, exist_ok=True)
-    api = spawn("api", env, log_path=logs / "batch-api.log")
-    worker = spawn("workers", env, log_path=logs / "batch-worker.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ready(f"{base}/health", timeout=30, proc=api)
-        wait_workers(f"{base}/ready", [MODEL], timeout=120, proc=worker)
+    with one_worker_stack("batch", MODEL, port=8766, redis_db=9) as stack:
+        base, api, worker = stack.base, stack.api, stack.worker
         idle: list[float] = []
         _latencies(base, texts, stop_event=threading.Event(), out=idle, limit=60)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="bench", max_retries=0)
@@ -131,11 +121,6 @@ def run() -> dict:
         stop_event.set()
         sampler.join()
         after = {"api": _memory_mib(api.pid), "worker": _memory_mib(worker.pid)}
-    finally:
-        for proc in (worker, api):
-            stop(proc)
-        if redis_proc is not None:
-            stop(redis_proc)
     stack_rate = LINES * TEXTS_PER_LINE / wall
     busy_rate = busy_lines * TEXTS_PER_LINE / busy_wall
     return {
@@ -188,4 +173,4 @@ def report(result: dict) -> str:
 
 
 def results_path():
-    return ROOT / "bench" / "results" / "batch.json"
+    return RESULTS / "batch.json"

@@ -21,7 +21,7 @@ import openai
 
 from bench.batch import TEXTS_PER_LINE, _jsonl, _latencies, _memory_mib, _run_batch
 from bench.embeddings import MODEL, corpus
-from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
+from bench.stack import RESULTS, one_worker_stack
 
 METRIC = re.compile(r"^inferq_worker_(tokens_total|forward_seconds_total)\{(.*)\} (\S+)$")
 
@@ -46,19 +46,7 @@ def run() -> dict:
         kv.split("=", 1) for kv in os.environ.get("PROBE_WORKER_ENV", "").split(",") if kv
     )
     texts = corpus(lines * TEXTS_PER_LINE, seed=1)
-    port, metrics_port = int(os.environ.get("BENCH_PORT", "8767")), 9109
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
-    env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": MODEL, "LOG_LEVEL": "WARNING"}
-    redis_proc = ensure_redis(redis_url)
-    logs = ROOT / "bench" / "results"
-    logs.mkdir(parents=True, exist_ok=True)
-    api = spawn("api", env, log_path=logs / "probe-api.log")
-    worker = spawn(
-        "workers",
-        {**env, "WORKER_METRICS_PORT": str(metrics_port), **worker_env},
-        log_path=logs / "probe-worker.log",
-    )
-    base = f"http://127.0.0.1:{port}"
+    metrics_port = 9109
     rss: list[float] = []
     latencies: list[float] = []
     done = threading.Event()
@@ -67,9 +55,9 @@ def run() -> dict:
         while not done.wait(5):
             rss.append(round(_memory_mib(worker.pid)["rss"]))
 
-    try:
-        wait_http_ready(f"{base}/health", timeout=30, proc=api)
-        wait_workers(f"{base}/ready", [MODEL], timeout=120, proc=worker)
+    stack_env = {**worker_env, "WORKER_METRICS_PORT": str(metrics_port)}
+    with one_worker_stack("probe", MODEL, port=8767, redis_db=9, worker_env=stack_env) as stack:
+        base, worker = stack.base, stack.worker
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="bench", max_retries=0)
         threads = [threading.Thread(target=sample_rss, daemon=True)]
         if sampled:
@@ -83,18 +71,14 @@ def run() -> dict:
         before = _scrape(metrics_port)
         for thread in threads:
             thread.start()
-        wall = _run_batch(client, _jsonl(texts, lines, "probe"), lines)
-        done.set()
-        for thread in threads:
-            thread.join()
+        try:
+            wall = _run_batch(client, _jsonl(texts, lines, "probe"), lines)
+        finally:
+            done.set()
+            for thread in threads:
+                thread.join()
         after = _scrape(metrics_port)
         peak = _memory_mib(worker.pid)["peak"]
-    finally:
-        done.set()
-        for proc in (worker, api):
-            stop(proc)
-        if redis_proc is not None:
-            stop(redis_proc)
     delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
     real = _sum(delta, "tokens_total", 'kind="input"')
     return {
@@ -134,4 +118,4 @@ def report(result: dict) -> str:
 
 
 def results_path() -> Path:
-    return ROOT / "bench" / "results" / "batch_probe.json"
+    return RESULTS / "batch_probe.json"

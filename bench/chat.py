@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
 import httpx
 
-from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
+from bench.stack import one_worker_stack
+from inferq.devstack import ROOT
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MAX_TOKENS = 64
@@ -133,18 +133,9 @@ async def _streams(base: str, topics: list[str]) -> list[tuple[float, float, int
 
 
 def through_stack() -> dict:
-    port = int(os.environ.get("BENCH_PORT", "8766"))
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-    env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": MODEL, "LOG_LEVEL": "INFO"}
-    redis_proc = ensure_redis(redis_url)
-    logs = ROOT / "bench" / "results"
-    logs.mkdir(parents=True, exist_ok=True)
-    api = spawn("api", env, log_path=logs / "chat-api.log")
-    worker = spawn("workers", env, log_path=logs / "chat-worker.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ready(f"{base}/health", timeout=30, proc=api)
-        wait_workers(f"{base}/ready", [MODEL], timeout=300, proc=worker)
+    stack_args = {"port": 8766, "redis_db": 14, "log_level": "INFO", "ready_timeout": 300}
+    with one_worker_stack("chat", MODEL, **stack_args) as stack:
+        base = stack.base
         asyncio.run(_streams(base, TOPICS[:1]))  # warm-up
         singles = [asyncio.run(_streams(base, TOPICS[:1]))[0] for _ in range(REPEATS)]
         batches = []
@@ -154,11 +145,6 @@ def through_stack() -> dict:
             wall = time.perf_counter() - started
             batches.append(sum(r[2] for r in results) / wall)
         batch_file = _batch_file(base)
-    finally:
-        for proc in (worker, api):
-            stop(proc)
-        if redis_proc is not None:
-            stop(redis_proc)
     return {
         "single_tokens_per_s": statistics.median(s[0] for s in singles),
         "single_ttft_ms": 1000 * statistics.median(s[1] for s in singles),

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
+from bench.stack import one_worker_stack
+from inferq.devstack import ROOT
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 WORDS = (  # noqa: SIM905 - a word list is easier to read as text
@@ -103,20 +104,13 @@ def through_stack(
     repeats: int = 3,
     single_runs: int = 200,
 ) -> dict:
-    port = int(os.environ.get("BENCH_PORT", "8765"))
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
-    env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": MODEL, "LOG_LEVEL": "WARNING"}
+    worker_env = {}
     if threads := os.environ.get("BENCH_WORKER_TORCH_THREADS"):
-        env["TORCH_THREADS"] = threads
-    redis_proc = ensure_redis(redis_url)
-    logs = ROOT / "bench" / "results"
-    logs.mkdir(parents=True, exist_ok=True)
-    api = spawn("api", env, log_path=logs / "api.log")
-    worker = spawn("workers", env, log_path=logs / "worker.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ready(f"{base}/health", timeout=30, proc=api)
-        wait_workers(f"{base}/ready", [MODEL], timeout=120, proc=worker)
+        worker_env["TORCH_THREADS"] = threads
+    with one_worker_stack(
+        "embeddings", MODEL, port=8765, redis_db=9, worker_env=worker_env
+    ) as stack:
+        base = stack.base
         asyncio.run(_throughput(base, texts[:256], clients, per_request))  # warm-up
         walls = [
             asyncio.run(_throughput(base, texts, clients, per_request)) for _ in range(repeats)
@@ -134,11 +128,6 @@ def through_stack(
                     },
                 ).raise_for_status()
                 singles.append(time.perf_counter() - started)
-    finally:
-        for proc in (worker, api):
-            stop(proc)
-        if redis_proc is not None:
-            stop(redis_proc)
     return {
         "texts_per_s": len(texts) / statistics.median(walls),
         "one_text_p50_ms": 1000 * statistics.median(singles),

@@ -1,0 +1,54 @@
+"""The stack a benchmark runs against: Redis (started if none answers), one API, one worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
+
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass
+class BenchStack:
+    base: str  # the API's base URL
+    api: subprocess.Popen
+    worker: subprocess.Popen
+
+
+@contextmanager
+def one_worker_stack(
+    name: str,
+    model: str,
+    *,
+    port: int,
+    redis_db: int,
+    log_level: str = "WARNING",
+    worker_env: dict[str, str] | None = None,
+    ready_timeout: float = 120,
+) -> Iterator[BenchStack]:
+    """An API and a worker of ``model`` (logs in bench/results/``name``-*.log), stopped on exit.
+    ``BENCH_PORT`` and ``BENCH_REDIS_URL`` override the port and the Redis database."""
+    port = int(os.environ.get("BENCH_PORT", str(port)))
+    redis_url = os.environ.get("BENCH_REDIS_URL", f"redis://127.0.0.1:6379/{redis_db}")
+    env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": model, "LOG_LEVEL": log_level}
+    redis_proc = ensure_redis(redis_url)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    api = spawn("api", env, log_path=RESULTS / f"{name}-api.log")
+    worker = spawn(
+        "workers", {**env, **(worker_env or {})}, log_path=RESULTS / f"{name}-worker.log"
+    )
+    stack = BenchStack(base=f"http://127.0.0.1:{port}", api=api, worker=worker)
+    try:
+        wait_http_ready(f"{stack.base}/health", timeout=30, proc=api)
+        wait_workers(f"{stack.base}/ready", [model], timeout=ready_timeout, proc=worker)
+        yield stack
+    finally:
+        for proc in (worker, api):
+            stop(proc)
+        if redis_proc is not None:
+            stop(redis_proc)
