@@ -11,6 +11,7 @@ import numpy as np
 import openai
 import pytest
 
+from inferq import batches as b
 from inferq import protocol as p
 from tests.conftest import MINILM, SMOL
 
@@ -363,3 +364,26 @@ def test_cancelling_a_batch_no_worker_runs_ends_cancelled(openai_client, unserve
     errors = _read_jsonl(openai_client, done.error_file_id)
     assert sorted(e["custom_id"] for e in errors) == ["req-0", "req-1", "req-2"]
     assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+
+
+def test_a_finalize_that_died_is_finished_by_the_sweep(openai_client, redis_client, unserved_queue):
+    """A worker that died inside finalize leaves the batch ``finalizing``; once it is due the
+    sweep sends finalize again, which finishes the batch from there."""
+    lines = [_embedding_line(i, ["never embedded"], model=UNSERVED) for i in range(4)]
+    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    _wait(openai_client, batch.id, statuses=("in_progress",), timeout=30)
+    # what the dead finalize had done: moved the (expired) batch to finalizing, nothing more
+    redis_client.hset(
+        b.batch_key(batch.id),
+        mapping={"status": "finalizing", "finalizing_at": batch.expires_at + 1},
+    )
+    redis_client.zadd(b.open_batches_key(), {batch.id: p.now()})  # its retry time has come
+    done = _wait(openai_client, batch.id, timeout=60)
+    assert done.status == "expired"
+    errors = _read_jsonl(openai_client, done.error_file_id)
+    assert sorted(e["custom_id"] for e in errors) == [f"req-{i}" for i in range(4)]
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+    assert redis_client.zscore(b.open_batches_key(), batch.id) is None
