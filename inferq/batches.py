@@ -105,8 +105,9 @@ def batches_index_key(owner: str) -> str:
 
 
 def open_batches_key() -> str:
-    """Sorted set: batches not yet final, scored by when the sweep should look at them (the
-    expiry time; a cancel moves it to shortly after the cancel)."""
+    """Sorted set: batches not yet final, scored by when the workers' sweep should look at
+    them (``STOP_GRACE_SEC`` after the expiry, or after a cancel; a finalize that starts
+    moves it past its lock, in case it dies)."""
     return f"{PREFIX}:batches:open"
 
 
