@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         "run by then go to the error file as batch_expired. Shorten only for tests.",
     )
     batch_part_lines: int = Field(
-        64, description="Most batch lines a worker runs together as one unit (one broker message)."
+        256, description="Most batch lines a worker runs together as one unit (one broker message)."
     )
     batch_active_parts: int = Field(
         8,
@@ -117,7 +117,7 @@ class Settings(BaseSettings):
         "job threads free for interactive requests.",
     )
     batch_part_inputs: int = Field(
-        1024, description="Most texts or documents in one batch part (bounds its duration)."
+        2048, description="Most texts or documents in one batch part (bounds its duration)."
     )
     batch_part_chat_lines: int = Field(
         8, description="Most chat lines in one batch part (each line is a whole generation)."
