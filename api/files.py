@@ -128,7 +128,7 @@ class FilesAndBatches:
         pipe.hset(b.batch_key(batch_id), mapping=record)
         pipe.expire(b.batch_key(batch_id), ttl)
         pipe.zadd(b.batches_index_key(owner), {batch_id: int(p.now() * 1000)})
-        pipe.zadd(b.open_batches_key(), {batch_id: record["expires_at"] + b.STOP_GRACE_SEC})
+        pipe.zadd(b.open_batches_key(), {batch_id: b.due_after_expiry(record["expires_at"])})
         await pipe.execute()
         await asyncio.to_thread(
             self.queue.celery.send_task, b.TASK_PLAN, args=[batch_id], queue=b.CONTROL_QUEUE

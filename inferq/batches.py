@@ -58,13 +58,14 @@ FINAL_STATUSES = frozenset(
     {BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
 )
 
-# Error codes of lines a stopped batch never ran (OpenAI's batch output error codes).
-STOP_ERRORS = {
-    BatchStatus.CANCELLING: ("batch_cancelled", "The batch was cancelled before this request ran."),
-    BatchStatus.EXPIRED: (
-        "batch_expired",
-        "This request could not be executed before the completion window expired.",
-    ),
+# The error of a line a stopped batch never ran (OpenAI's batch output error codes).
+CANCELLED_LINE_ERROR = {
+    "code": "batch_cancelled",
+    "message": "The batch was cancelled before this request ran.",
+}
+EXPIRED_LINE_ERROR = {
+    "code": "batch_expired",
+    "message": "This request could not be executed before the completion window expired.",
 }
 
 TIMESTAMP_FIELDS = (
@@ -102,6 +103,12 @@ def batch_key(batch_id: str) -> str:
 
 def batches_index_key(owner: str) -> str:
     return f"{PREFIX}:batches:{owner}"
+
+
+def due_after_expiry(expires_at: int | str) -> int:
+    """A batch's score in the open set while nothing earlier is due: its expiry plus the
+    grace its running parts have to record their own lines."""
+    return int(expires_at) + STOP_GRACE_SEC
 
 
 def open_batches_key() -> str:
@@ -188,10 +195,11 @@ def render_batch(record: dict[str, str]) -> dict[str, Any]:
 # then the output lines, then the error lines. Records a part once; returns -1 for a duplicate
 # or a batch already final (or gone), else 1 when this was the last part to settle (the caller
 # finalizes), else 0.
-RECORD_PART_SCRIPT = """
+_FINAL_LUA = "{" + ", ".join(f"['{s}'] = true" for s in sorted(FINAL_STATUSES)) + "}"
+RECORD_PART_SCRIPT = f"""
+local final = {_FINAL_LUA}
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'completed' or status == 'failed' or status == 'expired'
-  or status == 'cancelled' then return -1 end
+if not status or final[status] then return -1 end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return -1 end
 local ok = tonumber(ARGV[2])
 local bad = tonumber(ARGV[3])

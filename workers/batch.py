@@ -428,8 +428,8 @@ class BatchRunner:
             log.info("batch %s is due (%s): finalizing", batch_id, status)
             self._send_finalize(batch_id)
         else:  # not due after all
-            expires = int(record["expires_at"]) + b.STOP_GRACE_SEC
-            self.redis.zadd(b.open_batches_key(), {batch_id: expires})
+            due = b.due_after_expiry(record["expires_at"])
+            self.redis.zadd(b.open_batches_key(), {batch_id: due})
 
     def _send_finalize(self, batch_id: str) -> None:
         self.celery.send_task(b.TASK_FINALIZE, args=[batch_id], queue=b.CONTROL_QUEUE)
@@ -544,21 +544,19 @@ def _stopped(record: dict[str, str]) -> bool:
     return record["status"] in b.STOPPED_STATUSES or p.now() > int(record["expires_at"])
 
 
-def _stop_status(record: dict[str, str] | None) -> b.BatchStatus:
-    if not record or record.get("status") in (b.BatchStatus.CANCELLING, b.BatchStatus.CANCELLED):
-        return b.BatchStatus.CANCELLING
-    return b.BatchStatus.EXPIRED
-
-
 def _stopped_line(custom_id: str, record: dict[str, str] | None) -> bytes:
-    """The error-file line of a request that a cancel or the expiry kept from running."""
-    code, message = b.STOP_ERRORS[_stop_status(record)]
+    """The error-file line of a request that a cancel or the expiry kept from running (a
+    batch gone from Redis counts as cancelled)."""
+    cancelled = not record or record.get("status") in (
+        b.BatchStatus.CANCELLING,
+        b.BatchStatus.CANCELLED,
+    )
     return p.dumps(
         {
             "id": f"batch_req_{uuid.uuid4().hex}",
             "custom_id": custom_id,
             "response": None,
-            "error": {"code": code, "message": message},
+            "error": b.CANCELLED_LINE_ERROR if cancelled else b.EXPIRED_LINE_ERROR,
         }
     )
 

@@ -246,17 +246,18 @@ class Batcher:
             for ticket in {id(it.ticket): it.ticket for it in batch}.values():
                 _settle(ticket.future, error=exc)
             return
+        real = self.stats_tokens(batch)
         padded = len(batch) * max(it.length for it in batch)
         metrics.FORWARD_SECONDS.labels(self.name, lane).inc(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
-        metrics.TOKENS.labels(self.name, "input").inc(self.stats_tokens(batch))
+        metrics.TOKENS.labels(self.name, "input").inc(real)
         metrics.TOKENS.labels(self.name, "padded").inc(padded)
         finished: list[_Ticket] = []
         with self._cond:  # the urgent thread may finish a pass (of the same ticket) at once
             self.stats.batches += 1
             self.stats.inputs += len(batch)
             self.stats.padded_tokens += padded
-            self.stats.real_tokens += sum(it.length for it in batch)
+            self.stats.real_tokens += real
             for item, output in zip(batch, outputs, strict=True):
                 ticket = item.ticket
                 ticket.outputs[item.index] = output
