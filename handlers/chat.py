@@ -84,6 +84,7 @@ class ChatRequest:
     cancel_event: threading.Event | None = None
     on_text: OnText | None = None
     response_format: dict[str, Any] | None = None
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit (OpenAI's)
 
 
 def load_image_from_data_uri(uri: str):
@@ -183,6 +184,13 @@ class _Row:
         self.result: ChatGeneration | Exception | None = None
         self.key: Any = None  # the caller's handle for this request (see ChatBatch)
         self.constraint = handler._constraint_for(request)
+        self.bias: tuple[torch.Tensor, torch.Tensor] | None = None
+        if request.logit_bias:
+            ids, values = zip(*request.logit_bias.items(), strict=True)
+            self.bias = (
+                torch.tensor(ids, dtype=torch.long, device=handler.device),
+                torch.tensor(values, dtype=torch.float32, device=handler.device),
+            )
         self.generator: torch.Generator | None = None
         if request.temperature > 0:
             self.generator = torch.Generator(device=handler.device)
@@ -198,11 +206,13 @@ class _Row:
     def pick(self, logits: torch.Tensor, greedy_token: int) -> int:
         """Next token from this row's last-position logits (float32, shape ``[vocab]``)."""
         request = self.request
-        if self.constraint is not None:
+        if self.bias is not None or self.constraint is not None:
             logits = logits.clone()
-            self.constraint.mask_(logits)
-            if self.generator is None:
-                return int(logits.argmax())
+            if self.bias is not None:
+                logits.index_add_(0, *self.bias)
+            if self.constraint is not None:
+                self.constraint.mask_(logits)
+            greedy_token = int(logits.argmax())
         if self.generator is None:
             return greedy_token
         probs = torch.softmax(logits / request.temperature, dim=-1)
@@ -351,12 +361,14 @@ class _ChatHandler:
         # transformers 5 renamed ``past_key_values`` to ``cache``.
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in forward_params
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.structured_outputs = None
         if self.supports_structured_outputs:
             from handlers.structured import StructuredOutputs
 
-            vocab_size = int(model.get_output_embeddings().weight.shape[0])
-            self.structured_outputs = StructuredOutputs(tokenizer, vocab_size, self.eos_token_ids)
+            self.structured_outputs = StructuredOutputs(
+                tokenizer, self.vocab_size, self.eos_token_ids
+            )
             self.structured_outputs.warm_up()
 
     def _constraint_for(self, request: ChatRequest):
@@ -394,6 +406,7 @@ class _ChatHandler:
         seed: int | None = None,
         on_text: OnText | None = None,
         response_format: dict[str, Any] | None = None,
+        logit_bias: dict[int, float] | None = None,
     ) -> ChatGeneration:
         """One chat completion (a batch of one). Raises :class:`Cancelled` if cancelled."""
         request = ChatRequest(
@@ -406,6 +419,7 @@ class _ChatHandler:
             cancel_event=cancel_event,
             on_text=on_text,
             response_format=response_format,
+            logit_bias=logit_bias,
         )
         result = self.generate_batch([request])[0]
         if isinstance(result, Exception):
@@ -453,6 +467,17 @@ class _ChatHandler:
             raise InvalidInput("top_p must be between 0 and 1", param="top_p")
         if request.stop is not None and not all(isinstance(s, str) for s in request.stop):
             raise InvalidInput("stop must be a list of strings", param="stop")
+        for token, bias in (request.logit_bias or {}).items():
+            if not 0 <= token < self.vocab_size:
+                raise InvalidInput(
+                    f"logit_bias names token {token}; this model's token ids are 0 to "
+                    f"{self.vocab_size - 1}",
+                    param="logit_bias",
+                )
+            if not -100 <= bias <= 100:
+                raise InvalidInput(
+                    "logit_bias values must be between -100 and 100", param="logit_bias"
+                )
 
     def _admit(self, request: ChatRequest) -> tuple[_Row, _Encoded]:
         """Validate and tokenize one request (raises :class:`InvalidInput`)."""

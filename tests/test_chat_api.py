@@ -205,10 +205,13 @@ def test_max_tokens_gives_length_and_model_defaults_apply(client):
     from tests.tiny.chat import tiny_llama_chat_dir
 
     messages = [{"role": "user", "content": "The quick brown fox"}]
-    five = client.chat.completions.create(model=TINY, messages=messages, max_tokens=5)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_chat_dir())
+    # Sampled, so EOS is banned: a random model may otherwise end early by chance.
+    five = client.chat.completions.create(
+        model=TINY, messages=messages, max_tokens=5, logit_bias=no_eos(tokenizer)
+    )
     assert five.choices[0].finish_reason == "length"
     assert five.usage.completion_tokens == 5
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_chat_dir())
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert five.usage.prompt_tokens == len(tokenizer.encode(prompt, add_special_tokens=False))
     three = client.chat.completions.create(
@@ -218,6 +221,37 @@ def test_max_tokens_gives_length_and_model_defaults_apply(client):
     default = client.chat.completions.create(model=TINY, messages=messages, temperature=0)
     assert default.usage.completion_tokens == 16  # the entry's defaults.max_tokens
     assert default.choices[0].message.content.startswith(three.choices[0].message.content)
+
+
+def no_eos(tokenizer) -> dict[str, int]:
+    """A ``logit_bias`` that bans the tiny models' end-of-turn tokens."""
+    ends = ["<|im_end|>", "<|endoftext|>"]
+    return {str(tokenizer.convert_tokens_to_ids(t)): -100 for t in ends}
+
+
+def test_logit_bias_bans_and_forces_tokens(client):
+    from transformers import AutoTokenizer
+
+    from tests.tiny.chat import tiny_llama_chat_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_chat_dir())
+    messages = [{"role": "user", "content": "Cats and dogs"}]
+
+    def one_token(**extra) -> str:
+        answer = client.chat.completions.create(
+            model=TINY, messages=messages, max_tokens=1, temperature=0, **extra
+        )
+        return answer.choices[0].message.content
+
+    first = one_token()
+    (first_id,) = tokenizer.encode(first, add_special_tokens=False)
+    assert one_token(logit_bias={str(first_id): -100}) not in ("", first)
+    word = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" dog")[-1])
+    forced = client.chat.completions.create(
+        model=TINY, messages=messages, max_tokens=6, temperature=1.0, logit_bias={str(word): 100}
+    )
+    assert forced.choices[0].finish_reason == "length"
+    assert forced.choices[0].message.content == tokenizer.decode([word] * 6)
 
 
 def test_concurrent_streams_each_get_their_own_answer_and_one_cancel_ends_only_itself(
@@ -266,7 +300,9 @@ def test_vision_request_with_a_data_uri_image(client, stack):
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri()}}]}
     ]
     with_image[0]["content"] += question
-    answer = client.chat.completions.create(model=VL, messages=with_image, max_tokens=6)
+    answer = client.chat.completions.create(
+        model=VL, messages=with_image, max_tokens=6, temperature=0
+    )
     assert answer.choices[0].finish_reason == "length"
     assert answer.usage.completion_tokens == 6
     text_only = client.chat.completions.create(
@@ -334,6 +370,10 @@ def test_remote_images_are_fetched_with_checks(upstream_port):
         ({"max_tokens": 0}, "max_tokens"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"logprobs": True}, "logprobs"),
+        ({"logit_bias": {"eos": -100}}, "logit_bias"),
+        ({"logit_bias": {"7": 101}}, "logit_bias"),
+        ({"logit_bias": {"7": "much"}}, "logit_bias"),
+        ({"logit_bias": {"500000": 5}}, "logit_bias"),  # no such token (the worker checks)
     ],
 )
 def test_bad_chat_requests_are_400s_naming_the_field(chat_stack, extra, param):

@@ -272,6 +272,8 @@ def generation_params(
         "top_p": float(pick("top_p", 1.0)),
         "stop": list(stop) if stop else None,
         "seed": request.get("seed"),
+        "logit_bias": {int(k): float(v) for k, v in (request.get("logit_bias") or {}).items()}
+        or None,
     }
 
 
