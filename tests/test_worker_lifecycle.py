@@ -61,3 +61,17 @@ def test_heartbeat_expiry_means_no_live_worker(stack, redis_client):
     response = httpx.post(f"{stack.v1}/embeddings", json={"model": model, "input": "x"})
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "model_not_loaded"
+
+
+def test_a_beat_after_stop_does_not_put_the_worker_back(redis_client, redis_url):
+    """A heartbeat in flight when the worker stops must not re-register it."""
+    from inferq.settings import Settings
+    from workers.presence import Heartbeat
+
+    model = "lifecycle-test-model"
+    heartbeat = Heartbeat(redis_client, Settings(redis_url=redis_url), "w-late", {model: {}})
+    heartbeat.beat()
+    assert redis_client.zscore(p.workers_key(model), "w-late") is not None
+    heartbeat.stop()
+    heartbeat.beat()  # what the heartbeat thread does if it was already past its wait
+    assert redis_client.zscore(p.workers_key(model), "w-late") is None

@@ -30,6 +30,9 @@ class Heartbeat:
         self.worker = worker
         self.infos = infos
         self._stop = threading.Event()
+        # Orders a beat's ZADD against stop()'s ZREM: a beat in flight when the worker stops
+        # would otherwise put it back in the pool after it left.
+        self._presence_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -41,13 +44,16 @@ class Heartbeat:
         self._thread.start()
 
     def beat(self) -> None:
-        now = p.now()
-        pipe = self.redis.pipeline(transaction=False)
-        for model in self.infos:
-            key = p.workers_key(model)
-            pipe.zadd(key, {self.worker: now + self.settings.heartbeat_ttl_sec})
-            pipe.zremrangebyscore(key, "-inf", now)
-        pipe.execute()
+        with self._presence_lock:
+            if self._stop.is_set():
+                return
+            now = p.now()
+            pipe = self.redis.pipeline(transaction=False)
+            for model in self.infos:
+                key = p.workers_key(model)
+                pipe.zadd(key, {self.worker: now + self.settings.heartbeat_ttl_sec})
+                pipe.zremrangebyscore(key, "-inf", now)
+            pipe.execute()
         if self.on_beat is not None:
             self.on_beat()
 
@@ -60,14 +66,15 @@ class Heartbeat:
 
     def stop(self) -> None:
         """Leave the pool at once, so the API stops routing new requests here."""
-        self._stop.set()
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            for model in self.infos:
-                pipe.zrem(p.workers_key(model), self.worker)
-            pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("could not deregister: %s", exc)
+        with self._presence_lock:
+            self._stop.set()
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for model in self.infos:
+                    pipe.zrem(p.workers_key(model), self.worker)
+                pipe.execute()
+            except redis.RedisError as exc:
+                log.warning("could not deregister: %s", exc)
 
 
 class CancelListener:
