@@ -81,6 +81,39 @@ def test_batches_respect_the_token_budget_and_group_similar_lengths(handler):
         assert spread < 10  # short texts are not padded to the long ones
 
 
+def _choose(lengths: list[int], **kwargs) -> list[int]:
+    """The lengths of the pass a batcher builds from pending inputs of ``lengths`` (the first
+    is the oldest, the anchor)."""
+    from workers.batching import _Item, _Ticket
+
+    batcher = Batcher(lambda inputs: np.zeros(len(inputs)), width=None, **kwargs)
+    batcher.stop()
+    ticket = _Ticket(inputs=lengths, outputs=np.empty(len(lengths)), remaining=0, cancel_event=None)
+    items = [_Item(ticket, i, n, 0, i) for i, n in enumerate(lengths)]
+    chosen, rest = batcher._choose(items)
+    assert len(chosen) + len(rest) == len(lengths)
+    return [it.length for it in chosen]
+
+
+def test_a_pass_past_its_minimum_size_stops_before_padding_too_much():
+    lengths = [30] + [10 + (7 * i) % 51 for i in range(200)]  # 10..60 tokens, spread evenly
+    unbounded = _choose(lengths, batch_tokens=100_000, max_batch_size=128)
+    assert len(unbounded) == 128
+    assert 128 * max(unbounded) / sum(unbounded) > 1.3  # what 200 spread texts cost unbounded
+    bounded = _choose(
+        lengths, batch_tokens=100_000, max_batch_size=128, max_padding=1.1, min_batch_size=16
+    )
+    assert 16 < len(bounded) < 128
+    assert len(bounded) * max(bounded) / sum(bounded) <= 1.1
+    assert 30 in bounded
+    tight = _choose(
+        lengths, batch_tokens=100_000, max_batch_size=128, max_padding=1.0, min_batch_size=8
+    )
+    assert len(tight) >= 8  # the minimum size wins over the padding bound
+    same = _choose([20] * 300, batch_tokens=100_000, max_batch_size=128, max_padding=1.0)
+    assert len(same) == 128  # equal lengths never pad: a full pass
+
+
 def test_interactive_work_overtakes_queued_bulk_work(handler):
     gate = threading.Event()
     recording = Recording(handler, gate=gate)

@@ -5,7 +5,12 @@ Used for every "one input, one output" family: embeddings (text -> vector) and r
 lengths already counted. The model thread repeatedly builds one batch: it looks at the
 oldest pending inputs of the most urgent priority (at most ``window`` of them), anchors the
 batch on the first of those (so nothing waits longer than the inputs queued before it), then
-grows it with the inputs closest in length until the padded size reaches the token budget.
+grows it with the inputs closest in length until the padded size reaches the token budget,
+or until a pass of more than ``min_batch_size`` inputs would carry more than ``max_padding``
+padded tokens per real one. On a CPU a pass of 16-32 texts runs about as fast per text as one
+of 128, while padding costs as much as text, so a spread of lengths (32 clients' requests,
+~250 texts pending) becomes several narrow passes instead of one wide one (1.35 -> 1.10
+padded tokens per real token and +20 % texts/s under ``bench.embeddings``' load).
 The window only widens the choice of companions for the anchor, never delays it, so it is
 large (``32 x max_batch_size``): a batch file's parts keep thousands of texts pending, and
 picking each pass's companions among all of them leaves ~2 % padding where a window of
@@ -92,11 +97,15 @@ class Batcher:
         name: str = "",
         urgent_priority: int | None = None,
         window: int | None = None,
+        max_padding: float = float("inf"),
+        min_batch_size: int = 1,
     ):
         self.forward = forward
         self.width = width
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
+        self.max_padding = max_padding
+        self.min_batch_size = min_batch_size
         self.name = name
         self.window = window or WINDOW_BATCHES * max_batch_size
         self.stats = BatchStats()
@@ -172,19 +181,31 @@ class Batcher:
         candidates = [it for it in candidates if it.priority == anchor.priority]
         by_length = sorted(candidates, key=lambda it: it.length)
         lo = hi = by_length.index(anchor)
-
-        def fits(count: int, longest: int) -> bool:
-            return count <= self.max_batch_size and count * longest <= self.batch_tokens
-
-        grew = True
-        while grew:
-            grew = False
-            if lo > 0 and fits(hi - lo + 2, by_length[hi].length):
+        real = anchor.length
+        while True:
+            # Grow by the neighbour (shorter or longer) that pads the pass least.
+            count = hi - lo + 2
+            options = []
+            if lo > 0:
+                options.append((by_length[hi].length, by_length[lo - 1].length, -1))
+            if hi + 1 < len(by_length):
+                longer = by_length[hi + 1].length
+                options.append((longer, longer, +1))
+            options = [
+                (count * longest / (real + added), added, side)
+                for longest, added, side in options
+                if count <= self.max_batch_size and count * longest <= self.batch_tokens
+            ]
+            if not options:
+                break
+            padding, added, side = min(options)
+            if count > self.min_batch_size and padding > self.max_padding:
+                break  # big enough: leave the outliers to passes of their own lengths
+            real += added
+            if side < 0:
                 lo -= 1
-                grew = True
-            if hi + 1 < len(by_length) and fits(hi - lo + 2, by_length[hi + 1].length):
+            else:
                 hi += 1
-                grew = True
         chosen = by_length[lo : hi + 1]
         rest = by_length[:lo] + by_length[hi + 1 :] + others
         return chosen, rest

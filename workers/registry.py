@@ -151,6 +151,8 @@ class ModelRegistry:
             width=width,
             batch_tokens=settings.embed_batch_tokens,
             max_batch_size=settings.embed_max_batch_size,
+            max_padding=settings.embed_max_padding,
+            min_batch_size=settings.embed_min_batch_size,
             name=loaded.name,
             urgent_priority=int(Priority.INTERACTIVE) if settings.embed_urgent_lane else None,
         )
