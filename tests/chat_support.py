@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from typing import Any
@@ -161,13 +162,15 @@ def _fake_upstream_app():
 class FakeUpstream:
     """The fake upstream served by uvicorn in a daemon thread."""
 
-    def __init__(self, port: int):
+    def __init__(self, sock: socket.socket):
         import uvicorn
 
         self.app = _fake_upstream_app()
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning")
+        config = uvicorn.Config(self.app, log_level="warning")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
 
     @property
     def bodies(self) -> list[dict[str, Any]]:

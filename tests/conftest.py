@@ -92,9 +92,20 @@ def tiny_embedders() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def upstream_port() -> int:
-    """Port of the fake OpenAI upstream the proxy entries name (tests/chat_support.py)."""
-    return free_port()
+def upstream_socket() -> Iterator[socket.socket]:
+    """The fake OpenAI upstream's socket (tests/chat_support.py), bound for the whole session:
+    the catalog names its port long before the upstream serves, and a bound port cannot be
+    handed out meanwhile as the local port of some client connection."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+@pytest.fixture(scope="session")
+def upstream_port(upstream_socket) -> int:
+    return upstream_socket.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -197,7 +208,7 @@ class Stack:
         )
         self.procs.append(proc)
         base = f"http://127.0.0.1:{port}"
-        wait_http_ready(f"{base}/health", timeout=30, proc=proc)
+        wait_http_ready(f"{base}/health", timeout=120, proc=proc)
         return base
 
     def logs(self) -> str:
@@ -219,7 +230,7 @@ def stack(redis_url, stack_catalog, tmp_path_factory) -> Iterator[Stack]:
     api = spawn("api", env, log_path=log_dir / "api.log")
     stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env, log_dir=log_dir, procs=[api])
     try:
-        wait_http_ready(f"{stack.base_url}/health", timeout=30, proc=api)
+        wait_http_ready(f"{stack.base_url}/health", timeout=120, proc=api)
         stack.start_worker([MINILM, "tiny-bert-cls", "tiny-qwen-last"])
         yield stack
     except Exception:

@@ -394,8 +394,9 @@ def test_long_file_job_reports_progress_then_the_whole_transcript(
     assert all(f"w:{i}".encode() in parts for i in range(total))
     assert not any(k.startswith((b"r:", b"c:")) for k in parts)
     assert blob_keys(redis_client) == before
-    # Its event stream: a progress event as the job starts, then one per part, each with the
-    # segments that part added.
+    # Its event stream: a progress event as the job starts, then one each time parts settle
+    # (usually one part; two that finish within one look of the coordinator share an event),
+    # each with the segments those parts added.
     stream = httpx.get(f"{stack.v1}/jobs/{job['id']}/events", timeout=30).text
     events = [
         json.loads(line.removeprefix("data: "))
@@ -404,7 +405,9 @@ def test_long_file_job_reports_progress_then_the_whole_transcript(
         for line in block.splitlines()
         if line.startswith("data: ")
     ]
-    assert [e["chunks_completed"] for e in events] == list(range(total + 1))
+    counts = [e["chunks_completed"] for e in events]
+    assert counts[0] == 0 and counts[-1] == total
+    assert counts == sorted(set(counts))  # strictly increasing
     assert sum(len(e["segments"]) for e in events) == len(segments)
 
 

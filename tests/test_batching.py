@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -22,8 +21,10 @@ class Recording:
         self.calls: list[list[str]] = []
         self.gate = gate
         self.fail_on = fail_on
+        self.entered = threading.Event()  # a pass has begun (it may be held at the gate)
 
     def embed_batch(self, texts):
+        self.entered.set()
         if self.gate is not None:
             self.gate.wait(10)
         self.calls.append(list(texts))
@@ -51,7 +52,7 @@ def test_concurrent_jobs_share_forward_passes(handler):
     batcher = _batcher(recording, batch_tokens=4096, max_batch_size=64)
     try:
         first = _submit(batcher, handler, ["warm"])  # occupies the model thread at the gate
-        time.sleep(0.1)
+        assert recording.entered.wait(10)  # the first pass is running (held at the gate)
         jobs = [[f"job {j} text {i}" for i in range(4)] for j in range(8)]
         futures = [_submit(batcher, handler, texts) for texts in jobs]
         gate.set()
@@ -120,7 +121,7 @@ def test_interactive_work_overtakes_queued_bulk_work(handler):
     batcher = _batcher(recording, batch_tokens=10_000, max_batch_size=4)
     try:
         blocker = _submit(batcher, handler, ["blocker"], priority=6)
-        time.sleep(0.1)
+        assert recording.entered.wait(10)  # the first pass is running (held at the gate)
         bulk = _submit(batcher, handler, [f"bulk {i}" for i in range(40)], priority=6)
         urgent = _submit(batcher, handler, ["urgent"], priority=0)
         gate.set()
@@ -143,6 +144,7 @@ class GatedBulk(Recording):
 
     def embed_batch(self, texts):
         self.threads.append((threading.current_thread().name, list(texts)))
+        self.entered.set()
         if any(t.startswith("bulk") for t in texts):
             self.bulk_gate.wait(10)
         return super().embed_batch(texts)
@@ -154,7 +156,7 @@ def test_urgent_lane_serves_interactive_inputs_during_a_bulk_pass(handler):
     batcher = _batcher(recording, batch_tokens=10_000, max_batch_size=4, urgent_priority=0)
     try:
         bulk = _submit(batcher, handler, [f"bulk {i}" for i in range(8)], priority=6)
-        time.sleep(0.1)  # the main thread is inside a (blocked) bulk pass
+        assert recording.entered.wait(10)  # the main thread is inside a (blocked) bulk pass
         urgent = _submit(batcher, handler, ["urgent one", "urgent two"], priority=0)
         expected = handler.embed_batch(["urgent one", "urgent two"])
         np.testing.assert_allclose(urgent.result(5), expected, atol=1e-5)  # not waiting
@@ -185,7 +187,7 @@ def test_cancelling_one_job_leaves_the_others(handler):
     batcher = _batcher(recording, batch_tokens=10_000, max_batch_size=2)
     try:
         blocker = _submit(batcher, handler, ["blocker"])
-        time.sleep(0.1)
+        assert recording.entered.wait(10)  # the first pass is running (held at the gate)
         cancel = threading.Event()
         doomed = _submit(batcher, handler, [f"doomed {i}" for i in range(10)], cancel_event=cancel)
         kept = _submit(batcher, handler, [f"kept {i}" for i in range(4)])

@@ -34,16 +34,16 @@ def test_bulk_requests_leave_a_row_for_interactive_ones(llama):
         finished: list[str] = []
         bulk = []
         for i in range(4):
-            future = scheduler.submit(_request(f"bulk {i}", 60), priority=Priority.BULK)
+            future = scheduler.submit(_request(f"bulk {i}", 200), priority=Priority.BULK)
             future.add_done_callback(lambda _, name=f"bulk{i}": finished.append(name))
             bulk.append(future)
-        _wait_until(lambda: scheduler.stats.steps >= 2)
+        _wait_until(lambda: scheduler.stats.max_rows >= 2 and scheduler.stats.steps >= 4)
         assert scheduler.stats.max_rows == 2  # the third row stays free
         interactive = scheduler.submit(_request("now", 3), priority=Priority.INTERACTIVE)
         interactive.add_done_callback(lambda _: finished.append("interactive"))
         assert interactive.result(timeout=60).completion_tokens == 3
         for future in bulk:
-            assert future.result(timeout=120).completion_tokens == 60
+            assert future.result(timeout=120).completion_tokens == 200
         # it joined the running batch at once instead of waiting for a bulk row to end
         assert finished[0] == "interactive"
         assert scheduler.stats.max_rows == 3

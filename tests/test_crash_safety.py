@@ -18,7 +18,13 @@ from inferq.devstack import redis_server_binary, spawn, stop, wait_http_ready, w
 from tests.conftest import free_port
 
 MODEL = "crash-bert"  # tiny BERT, 0.15 s per forward pass, dies on the text "CRASH"
-FAST_REDELIVERY = {"VISIBILITY_TIMEOUT_SEC": "4", "WORKER_CONCURRENCY": "2"}
+# Leases are renewed every heartbeat: beats well inside the visibility timeout, so a stalled
+# beat on a loaded machine does not look like a lost worker.
+FAST_REDELIVERY = {
+    "VISIBILITY_TIMEOUT_SEC": "4",
+    "HEARTBEAT_INTERVAL_SEC": "0.5",
+    "WORKER_CONCURRENCY": "2",
+}
 
 
 def _submit(base: str, texts: list[str]) -> str:
@@ -46,7 +52,7 @@ def _wait_for(predicate, timeout: float, what: str):
 
 def test_sigkill_mid_job_redelivers_to_another_worker(stack, redis_client):
     first = stack.start_worker([MODEL], **FAST_REDELIVERY)
-    texts = [f"text {i}" for i in range(3000)]  # 3 chunks, ~24 passes, ~4 s
+    texts = [f"text {i}" for i in range(5000)]  # 5 chunks, ~40 passes, ~7 s
     job_id = _submit(stack.base_url, texts)
     _wait_for(
         lambda: (_job(stack.base_url, job_id).get("progress") or {}).get("completed"),
@@ -63,7 +69,7 @@ def test_sigkill_mid_job_redelivers_to_another_worker(stack, redis_client):
         "redelivery",
     )
     assert done["status"] == "succeeded"
-    assert len(done["result"]["data"]) == 3000
+    assert len(done["result"]["data"]) == 5000
     assert int(redis_client.hget(p.job_key(job_id), "deliveries")) == 2
     stop(second)
 

@@ -137,7 +137,7 @@ def test_list_is_newest_first_and_paginates(stack):
     assert httpx.get(f"{stack.v1}/jobs", params={"limit": 0}).status_code == 400
 
 
-@pytest.mark.parametrize("ttl", [2])
+@pytest.mark.parametrize("ttl", [5])
 def test_jobs_expire_after_result_ttl(stack, ttl):
     short_lived = stack.start_api(RESULT_TTL_SEC=str(ttl))
     job = _submit(short_lived, {"model": MINILM, "input": "ephemeral"})

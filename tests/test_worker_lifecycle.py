@@ -54,9 +54,9 @@ def test_a_worker_with_an_unknown_model_fails_with_a_hint(stack):
 
 def test_heartbeat_expiry_means_no_live_worker(stack, redis_client):
     model = "google/embeddinggemma-300m"  # in the catalog, never served in the tests
-    redis_client.zadd(p.workers_key(model), {"ghost": p.now() + 1.0})
+    redis_client.zadd(p.workers_key(model), {"ghost": p.now() + 3.0})
     assert httpx.get(f"{stack.base_url}/ready").json()["models"].get(model) == 1
-    time.sleep(2.2)  # past the ghost's expiry and the API's 1 s presence cache
+    time.sleep(4.2)  # past the ghost's expiry and the API's 1 s presence cache
     assert model not in httpx.get(f"{stack.base_url}/ready").json()["models"]
     response = httpx.post(f"{stack.v1}/embeddings", json={"model": model, "input": "x"})
     assert response.status_code == 503

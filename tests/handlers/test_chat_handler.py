@@ -280,7 +280,7 @@ def test_cancel_from_another_thread_raises_quickly(text_chat):
     cancel.set()
     worker.join(30)
     assert isinstance(outcome.get("error"), Cancelled), outcome
-    assert outcome["at"] - cancelled_at < 1.0
+    assert outcome["at"] - cancelled_at < 5.0  # within a few steps, not after 480 tokens
 
 
 def test_an_already_cancelled_request_never_runs(text_chat):
