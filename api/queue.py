@@ -47,7 +47,11 @@ class JobQueue:
         self.redis = client or aioredis.Redis(connection_pool=pool)
         self.celery = Celery("inferq-api")
         self.celery.conf.update(
-            p.celery_config(settings.redis_url, settings.visibility_timeout_sec)
+            p.celery_config(
+                settings.redis_url,
+                settings.visibility_timeout_sec,
+                task_events=settings.task_events,
+            )
         )
         self.notify_channel = f"{p.PREFIX}:notify:{instance_name('api')}"
         self._cancel = self.redis.register_script(p.CANCEL_SCRIPT)

@@ -294,7 +294,9 @@ return 1
 """
 
 
-def celery_config(redis_url: str, visibility_timeout_sec: int) -> dict[str, Any]:
+def celery_config(
+    redis_url: str, visibility_timeout_sec: int, *, task_events: bool = True
+) -> dict[str, Any]:
     """Celery settings shared by the API (which only sends) and the workers."""
     return {
         "broker_url": redis_url,
@@ -318,8 +320,8 @@ def celery_config(redis_url: str, visibility_timeout_sec: int) -> dict[str, Any]
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_send_sent_event": True,
-        "worker_send_task_events": True,
+        "task_send_sent_event": task_events,
+        "worker_send_task_events": task_events,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
         "broker_pool_limit": 32,

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         32, description="Jobs a worker holds at once (threads; they share the model's batches)."
     )
+    task_events: bool = Field(
+        True,
+        description="Celery task events (sent, received, started, succeeded), which Flower and "
+        "`celery events` show; off saves a few Redis publishes per job.",
+    )
     max_deliveries: int = Field(
         3, description="A job whose worker died this many times is failed (poison job)."
     )

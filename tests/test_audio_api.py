@@ -140,6 +140,15 @@ def blob_keys(redis_client) -> set[bytes]:
     return set(redis_client.scan_iter(match="inferq:blob:audio-*"))
 
 
+def assert_uploads_back_to(redis_client, before: set[bytes], timeout: float = 15) -> None:
+    """The worker deletes a job's upload just after recording its outcome, which a client may
+    already have read: wait for the blob store to be as it was."""
+    deadline = time.monotonic() + timeout
+    while blob_keys(redis_client) != before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert blob_keys(redis_client) == before
+
+
 def parse_cues(body: str, separator: str) -> list[tuple[float, float, str]]:
     pattern = re.compile(
         rf"(\d\d):(\d\d):(\d\d){re.escape(separator)}(\d\d\d) --> "
@@ -238,7 +247,7 @@ def test_undecodable_or_empty_audio_is_a_400(client, stack, redis_client, audio_
         path.write_bytes(content)
         job = wait_job(stack, submit_job(stack, path)["id"])
         assert job["status"] == "failed" and job["error"]["code"] == "invalid_audio"
-    assert blob_keys(redis_client) == before
+    assert_uploads_back_to(redis_client, before)
 
 
 def test_request_errors_name_the_field(client, fox_wav):
@@ -304,7 +313,7 @@ def test_oversized_upload_is_413_and_nothing_is_kept(stack, audio_worker, redis_
         head_only = f.read(150_000)
     ok = small.audio.transcriptions.create(model=TINY_EN, file=("head.wav", head_only))
     assert isinstance(ok.text, str)
-    assert blob_keys(redis_client) == before
+    assert_uploads_back_to(redis_client, before)
 
 
 def test_translation_and_word_timestamps_on_a_random_whisper(client, three_sentences):
@@ -393,7 +402,7 @@ def test_long_file_job_reports_progress_then_the_whole_transcript(
     assert total == running[0]["chunks_total"]
     assert all(f"w:{i}".encode() in parts for i in range(total))
     assert not any(k.startswith((b"r:", b"c:")) for k in parts)
-    assert blob_keys(redis_client) == before
+    assert_uploads_back_to(redis_client, before)
     # Its event stream: a progress event as the job starts, then one each time parts settle
     # (usually one part; two that finish within one look of the coordinator share an event),
     # each with the segments those parts added.
@@ -429,7 +438,7 @@ def test_cancel_stops_a_long_job_within_a_part(stack, client, redis_client, long
     assert final["status"] == "cancelled" and final["result"] is None
     assert int(redis_client.hget(a.parts_key(job["id"]), "done")) <= done_at_cancel + 1
     assert not redis_client.exists(a.pending_key(job["id"]))
-    assert blob_keys(redis_client) == before
+    assert_uploads_back_to(redis_client, before)
     # The worker is free again at once.
     started = time.monotonic()
     with open(fox_wav, "rb") as f:

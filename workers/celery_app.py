@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 
 settings = get_settings()
 app = Celery("inferq")
-app.conf.update(celery_config(settings.redis_url, settings.visibility_timeout_sec))
+app.conf.update(
+    celery_config(
+        settings.redis_url, settings.visibility_timeout_sec, task_events=settings.task_events
+    )
+)
 app.conf.include = ["workers.tasks"]
 
 
