@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -135,7 +135,7 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -179,7 +179,8 @@ class ChatCompletionRequest(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stop) > max_stop or not all(stop):
             raise bad_request(f"'stop' takes at most {max_stop} non-empty strings", param="stop")
-        logit_bias = _logit_bias(self.logit_bias)
+        if any(not token.isdigit() for token in self.logit_bias or {}):
+            raise bad_request("logit_bias keys must be token ids", param="logit_bias")
         kind = (self.response_format or {}).get("type", "text")
         if kind not in ("text", "json_object", "json_schema"):
             raise bad_request(
@@ -201,27 +202,10 @@ class ChatCompletionRequest(BaseModel):
             "top_p": self.top_p,
             "stop": stop or None,
             "seed": self.seed,
-            "logit_bias": logit_bias,
+            "logit_bias": self.logit_bias or None,
             "response_format": self.response_format if kind != "text" else None,
             "user": self.user,
         }
-
-
-def _logit_bias(bias: dict[str, float] | None) -> dict[str, float] | None:
-    """OpenAI's ``logit_bias``: token ids (as JSON keys) to a bias from -100 to 100."""
-    if not bias:
-        return None
-    for token, value in bias.items():
-        if not token.isdigit():
-            raise bad_request(
-                f"logit_bias keys must be token ids, got '{token}'", param="logit_bias"
-            )
-        if not -100 <= value <= 100:
-            raise bad_request(
-                f"logit_bias values must be between -100 and 100, got {value}",
-                param="logit_bias",
-            )
-    return {str(int(token)): value for token, value in bias.items()}
 
 
 def image_urls(messages: list[dict[str, Any]]) -> list[str]:

@@ -182,9 +182,9 @@ class Batcher:
         by_length = sorted(candidates, key=lambda it: it.length)
         lo = hi = by_length.index(anchor)
         real = anchor.length
-        while True:
-            # Grow by the neighbour (shorter or longer) that pads the pass least.
-            count = hi - lo + 2
+        while (count := hi - lo + 2) <= self.max_batch_size:  # the size after growing by one
+            # Grow by the neighbour (shorter or longer) that pads the pass least. Each option:
+            # (the pass's longest input after adding it, the tokens it adds, which side).
             options = []
             if lo > 0:
                 options.append((by_length[hi].length, by_length[lo - 1].length, -1))
@@ -194,7 +194,7 @@ class Batcher:
             options = [
                 (count * longest / (real + added), added, side)
                 for longest, added, side in options
-                if count <= self.max_batch_size and count * longest <= self.batch_tokens
+                if count * longest <= self.batch_tokens
             ]
             if not options:
                 break

@@ -272,9 +272,13 @@ def generation_params(
         "top_p": float(pick("top_p", 1.0)),
         "stop": list(stop) if stop else None,
         "seed": request.get("seed"),
-        "logit_bias": {int(k): float(v) for k, v in (request.get("logit_bias") or {}).items()}
-        or None,
+        "logit_bias": _token_biases(request.get("logit_bias")),
     }
+
+
+def _token_biases(logit_bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI's ``logit_bias`` (JSON keys are strings) as the handler takes it."""
+    return {int(token): float(bias) for token, bias in logit_bias.items()} if logit_bias else None
 
 
 def wait_for(future: Future, ctx: JobContext):
