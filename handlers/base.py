@@ -21,9 +21,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+
+
+class Family(StrEnum):
+    """The endpoint family a handler serves: declared as ``family`` on each handler class, so
+    the worker picks the serving code (batcher, executor) by family, never by probing."""
+
+    EMBEDDINGS = "embeddings"
+    CHAT = "chat"
+    SPEECH = "speech"
+    RERANK = "rerank"
 
 
 class Cancelled(Exception):
