@@ -20,38 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-SCHEMA_FILE = Path(__file__).parent / "data" / "compose-spec.json"
-SCHEMA_SHA256 = "1f91e091f16b2dd50ab8860e02bb391d22df553d91c145eacedb1b6eff9c3f0e"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-GPU_WORKERS = {
-    "worker-embed": ["BAAI/bge-m3"],
-    "worker-chat": ["Qwen/Qwen3-4B-Instruct-2507"],
-    "worker-audio": ["openai/whisper-small"],
-}
-DEMO_MODELS = [
-    "sentence-transformers/all-MiniLM-L6-v2",
-    "HuggingFaceTB/SmolLM2-135M-Instruct",
-    "Systran/faster-whisper-tiny.en",
-]
-# Variables read by libraries or the container runtime rather than by inferq's Settings.
-THIRD_PARTY_ENV = {
-    "HF_TOKEN",
-    "HF_HUB_OFFLINE",
-    "HF_HUB_ENABLE_HF_TRANSFER",
-    "TRANSFORMERS_OFFLINE",
-    "TOKENIZERS_PARALLELISM",
-    "NVIDIA_VISIBLE_DEVICES",
-    "NVIDIA_DRIVER_CAPABILITIES",
-    "CUDA_VISIBLE_DEVICES",
-    "PYTORCH_CUDA_ALLOC_CONF",
-    "OMP_NUM_THREADS",
-    "PYTHONUNBUFFERED",
-}
-# The Flower image reads Celery's CELERY_* variables and its own FLOWER_* options.
-FLOWER_ENV = {"CELERY_BROKER_URL", "CELERY_CONFIG_MODULE", "CELERY_RESULT_BACKEND"}
-# redis-cli (the healthcheck) takes a password from REDISCLI_AUTH when one is set.
-REDIS_ENV = {"REDISCLI_AUTH"}
 # What each of the Dockerfile's targets runs: (python -m module, console script).
 TARGET_ENTRY_POINTS = {"api": ("api", "inferq-api"), "worker": ("workers", "inferq-worker")}
 VARIANTS = ("cpu", "cuda")
@@ -271,17 +241,6 @@ def build_stage_of(dockerfile: Dockerfile, target: str) -> Stage:
     return dockerfile.stages[copy.split("--from=")[1].split()[0]]
 
 
-PROJECT_PACKAGES = ("api", "inferq", "workers", "handlers")
-
-
-def module_file(module: str) -> Path | None:
-    base = ROOT.joinpath(*module.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
 def check_python_module(module: str) -> None:
     """``python -m module`` resolves, in a fresh interpreter, without importing torch."""
     code = (
@@ -321,3 +280,11 @@ def entry_point_module(argv: list[str]) -> str:
     if argv and argv[0] in PYPROJECT["project"]["scripts"]:
         return check_console_script(argv[0])
     raise AssertionError(f"not a project entry point: {argv}")
+
+
+def module_file(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None

@@ -21,17 +21,10 @@ from inferq.catalog import load_catalog
 from inferq.protocol import celery_config
 from inferq.settings import Settings
 from tests.deploy_support import (
-    DEMO_MODELS,
     DOCKERFILE,
-    FLOWER_ENV,
-    GPU_WORKERS,
     PYPROJECT,
-    REDIS_ENV,
     ROOT,
-    SCHEMA_FILE,
-    SCHEMA_SHA256,
     TARGET_ENTRY_POINTS,
-    THIRD_PARTY_ENV,
     VARIANTS,
     Dockerfile,
     build_target,
@@ -44,6 +37,38 @@ from tests.deploy_support import (
     our_services,
     resolved_compose,
 )
+
+SCHEMA_FILE = Path(__file__).parent / "data" / "compose-spec.json"
+SCHEMA_SHA256 = "1f91e091f16b2dd50ab8860e02bb391d22df553d91c145eacedb1b6eff9c3f0e"
+
+GPU_WORKERS = {
+    "worker-embed": ["BAAI/bge-m3"],
+    "worker-chat": ["Qwen/Qwen3-4B-Instruct-2507"],
+    "worker-audio": ["openai/whisper-small"],
+}
+DEMO_MODELS = [
+    "sentence-transformers/all-MiniLM-L6-v2",
+    "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "Systran/faster-whisper-tiny.en",
+]
+# Variables read by libraries or the container runtime rather than by inferq's Settings.
+THIRD_PARTY_ENV = {
+    "HF_TOKEN",
+    "HF_HUB_OFFLINE",
+    "HF_HUB_ENABLE_HF_TRANSFER",
+    "TRANSFORMERS_OFFLINE",
+    "TOKENIZERS_PARALLELISM",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "CUDA_VISIBLE_DEVICES",
+    "PYTORCH_CUDA_ALLOC_CONF",
+    "OMP_NUM_THREADS",
+    "PYTHONUNBUFFERED",
+}
+# The Flower image reads Celery's CELERY_* variables and its own FLOWER_* options.
+FLOWER_ENV = {"CELERY_BROKER_URL", "CELERY_CONFIG_MODULE", "CELERY_RESULT_BACKEND"}
+# redis-cli (the healthcheck) takes a password from REDISCLI_AUTH when one is set.
+REDIS_ENV = {"REDISCLI_AUTH"}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from packaging.utils import canonicalize_name
 
 from inferq.catalog import load_catalog
 from tests.deploy_support import (
-    PROJECT_PACKAGES,
     PYPROJECT,
     ROOT,
     TARGET_ENTRY_POINTS,
@@ -32,6 +31,8 @@ from tests.deploy_support import (
     pip_installs,
     stage_env,
 )
+
+PROJECT_PACKAGES = ("api", "inferq", "workers", "handlers")
 
 
 @pytest.fixture(scope="module")
