@@ -13,6 +13,7 @@ from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferq.errors import ServiceError, broker_unavailable
+from inferq.openai.common import validation_error
 
 log = logging.getLogger(__name__)
 
@@ -26,36 +27,12 @@ def error_response(error: ServiceError) -> Response:
     )
 
 
-def _validation_location(loc: tuple) -> list[str]:
-    # FastAPI puts where the value came from first ("body", "query", "path", "header").
-    parts = [
-        str(p) for p in (loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
-    ]
-    # Drop pydantic's union branch names (e.g. "str", "list[str]", "RerankDocument").
-    return [
-        p
-        for p in parts
-        if not any(c in p for c in "[]") and not p[:1].isupper() and p not in ("str", "int")
-    ]
-
-
 async def _service_error(_: Request, exc: ServiceError) -> Response:
     return error_response(exc)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    location = _validation_location(tuple(first.get("loc", ())))
-    param = location[0] if location else None  # the top-level field, as OpenAI names it
-    where = ".".join(location)
-    if first.get("type") == "json_invalid":
-        param, message = None, "the request body is not valid JSON"
-    elif first.get("type") == "missing":
-        message = f"missing required parameter '{where}'"
-    else:
-        message = f"invalid value for '{where}': {first.get('msg')}" if where else first["msg"]
-    return error_response(ServiceError(400, message, param=param, code="invalid_value"))
+    return error_response(validation_error(exc.errors()))
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:

@@ -22,13 +22,13 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
-from api.protocol import ChatCompletionRequest, check_chat_for_model, image_urls
 from api.queue import JobQueue
 from api.routes.events import BLOCK_MS, PING_SEC, follow, is_terminal_status
 from api.routes.results import job_error, parse_body, sync_response
 from inferq import protocol as p
 from inferq.catalog import ModelEntry
 from inferq.errors import ServiceError
+from inferq.openai.chat import ChatCompletionRequest, check_chat_for_model, image_urls
 from inferq.settings import Settings
 
 router = APIRouter(tags=["chat"])
@@ -43,25 +43,21 @@ async def prepare(
     entry = await queue.require_served(body.model, p.Endpoint.CHAT)
     created = int(time.time())
     if entry.is_proxy:
-        return entry, {
-            "model": entry.name,
-            "created": created,
-            "upstream_body": body.upstream_body(),
-        }
-    request = body.normalized(max_stop=settings.chat_max_stop_sequences)
-    request.update(model=entry.name, created=created)
+        return entry, body.proxied(model=entry.name, created=created).wire()
+    job = body.normalized(max_stop=settings.chat_max_stop_sequences)
+    job.model, job.created = entry.name, created
     capabilities = []
-    if image_urls(request["messages"]):
+    if image_urls(job.messages):
         info = (await queue.model_infos(cached=True)).get(entry.name, {})
         capabilities = info.get("capabilities", [])
     check_chat_for_model(
-        request,
+        job,
         model=entry.name,
         structured_outputs=entry.supports_structured_outputs,
         capabilities=capabilities,
         settings=settings,
     )
-    return entry, request
+    return entry, job.wire()
 
 
 async def prepare_job(body: dict[str, Any], queue: JobQueue, settings: Settings):

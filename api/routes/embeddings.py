@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
-from api.protocol import EmbeddingRequest
 from api.queue import JobQueue
 from api.routes.results import parse_body, sync_response
+from inferq.openai.embeddings import EmbeddingRequest
 from inferq.protocol import Endpoint, JobKind
 from inferq.settings import Settings
 
@@ -22,7 +22,7 @@ async def prepare(
     """Validate against limits and the serving model; returns (entry, normalized request)."""
     request = body.normalized(max_inputs=max_inputs, max_chars=settings.max_input_chars)
     entry = await queue.require_served(body.model, Endpoint.EMBEDDINGS)
-    return entry, {**request, "model": entry.name}
+    return entry, {**request.wire(), "model": entry.name}
 
 
 async def prepare_job(body: dict[str, Any], queue: JobQueue, settings: Settings):

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
-from api.protocol import JobCreateRequest, JobList, JobObject
 from api.routes import audio, chat, embeddings, rerank
 from api.routes.results import json_response, list_response, render_job
 from inferq.errors import ServiceError, bad_request
+from inferq.openai.jobs import JobCreateRequest, JobList, JobObject
 from inferq.protocol import Endpoint, JobKind
 
 router = APIRouter(tags=["jobs"])

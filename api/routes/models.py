@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.deps import QueueDep
-from api.protocol import ModelList, ModelObject
 from inferq.errors import model_not_found, no_live_worker
+from inferq.openai.models import ModelList, ModelObject
 
 router = APIRouter(tags=["models"])
 

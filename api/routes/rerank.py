@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from api.deps import OwnerDep, QueueDep, RequestIdDep, SettingsDep
-from api.protocol import RerankRequest
 from api.queue import JobQueue
 from api.routes.results import parse_body, sync_response
+from inferq.openai.rerank import RerankRequest
 from inferq.protocol import Endpoint, JobKind
 from inferq.settings import Settings
 
@@ -22,7 +22,7 @@ async def prepare(body: RerankRequest, queue: JobQueue, settings: Settings):
         max_documents=settings.max_rerank_documents, max_chars=settings.max_input_chars
     )
     entry = await queue.require_served(body.model, Endpoint.RERANK)
-    return entry, {**request, "model": entry.name}
+    return entry, {**request.wire(), "model": entry.name}
 
 
 async def prepare_job(body: dict[str, Any], queue: JobQueue, settings: Settings):

@@ -6,10 +6,11 @@ from typing import Any
 
 import orjson
 from fastapi import Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from inferq import protocol as p
-from inferq.errors import ServiceError, bad_request
+from inferq.errors import ServiceError
+from inferq.openai.common import validated
 
 
 def _timestamp(record: dict[str, Any], field: p.JobField) -> int | None:
@@ -24,14 +25,7 @@ def _json_field(record: dict[str, Any], field: p.JobField) -> Any:
 
 def parse_body(schema: type[BaseModel], body: dict[str, Any]) -> Any:
     """Validate a job's ``body`` with a route's schema; errors name ``body.<field>``."""
-    try:
-        return schema.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(x) for x in first.get("loc", ())[:1])
-        raise bad_request(
-            f"invalid body: {first.get('msg')}", param=f"body.{field}" if field else "body"
-        ) from None
+    return validated(schema, body, under="body")
 
 
 def job_error(record: dict[str, Any]) -> ServiceError | None:

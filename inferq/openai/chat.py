@@ -1,106 +1,46 @@
-"""Wire schemas of the HTTP API (OpenAI-compatible where OpenAI has the route)."""
+"""``POST /v1/chat/completions``: the request, the job request a worker gets, and the
+``chat.completion`` / ``chat.completion.chunk`` bodies."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from inferq import protocol as p
 from inferq.errors import bad_request
 from inferq.images import remote_image_problem
-from inferq.protocol import Endpoint
+from inferq.openai.common import JobRequest, usage
 from inferq.settings import Settings
 
+# The error code of a response_format the model cannot follow (OpenAI's code for a parameter
+# the model does not support); handlers raise it as InvalidInput(code=...).
+STRUCTURED_OUTPUTS_UNSUPPORTED = "unsupported_parameter"
 
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
 
-    model: str
-    input: str | list[str] | list[int] | list[list[int]]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, gt=0)
+class ChatJob(JobRequest):
+    """What a local chat model's worker gets: messages reduced to ``role`` and ``content``
+    (a string or text/image_url parts), unsupported options already refused."""
+
+    messages: list[dict[str, Any]]
+    created: int = 0
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
     user: str | None = None
-
-    def texts(self, *, max_inputs: int, max_chars: int) -> list[str]:
-        """The inputs as a list of strings, within the limits, or a 400 naming the problem."""
-        items = [self.input] if isinstance(self.input, str) else list(self.input)
-        if not items:
-            raise bad_request("'input' must not be empty", param="input")
-        if not all(isinstance(t, str) for t in items):
-            raise bad_request(
-                "token arrays are not supported: send 'input' as a string or a list of strings",
-                param="input",
-                code="unsupported_input",
-            )
-        if len(items) > max_inputs:
-            raise bad_request(
-                f"'input' has {len(items)} items; at most {max_inputs} are allowed per request",
-                param="input",
-                code="too_many_inputs",
-            )
-        for i, text in enumerate(items):
-            if not text:
-                raise bad_request(f"input[{i}] is an empty string", param="input")
-            if len(text) > max_chars:
-                raise bad_request(
-                    f"input[{i}] has {len(text)} characters; the limit is {max_chars}",
-                    param="input",
-                    code="input_too_long",
-                )
-        return items
-
-    def normalized(self, *, max_inputs: int, max_chars: int) -> dict[str, Any]:
-        """The request as a worker gets it (``model`` still as the client named it)."""
-        return {
-            "model": self.model,
-            "input": self.texts(max_inputs=max_inputs, max_chars=max_chars),
-            "encoding_format": self.encoding_format,
-            "dimensions": self.dimensions,
-        }
+    remote_images: bool = False  # some image_url is http(s): the worker fetches it
 
 
-class RerankDocument(BaseModel):
-    text: str
+class ProxyChatJob(JobRequest):
+    """What an upstream proxy model's worker gets: the body as the client sent it."""
 
-
-class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
-    query: str
-    documents: list[str | RerankDocument]
-    top_n: int | None = Field(None, ge=1)
-    return_documents: bool = True
-
-    def normalized(self, *, max_documents: int, max_chars: int) -> dict[str, Any]:
-        """The request as a worker gets it, or a 400 naming the problem."""
-        if not self.query:
-            raise bad_request("'query' must not be empty", param="query")
-        documents = [d if isinstance(d, str) else d.text for d in self.documents]
-        if not documents:
-            raise bad_request("'documents' must not be empty", param="documents")
-        if len(documents) > max_documents:
-            raise bad_request(
-                f"'documents' has {len(documents)} items; at most {max_documents} "
-                "are allowed per request",
-                param="documents",
-                code="too_many_documents",
-            )
-        for i, text in enumerate([self.query, *documents]):
-            if len(text) > max_chars:
-                where = "query" if i == 0 else f"documents[{i - 1}]"
-                raise bad_request(
-                    f"{where} has {len(text)} characters; the limit is {max_chars}",
-                    param="query" if i == 0 else "documents",
-                    code="input_too_long",
-                )
-        return {
-            "model": self.model,
-            "query": self.query,
-            "documents": documents,
-            "top_n": self.top_n,
-            "return_documents": self.return_documents,
-        }
+    created: int = 0
+    upstream_body: dict[str, Any]
 
 
 class StreamOptions(BaseModel):
@@ -145,8 +85,13 @@ class ChatCompletionRequest(BaseModel):
         """What a proxy model forwards: the body as the client sent it."""
         return self.model_dump(exclude_unset=True, mode="json")
 
-    def normalized(self, *, max_stop: int) -> dict[str, Any]:
-        """The request as a local model's worker gets it, or a 400 naming the problem."""
+    def proxied(self, *, model: str, created: int) -> ProxyChatJob:
+        """The job request for upstream proxy model ``model``."""
+        return ProxyChatJob(model=model, created=created, upstream_body=self.upstream_body())
+
+    def normalized(self, *, max_stop: int) -> ChatJob:
+        """The job request for a local model (``model`` as the client named it, ``created``
+        unset), or a 400 naming the problem."""
         if self.n not in (None, 1):
             raise bad_request(
                 "only n=1 is supported: send n requests for n completions",
@@ -194,18 +139,27 @@ class ChatCompletionRequest(BaseModel):
                     "response_format.json_schema.schema must be a JSON schema object",
                     param="response_format",
                 )
-        return {
-            "model": self.model,
-            "messages": [_chat_message(i, m) for i, m in enumerate(self.messages)],
-            "max_tokens": self.max_completion_tokens or self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "stop": stop or None,
-            "seed": self.seed,
-            "logit_bias": self.logit_bias or None,
-            "response_format": self.response_format if kind != "text" else None,
-            "user": self.user,
-        }
+        return ChatJob(
+            model=self.model,
+            messages=[_chat_message(i, m) for i, m in enumerate(self.messages)],
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=stop or None,
+            seed=self.seed,
+            logit_bias=self.logit_bias or None,
+            response_format=self.response_format if kind != "text" else None,
+            user=self.user,
+        )
+
+
+def structured_outputs_unsupported(model: str):
+    """The 400 for a response_format sent to a model without structured outputs."""
+    return bad_request(
+        f"model '{model}' does not support structured outputs (response_format)",
+        param="response_format",
+        code=STRUCTURED_OUTPUTS_UNSUPPORTED,
+    )
 
 
 def image_urls(messages: list[dict[str, Any]]) -> list[str]:
@@ -220,7 +174,7 @@ def image_urls(messages: list[dict[str, Any]]) -> list[str]:
 
 
 def check_chat_for_model(
-    request: dict[str, Any],
+    job: ChatJob,
     *,
     model: str,
     structured_outputs: bool,
@@ -229,13 +183,9 @@ def check_chat_for_model(
 ) -> None:
     """A normalized chat request against what its local model can do (400 naming the field);
     marks requests whose images the worker has to fetch (``remote_images``)."""
-    if request["response_format"] and not structured_outputs:
-        raise bad_request(
-            f"model '{model}' does not support structured outputs (response_format)",
-            param="response_format",
-            code="unsupported_parameter",
-        )
-    urls = image_urls(request["messages"])
+    if job.response_format and not structured_outputs:
+        raise structured_outputs_unsupported(model)
+    urls = image_urls(job.messages)
     if not urls:
         return
     if "vision" not in capabilities:
@@ -245,7 +195,7 @@ def check_chat_for_model(
     for url in urls:
         if problem := remote_image_problem(url, settings):
             raise bad_request(problem, param="messages", code="invalid_image_url")
-    request["remote_images"] = any(not url.startswith("data:") for url in urls)
+    job.remote_images = any(not url.startswith("data:") for url in urls)
 
 
 def _chat_message(index: int, message: dict[str, Any]) -> dict[str, Any]:
@@ -289,48 +239,66 @@ def _chat_message(index: int, message: dict[str, Any]) -> dict[str, Any]:
     return {"role": CHAT_ROLES[role], "content": parts}
 
 
-class JobCreateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    endpoint: Endpoint
-    body: dict[str, Any]
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+# --- response bodies --------------------------------------------------------------------------
 
 
-class JobObject(BaseModel):
-    id: str
-    object: Literal["job"] = "job"
-    endpoint: str
-    model: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    created_at: int
-    started_at: int | None = None
-    finished_at: int | None = None
-    progress: dict[str, Any] | None = None
-    result: Any = None
-    error: dict[str, Any] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+def completion_body(
+    job_id: str,
+    model: str,
+    created: int,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> dict[str, Any]:
+    """A ``chat.completion`` object; its ``id`` is the job's (``chatcmpl-...``)."""
+    return {
+        "id": p.completion_id(job_id),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
 
 
-class JobList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[JobObject]
-    first_id: str | None = None
-    last_id: str | None = None
-    has_more: bool = False
+class ChunkFormat:
+    """``chat.completion.chunk`` JSON, built around the stored deltas without re-encoding."""
 
+    def __init__(self, job_id: str, model: str, created: int, include_usage: bool):
+        self.include_usage = include_usage
+        head = {
+            "id": p.completion_id(job_id),
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+        }
+        self._prefix = orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"delta":'
+        self._suffix = b',"logprobs":null,"finish_reason":null}]' + (
+            b',"usage":null}' if include_usage else b"}"
+        )
+        self._head = head
 
-class ModelObject(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-    capabilities: list[str] = Field(default_factory=list)
-    dimensions: int | None = None
-    max_input_tokens: int | None = None
-    workers: int = 0
+    def delta(self, data: bytes) -> str:
+        """A chunk whose delta is ``data`` (the stored ``{"content": ...}`` JSON)."""
+        return (self._prefix + data + self._suffix).decode()
 
+    def role(self) -> str:
+        return self.delta(b'{"role":"assistant","content":""}')
 
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelObject]
+    def finish(self, finish_reason: str) -> str:
+        choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
+        extra = {"usage": None} if self.include_usage else {}
+        return orjson.dumps({**self._head, "choices": [choice], **extra}).decode()
+
+    def usage(self, usage: dict[str, Any]) -> str:
+        return orjson.dumps({**self._head, "choices": [], "usage": usage}).decode()

@@ -1,0 +1,83 @@
+"""What every endpoint family shares: the job request base, usage objects, and the one
+mapping of a pydantic validation error to a 400 (HTTP bodies, job bodies, batch lines)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from inferq.errors import ServiceError
+
+# FastAPI puts where a value came from first; a job body's fields sit under "body".
+_SOURCES = ("body", "query", "path", "header")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class JobRequest(BaseModel):
+    """The normalised request a worker receives (built by the API, parsed once by the worker).
+
+    It travels as JSON in the job hash; ``model`` is the catalog name of the serving model.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+
+    @classmethod
+    def parse(cls, wire: dict[str, Any]) -> Self:
+        return cls.model_validate(wire)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-able form stored in the job hash."""
+        return self.model_dump(mode="json")
+
+
+def usage(prompt_tokens: int, completion_tokens: int | None = None) -> dict[str, int]:
+    """OpenAI's ``usage``: prompt only (embeddings) or prompt + completion (chat)."""
+    if completion_tokens is None:
+        return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _location(loc: Sequence[Any]) -> list[str]:
+    parts = [str(x) for x in (loc[1:] if loc and loc[0] in _SOURCES else loc)]
+    # Drop pydantic's union branch names (e.g. "str", "list[str]", "RerankDocument").
+    return [
+        x
+        for x in parts
+        if not any(c in x for c in "[]") and not x[:1].isupper() and x not in ("str", "int")
+    ]
+
+
+def validation_error(errors: Sequence[dict[str, Any]], *, under: str = "") -> ServiceError:
+    """The 400 for a failed validation, naming the first bad field as OpenAI does (the
+    top-level field in ``param``). ``under`` prefixes the location (``"body"`` for the body
+    of a ``POST /v1/jobs`` request)."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    location = _location(tuple(first.get("loc", ())))
+    if under:
+        location = [under, *location]
+    param = ".".join(location[:2]) if under else (location[0] if location else None)
+    where = ".".join(location)
+    if first.get("type") == "json_invalid":
+        param, message = None, "the request body is not valid JSON"
+    elif first.get("type") == "missing":
+        message = f"missing required parameter '{where}'"
+    else:
+        message = f"invalid value for '{where}': {first.get('msg')}" if where else first["msg"]
+    return ServiceError(400, message, param=param, code="invalid_value")
+
+
+def validated(schema: type[M], body: Any, *, under: str = "") -> M:
+    """``body`` validated by ``schema``, or the 400 of :func:`validation_error`."""
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc.errors(), under=under) from None
