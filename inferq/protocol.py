@@ -283,12 +283,14 @@ if notify and notify ~= '' then redis.call('PUBLISH', notify, id .. ' cancelled'
 return status
 """
 
-# KEYS[1] job key, KEYS[2] (optional) its event stream; ARGV[1] progress JSON. Only while running.
+# KEYS[1] job key, KEYS[2] (optional) its event stream; ARGV[1] the progress JSON kept in the
+# hash, ARGV[2] (optional) the progress event's data if not the same (e.g. only the segments
+# added since the last event). Only while running.
 PROGRESS_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1])
 if KEYS[2] then
-  redis.call('XADD', KEYS[2], 'NOMKSTREAM', '*', 'event', 'progress', 'data', ARGV[1])
+  redis.call('XADD', KEYS[2], 'NOMKSTREAM', '*', 'event', 'progress', 'data', ARGV[2] or ARGV[1])
 end
 return 1
 """

@@ -35,7 +35,6 @@ import heapq
 import inspect
 import itertools
 import logging
-import math
 import os
 import re
 import shutil
@@ -52,16 +51,16 @@ from handlers.base import Cancelled, InvalidInput, SpeechResult, SpeechSegment
 from inferq import audio as a
 from inferq import protocol as p
 from inferq.blobs import Blobs
-from inferq.errors import ServiceError, bad_request
+from inferq.errors import ServiceError
+from inferq.openai.transcripts import TranscriptionJob, render
 from inferq.settings import instance_name
-from workers.jobs import JobContext
+from workers.jobs import CANCEL_POLL_SEC, CancelWatch, JobContext, as_service_error
 from workers.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
 POLL_SEC = 0.2  # how often the coordinator looks at its parts
 CLAIM_CHECK_SEC = 2.0  # how often it looks for parts held by a vanished worker
-STATUS_POLL_SEC = 1.0  # a transcription re-reads its job's status this often (lost cancels)
 MAX_HELPERS = 64  # helper tasks sent for one job
 SPLIT_RATE = 8000  # sampling rate of the windows searched for pauses
 TAIL_SLACK_SEC = 60.0  # the last part reads this far past the header's duration (VBR files)
@@ -88,7 +87,7 @@ class ModelGate:
             heapq.heappush(self._waiting, ticket)
             try:
                 while self._holders >= self.capacity or self._waiting[0] != ticket:
-                    self._cond.wait(STATUS_POLL_SEC)
+                    self._cond.wait(CANCEL_POLL_SEC)
                     if cancelled():
                         raise Cancelled()
             finally:
@@ -238,29 +237,10 @@ def _accepts(handler: Any, name: str) -> bool:
         return False
 
 
-def _status_watch(redis_client, job_id: str, event: threading.Event) -> Callable[[], bool]:
-    """A check, at most once per ``STATUS_POLL_SEC``, that sets ``event`` once the job stopped
-    running (cancelled, finished elsewhere or expired)."""
-    last = [0.0]
-
-    def check() -> bool:
-        if event.is_set():
-            return True
-        now = time.monotonic()
-        if now - last[0] >= STATUS_POLL_SEC:
-            last[0] = now
-            status = redis_client.hget(p.job_key(job_id), p.JobField.STATUS)
-            if status != p.JobStatus.RUNNING.value.encode():
-                event.set()
-        return event.is_set()
-
-    return check
-
-
 def transcribe(
     model: LoadedModel,
     path: Path,
-    request: dict[str, Any],
+    job: TranscriptionJob,
     *,
     cancel_event: threading.Event,
     on_segment: Callable[[SpeechSegment], None] | None = None,
@@ -268,13 +248,11 @@ def transcribe(
 ) -> SpeechResult:
     handler = model.handler
     kwargs: dict[str, Any] = {
-        "language": request.get("language"),
-        "prompt": request.get("prompt"),
-        "temperature": request.get("temperature"),
-        "task": request["task"],
-        "timestamp_granularity": "word"
-        if "word" in request.get("timestamp_granularities", [])
-        else "segment",
+        "language": job.language,
+        "prompt": job.prompt,
+        "temperature": job.temperature,
+        "task": job.task,
+        "timestamp_granularity": job.granularity,
         "cancel_event": cancel_event,
     }
     if on_segment is not None and _accepts(handler, "on_segment"):
@@ -298,58 +276,17 @@ def language_name(code: str | None) -> str:
     return LANGUAGES.get(code, code)
 
 
-def _clock(seconds: float, separator: str) -> str:
-    millis = max(0, round(seconds * 1000))
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
-
-
-def subtitles(segments: list[dict[str, Any]], fmt: str) -> str:
-    cues = []
-    for number, segment in enumerate((s for s in segments if s["text"].strip()), start=1):
-        sep = "," if fmt == "srt" else "."
-        timing = f"{_clock(segment['start'], sep)} --> {_clock(segment['end'], sep)}"
-        text = segment["text"].strip()
-        cues.append(f"{number}\n{timing}\n{text}\n" if fmt == "srt" else f"{timing}\n{text}\n")
-    body = "\n".join(cues)
-    return body if fmt == "srt" else "WEBVTT\n\n" + body
-
-
-def render(
-    request: dict[str, Any],
+def _render(
+    job: TranscriptionJob,
     *,
     language: str | None,
     duration: float,
     segments: list[dict[str, Any]],
     words: list[dict[str, Any]],
 ) -> bytes:
-    """The route's response body: JSON, or a JSON string for text, srt and vtt."""
-    text = "".join(s["text"] for s in segments).strip()
-    fmt = request.get("response_format", "json")
-    translate = request["task"] == "translate"
-    usage = {"type": "duration", "seconds": math.ceil(duration)}
-    if fmt == "text":
-        return p.dumps(text + "\n")
-    if fmt in ("srt", "vtt"):
-        return p.dumps(subtitles(segments, fmt))
-    if fmt == "json":
-        return p.dumps({"text": text} if translate else {"text": text, "usage": usage})
-    granularities = request.get("timestamp_granularities") or ["segment"]
-    body: dict[str, Any] = {
-        "task": request["task"],
-        "language": "english" if translate else language_name(language),
-        "duration": round(duration, 3),
-        "text": text,
-    }
-    if "segment" in granularities:
-        body["segments"] = segments
-    if "word" in granularities:
-        body["words"] = words
-    if not translate:
-        body["usage"] = usage
-    return p.dumps(body)
+    return render(
+        job, language=language_name(language), duration=duration, segments=segments, words=words
+    )
 
 
 def _segment_dicts(result: SpeechResult) -> list[dict[str, Any]]:
@@ -384,7 +321,6 @@ class _Scripts:
         self.claim = client.register_script(a.CLAIM_SCRIPT)
         self.record = client.register_script(a.RECORD_SCRIPT)
         self.release = client.register_script(a.RELEASE_SCRIPT)
-        self.progress = client.register_script(a.PROGRESS_SCRIPT)
 
 
 _scripts: _Scripts | None = None
@@ -407,56 +343,46 @@ def worker_name() -> str:
     return instance_name("worker")
 
 
-def publish_progress(client, job_id: str, stored: dict, event: dict) -> None:
-    scripts(client).progress(
-        keys=[p.job_key(job_id), p.events_key(job_id)], args=[p.dumps(stored), p.dumps(event)]
-    )
-
-
 def serve_audio(ctx: JobContext, model: LoadedModel) -> bytes:
-    """The job's response body (see :func:`render`)."""
-    request = ctx.request
+    """The job's response body (see :func:`inferq.openai.transcripts.render`)."""
+    job = TranscriptionJob.parse(ctx.request)
     blobs = Blobs(ctx.runtime.redis)
-    with local_audio.open(blobs, request["blob"], request.get("filename", "")) as path:
+    with local_audio.open(blobs, job.blob, job.filename) as path:
         duration = None
         if ctx.kind == p.JobKind.JOB:
             duration = probe_duration(path)
             chunk_s = ctx.runtime.settings.audio_chunk_sec
             if duration > chunk_s + split_window(chunk_s) and _accepts(model.handler, "clip"):
-                return Coordinator(ctx, model, path, duration).run()
-        return _serve_whole(ctx, model, path, duration)
+                return Coordinator(ctx, job, model, path, duration).run()
+        return _serve_whole(ctx, job, model, path, duration)
 
 
 def _serve_whole(
-    ctx: JobContext, model: LoadedModel, path: Path, duration: float | None = None
+    ctx: JobContext,
+    job: TranscriptionJob,
+    model: LoadedModel,
+    path: Path,
+    duration: float | None = None,
 ) -> bytes:
-    request, client = ctx.request, ctx.runtime.redis
-    check = _status_watch(client, ctx.job_id, ctx.cancel_event)
     seen: list[dict[str, Any]] = []
     is_job = ctx.kind == p.JobKind.JOB
 
     def on_segment(segment: SpeechSegment) -> None:
-        if request.get("stream"):
-            client.xadd(
-                p.events_key(ctx.job_id),
-                p.event_fields(p.EventType.DELTA, {"content": segment.text}),
-                nomkstream=True,
-            )
+        if job.stream:
+            ctx.events.delta(segment.text)
         if is_job:
             seen.append(dataclasses.asdict(segment))
             total = max(duration or 0.0, segment.end, 1e-3)
             compact = _compact(seen)
             stored = _progress(segment.end, total, 0, 1, compact)
-            publish_progress(client, ctx.job_id, stored, {**stored, "segments": compact[-1:]})
-        check()
+            ctx.report_progress(stored, {**stored, "segments": compact[-1:]})
+        ctx.is_cancelled()
 
-    with gate(model).hold(ctx.priority, check):
-        result = transcribe(
-            model, path, request, cancel_event=ctx.cancel_event, on_segment=on_segment
-        )
+    with gate(model).hold(ctx.priority, ctx.is_cancelled):
+        result = transcribe(model, path, job, cancel_event=ctx.cancel_event, on_segment=on_segment)
     segments = _segment_dicts(result)
-    return render(
-        request,
+    return _render(
+        job,
         language=result.language,
         duration=result.duration,
         segments=segments,
@@ -483,7 +409,7 @@ def pull_parts(
     client,
     job_id: str,
     model: LoadedModel,
-    request: dict[str, Any],
+    job: TranscriptionJob,
     plan: dict[str, Any],
     cancel_event: threading.Event,
     *,
@@ -495,18 +421,18 @@ def pull_parts(
             return  # this worker already has a puller for the job
         _pullers.add(job_id)
     try:
-        _Puller(client, job_id, model, request, plan, cancel_event, priority).run()
+        _Puller(client, job_id, model, job, plan, cancel_event, priority).run()
     finally:
         with _pullers_lock:
             _pullers.discard(job_id)
 
 
 class _Puller:
-    def __init__(self, client, job_id, model, request, plan, cancel_event, priority):
+    def __init__(self, client, job_id, model, job, plan, cancel_event, priority):
         self.client = client
         self.job_id = job_id
         self.model = model
-        self.request = request
+        self.job: TranscriptionJob = job
         self.ranges = plan["ranges"]
         self.cancel_event = cancel_event
         self.priority = priority
@@ -514,15 +440,13 @@ class _Puller:
         self.worker = worker_name()
         self.parts_key = a.parts_key(job_id)
         self.claim_keys = [self.parts_key, a.pending_key(job_id), p.job_key(job_id)]
-        self.check = _status_watch(client, job_id, cancel_event)
+        self.check = CancelWatch(client, job_id, cancel_event)
 
     def run(self) -> None:
         with contextlib.ExitStack() as stack:
             try:
                 path = stack.enter_context(
-                    local_audio.open(
-                        Blobs(self.client), self.request["blob"], self.request.get("filename", "")
-                    )
+                    local_audio.open(Blobs(self.client), self.job.blob, self.job.filename)
                 )
             except ServiceError:
                 return  # the upload is gone: the job is over
@@ -541,7 +465,7 @@ class _Puller:
             result = transcribe(
                 self.model,
                 path,
-                self.request,
+                self.job,
                 cancel_event=self.cancel_event,
                 on_segment=lambda _segment: self.check(),
                 clip=(start, end),
@@ -553,16 +477,12 @@ class _Puller:
                 empty = {"segments": [], "words": [], "language": None, "duration": 0.0}
                 field, value = "r", p.dumps(empty)
             else:
-                error = bad_request(str(exc), param=exc.param, code=exc.code)
-                field, value = "f", p.dumps(error.to_record())
+                field, value = "f", p.dumps(as_service_error(exc).to_record())
         except Cancelled:
             raise
         except Exception as exc:
             log.exception("job %s: part %d failed", self.job_id, index)
-            error = ServiceError(
-                500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error"
-            )
-            field, value = "f", p.dumps(error.to_record())
+            field, value = "f", p.dumps(as_service_error(exc).to_record())
         settled = self.scripts.record(
             keys=[self.parts_key, p.job_key(self.job_id)], args=[index, self.worker, value, field]
         )
@@ -581,8 +501,16 @@ class _Puller:
 class Coordinator:
     """Plans a long job, gets its parts done by every worker of the model, merges them."""
 
-    def __init__(self, ctx: JobContext, model: LoadedModel, path: Path, duration: float):
+    def __init__(
+        self,
+        ctx: JobContext,
+        job: TranscriptionJob,
+        model: LoadedModel,
+        path: Path,
+        duration: float,
+    ):
         self.ctx = ctx
+        self.job = job
         self.model = model
         self.path = path
         self.duration = duration
@@ -640,7 +568,7 @@ class Coordinator:
     def _start_local_puller(self, plan: dict[str, Any]) -> None:
         self.local = threading.Thread(
             target=pull_parts,
-            args=(self.client, self.job_id, self.model, self.ctx.request, plan),
+            args=(self.client, self.job_id, self.model, self.job, plan),
             kwargs={"cancel_event": self.ctx.cancel_event, "priority": self.ctx.priority},
             name=f"audio-parts-{self.job_id[-8:]}",
             daemon=True,
@@ -698,7 +626,7 @@ class Coordinator:
                     added.append(compact)
         done_seconds = sum(min(ranges[i][1], self.duration) - ranges[i][0] for i in self.results)
         stored = _progress(done_seconds, self.duration, len(self.results), len(ranges), segments)
-        publish_progress(self.client, self.job_id, stored, {**stored, "segments": added})
+        self.ctx.report_progress(stored, {**stored, "segments": added})
 
     def _recover(self, total: int, plan: dict[str, Any]) -> None:
         """Put back parts claimed by workers that stopped heart-beating; keep a puller here."""
@@ -746,8 +674,8 @@ class Coordinator:
                     speech[part["language"]] += segment["end"] - segment["start"]
             words.extend(part["words"])
         language = speech.most_common(1)[0][0] if speech else first_language
-        return render(
-            self.ctx.request,
+        return _render(
+            self.job,
             language=language,
             duration=duration or self.duration,
             segments=segments,
@@ -801,15 +729,15 @@ def help_with(job_id: str) -> None:
         return
     if not client.llen(a.pending_key(job_id)):
         return
-    request = p.loads(request_json)
-    model = runtime.registry.models.get(request["model"])
+    job = TranscriptionJob.parse(p.loads(request_json))
+    model = runtime.registry.models.get(job.model)
     if model is None:
         return
     pull_parts(
         client,
         job_id,
         model,
-        request,
+        job,
         p.loads(plan),
         threading.Event(),
         priority=int(priority or p.Priority.JOB),

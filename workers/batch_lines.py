@@ -12,45 +12,33 @@ expiry before it ran: the line is left out of both files, as OpenAI does).
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from api.protocol import (
-    ChatCompletionRequest,
-    EmbeddingRequest,
-    RerankRequest,
-    check_chat_for_model,
-)
-from handlers.base import Cancelled, InvalidInput
-from handlers.chat import ChatRequest
+from handlers.base import Cancelled
 from inferq import protocol as p
 from inferq.errors import ServiceError, bad_request, model_not_found
+from inferq.openai.chat import ChatCompletionRequest, ChatJob, check_chat_for_model
+from inferq.openai.common import validated
+from inferq.openai.embeddings import EmbeddingJob, EmbeddingRequest
+from inferq.openai.rerank import RerankJob, RerankRequest
 from inferq.settings import Settings
-from workers.chat import completion_body, generation_params
+from workers import chat, rerank
 from workers.embeddings import check_dimensions, embed_texts, embeddings_response
+from workers.jobs import as_service_error
 from workers.registry import LoadedModel
-from workers.rerank import pairs_of, rerank_response
 
 Outcome = dict[str, Any] | ServiceError | None
 
 PROXY_CONCURRENCY = 8  # upstream calls one part has in flight
 
-
-def as_service_error(exc: Exception) -> ServiceError:
-    """What a line's failure looks like in the error file."""
-    if isinstance(exc, ServiceError):
-        return exc
-    if isinstance(exc, InvalidInput):
-        return bad_request(str(exc), param=exc.param, code=exc.code)
-    return ServiceError(500, f"{type(exc).__name__}: {exc}", code="internal_error")
+__all__ = ["as_service_error", "lines_for"]  # what workers/batch.py takes from here
 
 
-def _per_request(requests: list[dict], sizes: list[int], build) -> list[Outcome]:
+def _per_request(requests: list, sizes: list[int], build) -> list[Outcome]:
     """Split one submission's outputs back per request: ``build(request, start, end)``."""
     outcomes: list[Outcome] = []
     at = 0
@@ -61,21 +49,16 @@ def _per_request(requests: list[dict], sizes: list[int], build) -> list[Outcome]
 
 
 class BatchLines:
-    """One endpoint family's lines: ``prepare`` each body, then ``run`` them all together."""
+    """One endpoint family's lines: ``prepare`` each body (the wire form of its job request),
+    then ``run`` them all together."""
 
     schema: ClassVar[type[BaseModel]]
 
     def __init__(self, settings: Settings):
         self.settings = settings
 
-    def parse(self, body: dict[str, Any]) -> BaseModel:
-        try:
-            parsed = self.schema.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field_name = str(first["loc"][0]) if first.get("loc") else None
-            raise bad_request(f"invalid value: {first['msg']}", param=field_name) from None
-        return parsed
+    def parse(self, body: dict[str, Any]) -> Any:
+        return validated(self.schema, body)
 
     def prepare(self, body: dict[str, Any], model: LoadedModel) -> dict[str, Any]:
         raise NotImplementedError
@@ -90,15 +73,17 @@ class EmbeddingLines(BatchLines):
     schema = EmbeddingRequest
 
     def prepare(self, body, model):
-        request = self.parse(body).normalized(
+        job = self.parse(body).normalized(
             max_inputs=self.settings.max_inputs_per_request,
             max_chars=self.settings.max_input_chars,
         )
-        check_dimensions(request, model)
-        return {**request, "model": model.name}
+        check_dimensions(job, model)
+        job.model = model.name
+        return job.wire()
 
     def run(self, requests, model, stop):
-        texts = [t for r in requests for t in r["input"]]
+        jobs = [EmbeddingJob.parse(r) for r in requests]
+        texts = [t for job in jobs for t in job.input]
         try:
             vectors, lengths = embed_texts(
                 model, texts, priority=int(p.Priority.BULK), cancel_event=stop, chunk=len(texts)
@@ -106,9 +91,9 @@ class EmbeddingLines(BatchLines):
         except Cancelled:
             return [None] * len(requests)
         return _per_request(
-            requests,
-            [len(r["input"]) for r in requests],
-            lambda r, a, z: embeddings_response(r, model, vectors[a:z], sum(lengths[a:z])),
+            jobs,
+            [len(job.input) for job in jobs],
+            lambda job, a, z: embeddings_response(job, model, vectors[a:z], sum(lengths[a:z])),
         )
 
 
@@ -116,27 +101,28 @@ class RerankLines(BatchLines):
     schema = RerankRequest
 
     def prepare(self, body, model):
-        request = self.parse(body).normalized(
+        job = self.parse(body).normalized(
             max_documents=self.settings.max_rerank_documents,
             max_chars=self.settings.max_input_chars,
         )
-        return {**request, "model": model.name}
+        job.model = model.name
+        return job.wire()
 
     def run(self, requests, model, stop):
-        pairs = [pair for r in requests for pair in pairs_of(r)]
-        lengths = model.handler.token_lengths(pairs)
-        future = model.batcher.submit(
-            pairs, lengths, priority=int(p.Priority.BULK), cancel_event=stop
+        jobs = [RerankJob.parse(r) for r in requests]
+        pairs = [pair for job in jobs for pair in job.pairs()]
+        future, lengths = rerank.submit(
+            pairs, model, priority=int(p.Priority.BULK), cancel_event=stop
         )
         try:
             scores = future.result()
         except Cancelled:
             return [None] * len(requests)
         return _per_request(
-            requests,
-            [len(r["documents"]) for r in requests],
-            lambda r, a, z: rerank_response(
-                r, model, scores[a:z], sum(lengths[a:z]), uuid.uuid4().hex
+            jobs,
+            [len(job.documents) for job in jobs],
+            lambda job, a, z: rerank.rerank_response(
+                job, scores[a:z], sum(lengths[a:z]), p.new_job_id()
             ),
         )
 
@@ -150,55 +136,41 @@ class ChatLines(BatchLines):
         parsed = self.parse(body)
         if parsed.stream:
             raise bad_request("streaming is not available in batches", param="stream")
-        request = parsed.normalized(max_stop=self.settings.chat_max_stop_sequences)
+        job = parsed.normalized(max_stop=self.settings.chat_max_stop_sequences)
+        job.model = model.name
         check_chat_for_model(
-            request,
+            job,
             model=model.name,
             structured_outputs=model.entry.supports_structured_outputs,
             capabilities=model.info.get("capabilities", []),
             settings=self.settings,
         )
-        return {**request, "model": model.name}
+        return job.wire()
 
     def run(self, requests, model, stop):
+        jobs = [ChatJob.parse(r) for r in requests]
         futures: list[Any] = []
-        for request in requests:
+        for job in jobs:
             try:
-                futures.append(self._submit(request, model, stop))
+                futures.append(
+                    chat.submit(
+                        job, model, self.settings, cancel_event=stop, priority=int(p.Priority.BULK)
+                    )
+                )
             except Exception as exc:  # e.g. a remote image that cannot be fetched
                 futures.append(as_service_error(exc))
         outcomes: list[Outcome] = []
-        for future in futures:
+        for job, future in zip(jobs, futures, strict=True):
             if isinstance(future, ServiceError):
                 outcomes.append(future)
                 continue
             try:
-                result = future.result()
+                outcomes.append(chat.completion(job, model, future.result(), p.new_job_id()))
             except Cancelled:
                 outcomes.append(None)
             except Exception as exc:
                 outcomes.append(as_service_error(exc))
-            else:
-                completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-                outcomes.append(
-                    completion_body(completion_id, model.name, int(time.time()), result)
-                )
         return outcomes
-
-    def _submit(self, request: dict[str, Any], model: LoadedModel, stop: threading.Event):
-        messages = request["messages"]
-        if request.get("remote_images"):
-            from workers.images import inline_remote_images
-
-            messages = inline_remote_images(messages, self.settings)
-        params = generation_params(request, model.handler.generation_defaults, self.settings)
-        chat_request = ChatRequest(
-            messages=messages,
-            cancel_event=stop,
-            response_format=request.get("response_format"),
-            **params,
-        )
-        return model.batcher.submit(chat_request, priority=int(p.Priority.BULK))
 
 
 class ProxyLines(BatchLines):
@@ -215,18 +187,13 @@ class ProxyLines(BatchLines):
             upstream = parsed.upstream_body()
             upstream.pop("stream_options", None)
             return {**upstream, "stream": False}
-        from workers.proxy import upstream_embeddings_body
-
-        request = parsed.normalized(
+        job = parsed.normalized(
             max_inputs=self.settings.max_inputs_per_request,
             max_chars=self.settings.max_input_chars,
         )
-        return upstream_embeddings_body(request)
+        return job.upstream_body()
 
     def run(self, requests, model, stop):
-        from handlers.proxy import UpstreamError
-        from workers.proxy import service_error
-
         call = model.handler.chat if self.endpoint == p.Endpoint.CHAT else model.handler.embeddings
 
         def forward(body: dict[str, Any]) -> Outcome:
@@ -234,8 +201,6 @@ class ProxyLines(BatchLines):
                 return None
             try:
                 return orjson.loads(call(body))
-            except UpstreamError as exc:
-                return service_error(exc)
             except Exception as exc:
                 return as_service_error(exc)
 

@@ -11,11 +11,9 @@ its slot free for the next one. Each request keeps its own sampling parameters, 
 files) never take the last ``reserved_rows`` rows: an interactive request arriving while a
 batch file runs joins at the next step instead of waiting for a bulk generation to end.
 
-Streaming. Each new piece of text becomes a ``delta`` entry on the job's Redis Stream
-(:func:`inferq.protocol.events_key`). The scheduler thread only appends to an in-memory queue;
-an :class:`EventPublisher` thread writes the entries with pipelined ``XADD``s, off the
-decoding path. Before a job's result is stored (which appends the terminal status entry), the
-job thread waits until its deltas are written, so the stream is always in order.
+Streaming. Each new piece of text becomes a ``delta`` entry on the job's Redis Stream, written
+by the job's event writer (:mod:`workers.events`) off the decoding path: the scheduler thread
+only appends to an in-memory queue.
 """
 
 from __future__ import annotations
@@ -25,100 +23,23 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
-
-import redis
 
 from handlers.base import Cancelled
 from handlers.chat import ChatRequest
 from inferq import protocol as p
 from inferq.errors import ServiceError
+from inferq.openai.chat import ChatJob, completion_body
 from inferq.settings import Settings
+from workers.images import inline_remote_images
 from workers.jobs import JobContext
+from workers.proxy import serve_proxy_chat
 from workers.registry import LoadedModel
 
 log = logging.getLogger(__name__)
-
-CANCEL_POLL_SEC = 1.0  # a job thread re-reads its status this often (lost cancel messages)
-
-
-# --- events -----------------------------------------------------------------------------------
-
-
-class EventPublisher:
-    """Appends job events to their Redis Streams from one background thread, pipelined."""
-
-    def __init__(self, client: redis.Redis):
-        self.redis = client
-        self._items: list[tuple[str, dict[str, Any]]] = []
-        self._cond = threading.Condition()
-        self._queued = 0
-        self._written = 0
-        self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
-        self._thread.start()
-
-    def publish(self, job_id: str, event: p.EventType, data: Any, *, raw: bool = False) -> int:
-        """Queue one entry (``data`` is JSON-encoded unless ``raw``); returns its sequence."""
-        fields = {"event": event.value, "data": data} if raw else p.event_fields(event, data)
-        with self._cond:
-            self._queued += 1
-            self._items.append((p.events_key(job_id), fields))
-            self._cond.notify_all()
-            return self._queued
-
-    def wait_written(self, seq: int, timeout: float = 30.0) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._written >= seq, timeout)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._items))
-                items, self._items = self._items, []
-                upto = self._queued
-            try:
-                pipe = self.redis.pipeline(transaction=False)
-                for key, fields in items:
-                    pipe.xadd(key, fields, nomkstream=True)
-                pipe.execute()
-            except redis.RedisError as exc:  # events are best effort; results are not
-                log.warning("could not write %d job events: %s", len(items), exc)
-            with self._cond:
-                self._written = upto
-                self._cond.notify_all()
-
-
-_publisher: EventPublisher | None = None
-_publisher_lock = threading.Lock()
-
-
-def publisher(client: redis.Redis) -> EventPublisher:
-    global _publisher
-    with _publisher_lock:
-        if _publisher is None:
-            _publisher = EventPublisher(client)
-        return _publisher
-
-
-class JobEvents:
-    """One job's writer: ``delta``/``chunk`` from any thread, ``flush`` before finishing."""
-
-    def __init__(self, events: EventPublisher, job_id: str):
-        self.events = events
-        self.job_id = job_id
-        self.last = 0
-
-    def delta(self, text: str) -> None:
-        self.last = self.events.publish(self.job_id, p.EventType.DELTA, {"content": text})
-
-    def chunk(self, data: str) -> None:
-        self.last = self.events.publish(self.job_id, p.EventType.CHUNK, data, raw=True)
-
-    def flush(self) -> None:
-        if self.last:
-            self.events.wait_written(self.last)
 
 
 # --- the scheduler ----------------------------------------------------------------------------
@@ -249,21 +170,17 @@ class ChatScheduler:
                 ticket.future.set_exception(error)
 
 
-# --- serving a job ----------------------------------------------------------------------------
+# --- serving a request ------------------------------------------------------------------------
 
 
-def generation_params(
-    request: dict[str, Any], defaults: dict[str, Any], settings: Settings
-) -> dict[str, Any]:
+def generation_params(job: ChatJob, defaults: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Sampling parameters: the request's, else the model entry's ``defaults``, else OpenAI's."""
 
     def pick(name: str, fallback: Any) -> Any:
-        value = request.get(name)
+        value = getattr(job, name)
         return value if value is not None else defaults.get(name, fallback)
 
-    stop = request.get("stop")
-    if stop is None:
-        stop = defaults.get("stop")
+    stop = job.stop if job.stop is not None else defaults.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     return {
@@ -271,8 +188,8 @@ def generation_params(
         "temperature": float(pick("temperature", 1.0)),
         "top_p": float(pick("top_p", 1.0)),
         "stop": list(stop) if stop else None,
-        "seed": request.get("seed"),
-        "logit_bias": _token_biases(request.get("logit_bias")),
+        "seed": job.seed,
+        "logit_bias": _token_biases(job.logit_bias),
     }
 
 
@@ -281,69 +198,58 @@ def _token_biases(logit_bias: dict[str, float] | None) -> dict[int, float] | Non
     return {int(token): float(bias) for token, bias in logit_bias.items()} if logit_bias else None
 
 
-def wait_for(future: Future, ctx: JobContext):
-    """The future's result; meanwhile re-read the job's status in case a cancel was missed."""
-    while True:
-        try:
-            return future.result(timeout=CANCEL_POLL_SEC)
-        except TimeoutError:
-            if not ctx.cancel_event.is_set() and ctx.runtime.is_cancelled(ctx.job_id):
-                ctx.cancel_event.set()
+def submit(
+    job: ChatJob,
+    model: LoadedModel,
+    settings: Settings,
+    *,
+    cancel_event: threading.Event,
+    priority: int,
+    on_text: Callable[[str], None] | None = None,
+) -> Future:
+    """Queue ``job`` in the model's scheduler (remote images fetched first); the future gives
+    the :class:`handlers.base.ChatGeneration`. Used by jobs and batch lines alike."""
+    if model.batcher is None:
+        raise ServiceError(
+            500, f"model '{model.name}' has no chat scheduler", code="internal_error"
+        )
+    messages = inline_remote_images(job.messages, settings) if job.remote_images else job.messages
+    request = ChatRequest(
+        messages=messages,
+        cancel_event=cancel_event,
+        on_text=on_text,
+        response_format=job.response_format,
+        **generation_params(job, model.handler.generation_defaults, settings),
+    )
+    return model.batcher.submit(request, priority=priority)
+
+
+def completion(job: ChatJob, model: LoadedModel, generation, job_id: str) -> dict[str, Any]:
+    """The ``chat.completion`` body of a finished generation (``id`` from ``job_id``)."""
+    if isinstance(generation, Cancelled):  # pragma: no cover - futures raise it instead
+        raise generation
+    return completion_body(
+        job_id,
+        model.name,
+        job.created or int(time.time()),
+        generation.text,
+        generation.finish_reason,
+        generation.prompt_tokens,
+        generation.completion_tokens,
+    )
 
 
 def serve_chat(ctx: JobContext, model: LoadedModel) -> bytes:
     """A ``chat.completion`` for the job's request (validated by the API)."""
     if getattr(model.handler, "is_proxy", False):
-        from workers.proxy import serve_proxy_chat
-
         return serve_proxy_chat(ctx, model)
-    request = ctx.request
-    settings = ctx.runtime.settings
-    messages = request["messages"]
-    if request.get("remote_images"):
-        from workers.images import inline_remote_images
-
-        messages = inline_remote_images(messages, settings)
-    params = generation_params(request, model.handler.generation_defaults, settings)
-    events = JobEvents(publisher(ctx.runtime.redis), ctx.job_id)
-    chat_request = ChatRequest(
-        messages=messages,
+    job = ChatJob.parse(ctx.request)
+    future = submit(
+        job,
+        model,
+        ctx.runtime.settings,
         cancel_event=ctx.cancel_event,
-        on_text=events.delta,
-        response_format=request.get("response_format"),
-        **params,
+        priority=ctx.priority,
+        on_text=ctx.events.delta,
     )
-    if model.batcher is None:
-        raise ServiceError(
-            500, f"model '{model.name}' has no chat scheduler", code="internal_error"
-        )
-    result = wait_for(model.batcher.submit(chat_request, priority=ctx.priority), ctx)
-    events.flush()
-    if isinstance(result, Cancelled):  # pragma: no cover - futures raise it instead
-        raise result
-    created = int(request.get("created") or time.time())
-    return p.dumps(completion_body(p.completion_id(ctx.job_id), model.name, created, result))
-
-
-def completion_body(completion_id: str, model: str, created: int, result) -> dict[str, Any]:
-    """A ``chat.completion`` object for a finished :class:`handlers.chat.ChatGeneration`."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": result.finish_reason,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-        },
-    }
+    return p.dumps(completion(job, model, ctx.wait(future), ctx.job_id))

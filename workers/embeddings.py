@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from handlers.base import Cancelled
 from inferq import protocol as p
 from inferq.errors import bad_request
+from inferq.openai.embeddings import EmbeddingJob, embeddings_body
 from workers.jobs import JobContext
 from workers.registry import LoadedModel
 
@@ -21,8 +23,8 @@ def token_lengths(handler, texts: list[str]) -> list[int]:
     return [handler.count_tokens([t]) for t in texts]
 
 
-def check_dimensions(request: dict[str, Any], model: LoadedModel) -> None:
-    dimensions, dim = request.get("dimensions"), model.handler.dim
+def check_dimensions(job: EmbeddingJob, model: LoadedModel) -> None:
+    dimensions, dim = job.dimensions, model.handler.dim
     if dimensions is not None and dimensions > dim:
         raise bad_request(
             f"dimensions={dimensions} exceeds the {dim} dimensions of '{model.name}'",
@@ -39,8 +41,10 @@ def embed_texts(
     chunk: int,
     is_cancelled: Callable[[], bool] = lambda: False,
     on_chunk: Callable[[int], None] | None = None,
+    wait: Callable[[Future], Any] = Future.result,
 ) -> tuple[np.ndarray, list[int]]:
-    """Vectors and token counts for ``texts``, handed to the batcher ``chunk`` at a time."""
+    """Vectors and token counts for ``texts``, handed to the batcher ``chunk`` at a time
+    (``wait`` gives a submission's result: a job's watches for a missed cancel)."""
     vectors = np.empty((len(texts), model.handler.dim), dtype=np.float32)
     lengths: list[int] = []
     for start in range(0, len(texts), chunk):
@@ -52,36 +56,29 @@ def embed_texts(
         future = model.batcher.submit(
             part, part_lengths, priority=priority, cancel_event=cancel_event
         )
-        vectors[start : start + len(part)] = future.result()
+        vectors[start : start + len(part)] = wait(future)
         if on_chunk is not None:
             on_chunk(start + len(part))
     return vectors, lengths
 
 
 def embeddings_response(
-    request: dict[str, Any], model: LoadedModel, vectors: np.ndarray, prompt_tokens: int
+    job: EmbeddingJob, model: LoadedModel, vectors: np.ndarray, prompt_tokens: int
 ) -> dict[str, Any]:
-    """The OpenAI response body, with ``dimensions`` and ``encoding_format`` applied."""
-    dimensions = request.get("dimensions")
-    if dimensions is not None and dimensions < vectors.shape[1]:
-        vectors = vectors[:, :dimensions]
+    """The response body, with ``dimensions`` (truncated, re-normalised) and
+    ``encoding_format`` applied."""
+    if job.dimensions is not None and job.dimensions < vectors.shape[1]:
+        vectors = vectors[:, : job.dimensions]
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    encoding = request["encoding_format"]
-    return {
-        "object": "list",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": encode(v, encoding)}
-            for i, v in enumerate(vectors)
-        ],
-        "model": model.name,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }
+    embeddings = [encode(v, job.encoding_format) for v in vectors]
+    return embeddings_body(model.name, embeddings, prompt_tokens)
 
 
 def serve_embeddings(ctx: JobContext, model: LoadedModel) -> bytes:
     """The request was validated by the API: ``input`` is a list of non-empty strings."""
-    texts: list[str] = ctx.request["input"]
-    check_dimensions(ctx.request, model)
+    job = EmbeddingJob.parse(ctx.request)
+    texts = job.input
+    check_dimensions(job, model)
 
     def progress(done: int) -> None:
         ctx.report_progress(
@@ -97,8 +94,9 @@ def serve_embeddings(ctx: JobContext, model: LoadedModel) -> bytes:
         chunk=chunk,
         is_cancelled=ctx.is_cancelled,
         on_chunk=progress if len(texts) > chunk else None,
+        wait=ctx.wait,
     )
-    return p.dumps(embeddings_response(ctx.request, model, vectors, sum(lengths)))
+    return p.dumps(embeddings_response(job, model, vectors, sum(lengths)))
 
 
 def encode(vector: np.ndarray, encoding_format: str):

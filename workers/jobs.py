@@ -6,24 +6,76 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from handlers.base import Cancelled, InvalidInput
+from handlers.proxy import UpstreamError, UpstreamTimeout
 from inferq import protocol as p
 from inferq.errors import ServiceError, bad_request
 from inferq.logs import job_id_var, request_id_var
 from inferq.settings import Settings
 from workers import metrics
+from workers.events import EventPublisher, JobEvents
 
 log = logging.getLogger(__name__)
 
 
+CANCEL_POLL_SEC = 1.0  # a job re-reads its status this often (in case a cancel was missed)
+
+
+class CancelWatch:
+    """The fallback for a missed cancel message: a check that reads the job's status at most
+    once per ``CANCEL_POLL_SEC`` and sets ``event`` once the job stopped running (cancelled,
+    finished elsewhere or expired). True once the work should stop."""
+
+    def __init__(self, client: redis.Redis, job_id: str, event: threading.Event):
+        self.redis = client
+        self.job_id = job_id
+        self.event = event
+        self._last = 0.0
+
+    def __call__(self) -> bool:
+        if self.event.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._last >= CANCEL_POLL_SEC:
+            self._last = now
+            status = self.redis.hget(p.job_key(self.job_id), p.JobField.STATUS)
+            if status != p.JobStatus.RUNNING.value.encode():
+                self.event.set()
+        return self.event.is_set()
+
+    def wait(self, future: Future) -> Any:
+        """The future's result; meanwhile keep checking."""
+        while True:
+            try:
+                return future.result(timeout=CANCEL_POLL_SEC)
+            except TimeoutError:
+                self()
+
+
+def as_service_error(exc: Exception) -> ServiceError:
+    """What a serving failure looks like to the client (the one mapping of handler errors)."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, InvalidInput):
+        return bad_request(str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, UpstreamTimeout):
+        return ServiceError(504, exc.message, code="upstream_timeout")
+    if isinstance(exc, UpstreamError):
+        code = "upstream_error" if exc.status >= 500 else "upstream_rejected"
+        return ServiceError(exc.status, exc.message, code=code)
+    return ServiceError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+
+
 @dataclass
 class JobContext:
-    """What a serving function gets: the request and the means to report and to stop."""
+    """What a serving function gets: the request (its wire form: each family parses it into
+    its ``inferq.openai`` job request) and the means to report, to stop and to write events."""
 
     job_id: str
     request: dict[str, Any]
@@ -31,12 +83,22 @@ class JobContext:
     kind: str
     cancel_event: threading.Event
     runtime: JobRuntime
+    watch: CancelWatch = field(init=False)
+    events: JobEvents = field(init=False)
 
-    def report_progress(self, progress: dict[str, Any]) -> None:
-        self.runtime.report_progress(self.job_id, progress)
+    def __post_init__(self) -> None:
+        self.watch = CancelWatch(self.runtime.redis, self.job_id, self.cancel_event)
+        self.events = JobEvents(self.runtime.publisher, self.job_id)
+
+    def report_progress(self, progress: dict[str, Any], event: dict[str, Any] | None = None):
+        self.events.progress(progress, event)
 
     def is_cancelled(self) -> bool:
-        return self.cancel_event.is_set() or self.runtime.is_cancelled(self.job_id)
+        return self.watch()
+
+    def wait(self, future: Future) -> Any:
+        """A batcher's or scheduler's future, watching for a missed cancel meanwhile."""
+        return self.watch.wait(future)
 
 
 class JobRuntime:
@@ -49,9 +111,17 @@ class JobRuntime:
         )
         self._start = self.redis.register_script(p.START_SCRIPT)
         self._finish = self.redis.register_script(p.FINISH_SCRIPT)
-        self._progress = self.redis.register_script(p.PROGRESS_SCRIPT)
+        self._publisher: EventPublisher | None = None
         self.running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+
+    @property
+    def publisher(self) -> EventPublisher:
+        """The worker's event writer (its thread starts with the first job)."""
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = EventPublisher(self.redis)
+            return self._publisher
 
     def run(self, job_id: str, serve: Callable[[JobContext], bytes]) -> None:
         key = p.job_key(job_id)
@@ -98,7 +168,10 @@ class JobRuntime:
         )
         log.info("job %s started (request_id=%s, delivery %s)", job_id, request_id, deliveries)
         try:
-            result = serve(ctx)
+            try:
+                result = serve(ctx)
+            finally:
+                ctx.events.flush()  # the output is in the stream before the terminal status
         except Cancelled:
             if timed_out.is_set():
                 self.finish_failed(
@@ -113,18 +186,11 @@ class JobRuntime:
                 outcome = p.JobStatus.CANCELLED
                 self._finish_with(job_id, p.JobStatus.CANCELLED)
                 log.info("job %s cancelled (request_id=%s)", job_id, request_id)
-        except ServiceError as exc:
-            self.finish_failed(job_id, exc)
-        except InvalidInput as exc:
-            self.finish_failed(job_id, bad_request(str(exc), param=exc.param, code=exc.code))
         except Exception as exc:
-            log.exception("job %s failed (request_id=%s)", job_id, request_id)
-            self.finish_failed(
-                job_id,
-                ServiceError(
-                    500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error"
-                ),
-            )
+            error = as_service_error(exc)
+            if error is not exc and error.code == "internal_error":
+                log.exception("job %s failed (request_id=%s)", job_id, request_id)
+            self.finish_failed(job_id, error)
         else:
             outcome = p.JobStatus.SUCCEEDED
             if self._finish_with(job_id, p.JobStatus.SUCCEEDED, {p.JobField.RESULT: result}):
@@ -158,9 +224,6 @@ class JobRuntime:
             args += [name.value, value]
         return bool(self._finish(keys=[p.job_key(job_id), p.events_key(job_id)], args=args))
 
-    def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        self._progress(keys=[p.job_key(job_id), p.events_key(job_id)], args=[p.dumps(progress)])
-
     def renew_leases(self) -> None:
         """Mark every delivery this worker holds as fresh, so no other worker takes it over.
 
@@ -180,8 +243,3 @@ class JobRuntime:
         if event is not None:
             event.set()
         return event is not None
-
-    def is_cancelled(self, job_id: str) -> bool:
-        """Fallback to the pub/sub signal: read the job's status."""
-        status = self.redis.hget(p.job_key(job_id), p.JobField.STATUS)
-        return status is None or status.decode() == p.JobStatus.CANCELLED

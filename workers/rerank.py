@@ -2,44 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
+import threading
+from concurrent.futures import Future
 
 from handlers.rerank import rank
 from inferq import protocol as p
+from inferq.openai.rerank import RerankJob, rerank_body
 from workers.jobs import JobContext
 from workers.registry import LoadedModel
 
 
-def pairs_of(request: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(request["query"], document) for document in request["documents"]]
+def submit(
+    pairs: list[tuple[str, str]],
+    model: LoadedModel,
+    *,
+    priority: int,
+    cancel_event: threading.Event,
+) -> tuple[Future, list[int]]:
+    """Queue ``pairs`` in the model's batcher; the future gives their scores."""
+    lengths = model.handler.token_lengths(pairs)
+    return model.batcher.submit(
+        pairs, lengths, priority=priority, cancel_event=cancel_event
+    ), lengths
 
 
-def rerank_response(
-    request: dict[str, Any], model: LoadedModel, scores: np.ndarray, total_tokens: int, rid: str
-) -> dict[str, Any]:
-    documents = request["documents"]
-    results = []
-    for result in rank(scores, request.get("top_n")):
-        item = {"index": result.index, "relevance_score": result.relevance_score}
-        if request.get("return_documents", True):
-            item["document"] = {"text": documents[result.index]}
-        results.append(item)
-    return {
-        "id": f"rerank-{rid}",
-        "model": model.name,
-        "results": results,
-        "usage": {"total_tokens": total_tokens},
-    }
+def rerank_response(job: RerankJob, scores, total_tokens: int, job_id: str) -> dict:
+    """The response body (``id`` from ``job_id``, as a chat completion's)."""
+    ranked = [(r.index, r.relevance_score) for r in rank(scores, job.top_n)]
+    return rerank_body(job, ranked, total_tokens, job_id.removeprefix("job_"))
 
 
 def serve_rerank(ctx: JobContext, model: LoadedModel) -> bytes:
     """The request was validated by the API: ``documents`` is a non-empty list of strings."""
-    pairs = pairs_of(ctx.request)
-    lengths = model.handler.token_lengths(pairs)
-    scores = model.batcher.submit(
-        pairs, lengths, priority=ctx.priority, cancel_event=ctx.cancel_event
-    ).result()
-    rid = ctx.job_id.removeprefix("job_")
-    return p.dumps(rerank_response(ctx.request, model, scores, sum(lengths), rid))
+    job = RerankJob.parse(ctx.request)
+    future, lengths = submit(
+        job.pairs(), model, priority=ctx.priority, cancel_event=ctx.cancel_event
+    )
+    return p.dumps(rerank_response(job, ctx.wait(future), sum(lengths), ctx.job_id))

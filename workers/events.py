@@ -1,0 +1,93 @@
+"""Writing a job's events (its Redis Stream): one pipelined writer thread per worker.
+
+Output (``delta``, ``chunk``) is queued and written off the serving thread; a job's progress
+is written by :meth:`JobEvents.progress` after the output queued before it, so a stream is
+always in the order its job produced it. The job's result is stored (which appends the
+terminal status entry) only after :meth:`JobEvents.flush`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+
+from inferq import protocol as p
+
+log = logging.getLogger(__name__)
+
+
+class EventPublisher:
+    """Appends job events to their Redis Streams from one background thread, pipelined."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self.progress_script = client.register_script(p.PROGRESS_SCRIPT)
+        self._items: list[tuple[str, dict[str, Any]]] = []
+        self._cond = threading.Condition()
+        self._queued = 0
+        self._written = 0
+        self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
+        self._thread.start()
+
+    def publish(self, job_id: str, event: p.EventType, data: Any, *, raw: bool = False) -> int:
+        """Queue one entry (``data`` is JSON-encoded unless ``raw``); returns its sequence."""
+        fields = {"event": event.value, "data": data} if raw else p.event_fields(event, data)
+        with self._cond:
+            self._queued += 1
+            self._items.append((p.events_key(job_id), fields))
+            self._cond.notify_all()
+            return self._queued
+
+    def wait_written(self, seq: int, timeout: float = 30.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._written >= seq, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._items))
+                items, self._items = self._items, []
+                upto = self._queued
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for key, fields in items:
+                    pipe.xadd(key, fields, nomkstream=True)
+                pipe.execute()
+            except redis.RedisError as exc:  # events are best effort; results are not
+                log.warning("could not write %d job events: %s", len(items), exc)
+            with self._cond:
+                self._written = upto
+                self._cond.notify_all()
+
+
+class JobEvents:
+    """One job's writer: ``delta``/``chunk`` from any thread, ``flush`` before finishing."""
+
+    def __init__(self, events: EventPublisher, job_id: str):
+        self.events = events
+        self.job_id = job_id
+        self.last = 0
+
+    def delta(self, text: str) -> None:
+        """New output text (a chat token, a transcribed segment)."""
+        self.last = self.events.publish(self.job_id, p.EventType.DELTA, {"content": text})
+
+    def chunk(self, data: str) -> None:
+        """An upstream proxy's stream chunk, verbatim."""
+        self.last = self.events.publish(self.job_id, p.EventType.CHUNK, data, raw=True)
+
+    def progress(self, stored: dict[str, Any], event: dict[str, Any] | None = None) -> None:
+        """The job's progress (kept in its hash) and its event (``stored`` unless given),
+        written after the output before it; only while the job runs."""
+        self.flush()
+        args = [p.dumps(stored)] + ([p.dumps(event)] if event is not None else [])
+        self.events.progress_script(
+            keys=[p.job_key(self.job_id), p.events_key(self.job_id)], args=args
+        )
+
+    def flush(self) -> None:
+        if self.last:
+            self.events.wait_written(self.last)
