@@ -44,7 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handlers.audio import audio_duration, chunk_ranges, decode_audio, find_split_points
 from handlers.base import Cancelled, InvalidInput, SpeechResult, SpeechSegment
@@ -55,7 +55,9 @@ from inferq.errors import ServiceError
 from inferq.openai.transcripts import TranscriptionJob, render
 from inferq.settings import instance_name
 from workers.jobs import CANCEL_POLL_SEC, CancelWatch, JobContext, as_service_error
-from workers.registry import LoadedModel
+
+if TYPE_CHECKING:  # the registry imports the serving modules
+    from workers.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -691,9 +693,7 @@ def run_job(job_id: str) -> None:
     from workers import runtime
 
     try:
-        runtime.jobs.run(
-            job_id, lambda ctx: serve_audio(ctx, runtime.registry.get(ctx.request["model"]))
-        )
+        runtime.jobs.run(job_id, lambda ctx: serve_audio(ctx, runtime.registry.get(ctx.model)))
     finally:
         cleanup(runtime.jobs.redis, job_id)
 

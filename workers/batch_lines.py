@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 from pydantic import BaseModel
@@ -29,7 +29,9 @@ from inferq.settings import Settings
 from workers import chat, rerank
 from workers.embeddings import check_dimensions, embed_texts, embeddings_response
 from workers.jobs import as_service_error
-from workers.registry import LoadedModel
+
+if TYPE_CHECKING:  # the registry imports the serving modules
+    from workers.registry import LoadedModel
 
 Outcome = dict[str, Any] | ServiceError | None
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handlers.base import Cancelled
 from handlers.chat import ChatRequest
@@ -37,7 +37,9 @@ from inferq.settings import Settings
 from workers.images import inline_remote_images
 from workers.jobs import JobContext
 from workers.proxy import serve_proxy_chat
-from workers.registry import LoadedModel
+
+if TYPE_CHECKING:  # the registry imports the serving modules
+    from workers.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,7 +14,9 @@ from inferq import protocol as p
 from inferq.errors import bad_request
 from inferq.openai.embeddings import EmbeddingJob, embeddings_body
 from workers.jobs import JobContext
-from workers.registry import LoadedModel
+
+if TYPE_CHECKING:  # the registry imports the serving modules
+    from workers.registry import LoadedModel
 
 
 def token_lengths(handler, texts: list[str]) -> list[int]:

@@ -90,6 +90,11 @@ class JobContext:
         self.watch = CancelWatch(self.runtime.redis, self.job_id, self.cancel_event)
         self.events = JobEvents(self.runtime.publisher, self.job_id)
 
+    @property
+    def model(self) -> str:
+        """The serving model's catalog name (every job request names it)."""
+        return self.request["model"]
+
     def report_progress(self, progress: dict[str, Any], event: dict[str, Any] | None = None):
         self.events.progress(progress, event)
 

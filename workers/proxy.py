@@ -8,10 +8,14 @@ Upstream errors become the client's errors in :func:`workers.jobs.as_service_err
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from inferq.openai.chat import ProxyChatJob
 from inferq.openai.embeddings import EmbeddingJob
 from workers.jobs import JobContext
-from workers.registry import LoadedModel
+
+if TYPE_CHECKING:  # the registry imports the serving modules
+    from workers.registry import LoadedModel
 
 
 def serve_proxy_chat(ctx: JobContext, model: LoadedModel) -> bytes:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from handlers.rerank import rank
 from inferq import protocol as p
 from inferq.openai.rerank import RerankJob, rerank_body
 from workers.jobs import JobContext
-from workers.registry import LoadedModel
+
+if TYPE_CHECKING:  # the registry imports the serving modules
+    from workers.registry import LoadedModel
 
 
 def submit(
