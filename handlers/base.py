@@ -1,28 +1,27 @@
-"""Handler protocols: what the worker expects from model code.
+"""Handler protocols: exactly what the worker calls on model code, one protocol per family.
 
 Handlers know nothing of Celery or HTTP. A worker constructs each one as
 ``Handler(source, device, cache_dir=..., **entry)`` where ``source`` is what to load
 (a local directory or a Hugging Face repo id) and ``entry`` is the catalog entry
-(``name``, ``hf_repo_id``, ``pooling``, ``defaults``, ...). Every call takes an optional
-``cancel_event``; a handler checks it between units of work (batches, decoding steps,
-audio chunks) and raises :class:`Cancelled` when it is set.
+(``name``, ``hf_repo_id``, ``pooling``, ``defaults``, ...; accept ``**entry`` for the rest).
+Calls that run long take a ``cancel_event``; a handler checks it between units of work
+(batches, decoding steps, audio chunks) and raises :class:`Cancelled` when it is set.
 
-Optional attributes the worker honours:
-
-``thread_safe``                 may be called from several threads at once (default False)
-``max_parallelism``             cap on concurrent calls into one instance (1 unless thread_safe)
-``generation_defaults``         default sampling parameters for chat handlers
-``supports_structured_outputs`` chat handler accepts ``response_format``
-``owned_by``                    shown by ``/v1/models`` (default ``"local"``)
+Every handler class declares ``family`` (a :class:`Family`): the worker picks its serving
+code by it. A handler needs nothing from this project but the protocol of its family
+(inheriting from :class:`HandlerDefaults` is optional); the optional attributes the worker
+honours, with their defaults, are the ones :class:`HandlerDefaults` lists, read through
+:func:`optional`.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -99,47 +98,119 @@ class RerankResult:
     relevance_score: float
 
 
+class HandlerDefaults:
+    """The optional handler attributes the worker honours, with the values it assumes when a
+    handler does not set them (a handler may inherit from this class or set its own).
+
+    ``thread_safe``      may be called from several threads at once
+    ``max_parallelism``  cap on concurrent calls into one instance (4 when thread_safe and unset)
+    ``owned_by``         shown by ``/v1/models`` when the catalog entry names no owner
+    ``max_length``       the longest input, in tokens (shown by ``/v1/models``)
+    ``max_batch_size``   chat: most requests decoded together (8 when unset)
+    ``upstream``         the handler forwards requests to an OpenAI-compatible server
+                         (:class:`UpstreamChatModel`, :class:`UpstreamEmbeddingModel`)
+    """
+
+    thread_safe: ClassVar[bool] = False
+    max_parallelism: ClassVar[int | None] = None
+    owned_by: ClassVar[str] = "local"
+    max_length: int | None = None
+    max_batch_size: int | None = None
+    upstream: ClassVar[bool] = False
+
+
+OPTIONAL_DEFAULTS: dict[str, Any] = {
+    name: value for name, value in vars(HandlerDefaults).items() if not name.startswith("_")
+}
+
+
+def optional(handler: Any, attribute: str) -> Any:
+    """A handler's optional attribute (one :class:`HandlerDefaults` lists), or its default."""
+    return getattr(handler, attribute, OPTIONAL_DEFAULTS[attribute])
+
+
 @runtime_checkable
 class EmbeddingModel(Protocol):
-    name: str
-    dim: int
-    device: Any
+    """``/v1/embeddings``. The worker's batcher groups texts of concurrent requests by length
+    and calls ``embed_batch`` once per forward pass."""
+
+    family: Family  # Family.EMBEDDINGS
     capabilities: list[str]  # ["text-embedding"]
+    dim: int
 
-    def embed(
-        self, texts: list[str], cancel_event: threading.Event | None = None
-    ) -> np.ndarray: ...
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Each text's length in tokens (after truncation): batch planning and usage."""
+        ...
 
-    def count_tokens(self, texts: list[str]) -> int: ...
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        """One forward pass: a ``(len(texts), dim)`` float array, L2-normalised rows."""
+        ...
+
+
+@runtime_checkable
+class RerankModel(Protocol):
+    """``/v1/rerank``. The worker's batcher groups (query, document) pairs of concurrent
+    requests and calls ``score_batch`` once per forward pass."""
+
+    family: Family  # Family.RERANK
+    capabilities: list[str]  # ["rerank"]
+
+    def token_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]: ...
+
+    def score_batch(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """One forward pass: a relevance score per pair (higher is more relevant)."""
+        ...
+
+
+class DecodingRow(Protocol):
+    key: Any  # the worker's handle, given with the request to ChatBatch.add
+
+
+@runtime_checkable
+class ChatBatch(Protocol):
+    """The rows a chat model decodes together (continuous batching). One thread drives it:
+    before each ``step`` the worker ``add``s waiting requests while ``joinable``. Both return
+    the requests that ended, as ``(key, ChatGeneration | Exception)``."""
+
+    rows: list[DecodingRow]  # the worker clears it after failing them all
+    joinable: bool
+
+    def __len__(self) -> int: ...
+
+    def add(self, items: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+        """Prefill ``(key, ChatRequest)`` items (``handlers.chat.ChatRequest``)."""
+        ...
+
+    def step(self) -> list[tuple[Any, Any]]:
+        """One decoding step for every row."""
+        ...
 
 
 @runtime_checkable
 class ChatModel(Protocol):
-    name: str
-    device: Any
+    """``/v1/chat/completions``; optional: ``max_batch_size``."""
+
+    family: Family  # Family.CHAT
     capabilities: list[str]  # ["chat-completion"] or ["chat-completion", "vision"]
+    generation_defaults: dict[str, Any]  # default sampling parameters (the entry's defaults)
 
-    def generate(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        stop: list[str] | None = None,
-        cancel_event: threading.Event | None = None,
-    ) -> ChatGeneration: ...
-
-    def count_tokens(
-        self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True
-    ) -> int: ...
+    def new_batch(self) -> ChatBatch: ...
 
 
 @runtime_checkable
 class SpeechModel(Protocol):
-    name: str
-    device: Any
-    capabilities: list[str]  # ["audio-transcription"]
+    """``/v1/audio/transcriptions`` and ``/translations``; optional: ``thread_safe``,
+    ``max_parallelism``.
+
+    Two keyword parameters of ``transcribe`` are optional, and the worker passes them only
+    when the signature names them: ``clip=(start_s, end_s)`` transcribes only that range,
+    timestamps staying absolute (without it, long audio is not split across workers);
+    ``on_segment(SpeechSegment)`` is called as each segment is ready (without it, a streamed
+    response gets its text at the end).
+    """
+
+    family: Family  # Family.SPEECH
+    capabilities: list[str]  # ["audio-transcription"], plus "audio-translation"
 
     def transcribe(
         self,
@@ -154,20 +225,46 @@ class SpeechModel(Protocol):
     ) -> SpeechResult: ...
 
 
-@runtime_checkable
-class RerankModel(Protocol):
-    name: str
-    device: Any
-    capabilities: list[str]  # ["rerank"]
+def transcribe_accepts(handler: Any, parameter: str) -> bool:
+    """Whether the handler's ``transcribe`` takes the optional ``clip`` or ``on_segment``."""
+    try:
+        return parameter in inspect.signature(handler.transcribe).parameters
+    except (TypeError, ValueError):
+        return False
 
-    def rerank(
+
+@runtime_checkable
+class UpstreamChatModel(Protocol):
+    """Chat forwarded to an OpenAI-compatible server, one request at a time (the upstream
+    batches). Raises ``handlers.proxy.UpstreamError`` for what the upstream refused."""
+
+    family: Family  # Family.CHAT
+    upstream: bool  # True
+    capabilities: list[str]
+    generation_defaults: dict[str, Any]
+
+    def chat(
         self,
-        query: str,
-        documents: Sequence[str],
+        body: dict[str, Any],
         *,
-        top_k: int | None = None,
+        on_chunk: Callable[[str], None] | None = None,
         cancel_event: threading.Event | None = None,
-    ) -> list[RerankResult]: ...
+    ) -> bytes:
+        """The upstream's ``chat.completion`` JSON; streamed chunks' JSON to ``on_chunk``."""
+        ...
+
+
+@runtime_checkable
+class UpstreamEmbeddingModel(Protocol):
+    """Embeddings forwarded to an OpenAI-compatible server (see :class:`UpstreamChatModel`)."""
+
+    family: Family  # Family.EMBEDDINGS
+    upstream: bool  # True
+    capabilities: list[str]
+
+    def embeddings(self, body: dict[str, Any]) -> bytes:
+        """The upstream's embeddings response JSON for an OpenAI embeddings body."""
+        ...
 
 
 def resolve_device(requested: str = "auto") -> str:

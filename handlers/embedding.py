@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from handlers.base import check_cancelled
+from handlers.base import Family, check_cancelled
 
 # Encoders whose tokenizer reports no real limit fall back to this.
 _FALLBACK_MAX_LENGTH = 512
@@ -36,6 +36,7 @@ class HFEmbeddingModel:
     Qwen3-Embedding; works with left or right padding).
     """
 
+    family: ClassVar[Family] = Family.EMBEDDINGS
     capabilities: ClassVar[list[str]] = ["text-embedding"]
     thread_safe = False
     owned_by = "local"

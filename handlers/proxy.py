@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from handlers.base import Cancelled
+from handlers.base import Cancelled, Family
 
 # Upstream client errors that are the caller's fault keep their status; the rest become 502.
 PASS_THROUGH_STATUSES = {400: 400, 404: 404, 413: 413, 422: 400, 429: 429}
@@ -62,7 +62,8 @@ def _upstream_message(response: httpx.Response) -> str:
 
 class _OpenAIProxy:
     capabilities: ClassVar[list[str]] = []
-    is_proxy = True
+    upstream: ClassVar[bool] = True  # handlers.base.UpstreamChatModel / UpstreamEmbeddingModel
+    is_proxy = True  # old name: workers/chat.py and workers/batch_lines.py still read it
     thread_safe = True
     max_parallelism = 64
     owned_by = "upstream"
@@ -140,6 +141,7 @@ class _OpenAIProxy:
 class OpenAIChatProxyModel(_OpenAIProxy):
     """``/v1/chat/completions`` forwarded to an OpenAI-compatible upstream."""
 
+    family: ClassVar[Family] = Family.CHAT
     capabilities: ClassVar[list[str]] = ["chat-completion"]
 
     def chat(
@@ -187,6 +189,7 @@ class OpenAIChatProxyModel(_OpenAIProxy):
 class OpenAIEmbeddingProxyModel(_OpenAIProxy):
     """``/v1/embeddings`` forwarded to an OpenAI-compatible upstream."""
 
+    family: ClassVar[Family] = Family.EMBEDDINGS
     capabilities: ClassVar[list[str]] = ["text-embedding"]
 
     def embeddings(self, body: dict[str, Any]) -> bytes:

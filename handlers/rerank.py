@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from handlers.base import RerankResult
+from handlers.base import Family, RerankResult
 from handlers.embedding import run_in_length_batches
 
 # Cross-encoders are trained on short passages; longer limits only cost memory.
@@ -26,6 +26,7 @@ class HFRerankModel:
     heads. Pairs longer than ``max_length`` tokens are truncated from the document side.
     """
 
+    family: ClassVar[Family] = Family.RERANK
     capabilities: ClassVar[list[str]] = ["rerank"]
     thread_safe = False
     owned_by = "local"

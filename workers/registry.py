@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from handlers.base import Family, optional
 from inferq.catalog import CatalogError, ModelEntry
 from inferq.protocol import Priority
 from inferq.settings import Settings
@@ -62,6 +63,8 @@ class LoadedModel:
     entry: ModelEntry
     handler: Any
     load_seconds: float
+    family: Family
+    upstream: bool = False  # forwards to an OpenAI-compatible server (handlers.base.Upstream*)
     batcher: Any = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -70,16 +73,27 @@ class LoadedModel:
         return self.entry.name
 
 
+def family_of(handler_cls: type, entry: ModelEntry) -> Family:
+    """The endpoint family a handler class declares (``family``, see handlers/base.py)."""
+    try:
+        return Family(handler_cls.family)
+    except (AttributeError, ValueError):
+        raise CatalogError(
+            f"model '{entry.name}': handler {entry.handler} declares no family "
+            f"(set family = handlers.base.Family.X on the class)"
+        ) from None
+
+
 def describe(handler: Any, entry: ModelEntry) -> dict[str, Any]:
     """What /v1/models shows about a served model (announced by the worker)."""
     info: dict[str, Any] = {
         "capabilities": list(getattr(handler, "capabilities", [])),
-        "owned_by": entry.owned_by or getattr(handler, "owned_by", "local"),
+        "owned_by": entry.owned_by or optional(handler, "owned_by"),
         "hf_repo_id": entry.hf_repo_id,
     }
     if (dim := getattr(handler, "dim", None)) is not None:
         info["dimensions"] = int(dim)
-    if (max_length := getattr(handler, "max_length", None)) is not None:
+    if (max_length := optional(handler, "max_length")) is not None:
         info["max_input_tokens"] = int(max_length)
     return info
 
@@ -107,14 +121,21 @@ class ModelRegistry:
                 handler_cls = import_handler(entry.handler)
             except (ImportError, AttributeError) as exc:
                 raise CatalogError(f"model '{entry.name}': cannot import handler: {exc}") from exc
+            family = family_of(handler_cls, entry)
             source = ensure_weights(entry, settings)
             kwargs = entry.handler_kwargs()
             kwargs.pop("hf_repo_id", None)
-            if "text-embedding" in getattr(handler_cls, "capabilities", []):
+            if family == Family.EMBEDDINGS:
                 kwargs.setdefault("batch_tokens", settings.embed_batch_tokens)
                 kwargs.setdefault("max_batch_size", settings.embed_max_batch_size)
             handler = handler_cls(source, device, cache_dir=str(settings.hf_hub_cache), **kwargs)
-            loaded = LoadedModel(entry, handler, time.perf_counter() - started)
+            loaded = LoadedModel(
+                entry,
+                handler,
+                time.perf_counter() - started,
+                family=family,
+                upstream=bool(optional(handler, "upstream")),
+            )
             metrics.LOAD_SECONDS.labels(entry.name).set(loaded.load_seconds)
             loaded.info = describe(handler, entry)
             self._attach_batcher(loaded, settings)
@@ -132,20 +153,20 @@ class ModelRegistry:
     def _attach_batcher(loaded: LoadedModel, settings: Settings) -> None:
         from workers.batching import Batcher
 
-        handler, capabilities = loaded.handler, loaded.info["capabilities"]
-        if getattr(handler, "is_proxy", False):
+        handler = loaded.handler
+        if loaded.upstream:
             return  # upstream proxies forward each job as it comes; the upstream batches
-        if "chat-completion" in capabilities:
+        if loaded.family == Family.CHAT:
             from workers.chat import ChatScheduler
 
             loaded.batcher = ChatScheduler(handler, name=loaded.name)
             return
-        if "text-embedding" in capabilities:
-            forward, width = getattr(handler, "embed_batch", handler.embed), handler.dim
-        elif "rerank" in capabilities:
+        if loaded.family == Family.EMBEDDINGS:
+            forward, width = handler.embed_batch, handler.dim
+        elif loaded.family == Family.RERANK:
             forward, width = handler.score_batch, None
         else:
-            return
+            return  # speech: workers/audio.py gates the calls
         loaded.batcher = Batcher(
             forward,
             width=width,
@@ -165,5 +186,5 @@ class ModelRegistry:
         if hasattr(loaded.batcher, "warm_up"):
             loaded.batcher.warm_up()
             return
-        sample = ("warm up", "a document") if "rerank" in loaded.info["capabilities"] else "warm up"
+        sample = ("warm up", "a document") if loaded.family == Family.RERANK else "warm up"
         loaded.batcher.submit([sample], [8]).result()

@@ -23,7 +23,7 @@ def embeddings(job_id: str) -> None:
 
 
 def _serve_embeddings(ctx: JobContext, model) -> bytes:
-    if getattr(model.handler, "is_proxy", False):
+    if model.upstream:
         from workers.proxy import serve_proxy_embeddings
 
         return serve_proxy_embeddings(ctx, model)
