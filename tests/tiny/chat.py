@@ -10,30 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from handlers.chat.prompts import CHATML_TEMPLATE, CHATML_VL_TEMPLATE
 from tests.tiny.common import cached_build, train_bpe_tokenizer
 
 CHAT_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 VISION_SPECIAL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-
-CHATML_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
-
-QWEN_VL_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
 
 
 def _chat_tokenizer(special_tokens: list[str]):
@@ -146,8 +127,9 @@ def _build_qwen3_vl(path: Path) -> None:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     image_processor.save_pretrained(path)
-    # As Qwen's processors save it: the chat template beside the processor, not the tokenizer.
-    (path / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_VL_TEMPLATE}))
+    # As Qwen's processors save it: the chat template beside the processor, not the tokenizer
+    # (the handlers' own ChatML-VL fallback, so both are the same text).
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": CHATML_VL_TEMPLATE}))
 
 
 def tiny_llama_chat_dir() -> Path:

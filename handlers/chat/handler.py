@@ -1,0 +1,253 @@
+"""The chat handler base class: loading options, request admission, the decoding loop's hooks.
+
+Subclasses (:mod:`.text_model`, :mod:`.qwen_vl`) load their model family in :meth:`_load`,
+turn messages into token ids (and vision tensors) in :meth:`_encode`, and may override the
+vision and position hooks. The decoding itself runs in :class:`~handlers.chat.batch.ChatBatch`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from handlers.base import ChatGeneration, Family, InvalidInput, resolve_device
+from handlers.chat.batch import ChatBatch
+from handlers.chat.kv_cache import output_cache
+from handlers.chat.request import ChatRequest, EncodedPrompt, validate_request
+from handlers.chat.row import Row
+from handlers.chat.sampling import Sampler
+from handlers.chat.structured import StructuredOutputs
+from handlers.chat.text import TextStream
+
+
+def dtype_for(torch_dtype: str | None, device: torch.device):
+    """Entry ``torch_dtype`` (``float16``, ``bfloat16``, ``auto`` ...); default fp32 on CPU."""
+    if not torch_dtype:
+        return torch.float32 if device.type == "cpu" else "auto"
+    if torch_dtype == "auto":
+        return "auto"
+    dtype = getattr(torch, torch_dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown torch_dtype '{torch_dtype}'")
+    return dtype
+
+
+def _eos_ids(*candidates: Any) -> set[int]:
+    ids: set[int] = set()
+    for value in candidates:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple | set):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
+def _first_present(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+class ChatHandler:
+    """Loading options, request validation and the shared batched decoding loop.
+
+    Constructed as the worker constructs every handler: ``Handler(source, device,
+    cache_dir=..., **entry)``. Loads offline only. Entry keys a subclass does not take are
+    ignored.
+    """
+
+    family: ClassVar[Family] = Family.CHAT
+    capabilities: ClassVar[list[str]] = ["chat-completion"]
+    thread_safe = False
+    owned_by = "local"
+    default_max_batch_size: ClassVar[int] = 16
+
+    def __init__(
+        self,
+        source: str | Path,
+        device: str | torch.device = "auto",
+        cache_dir: str | None = None,
+        *,
+        name: str | None = None,
+        hf_repo_id: str | None = None,
+        defaults: dict[str, Any] | None = None,
+        supports_structured_outputs: bool = False,
+        torch_dtype: str | None = None,
+        revision: str | None = None,
+        context_length: int | None = None,
+        max_batch_size: int | None = None,
+        **entry: Any,
+    ):
+        self.source = str(source)
+        self.name = name or hf_repo_id or self.source
+        self.device = torch.device(resolve_device(str(device)))
+        self.generation_defaults = dict(defaults or {})
+        self.supports_structured_outputs = bool(supports_structured_outputs)
+        self.max_batch_size = (
+            self.default_max_batch_size if max_batch_size is None else max_batch_size
+        )
+        self._configured_context_length = context_length
+        self._lock = threading.Lock()
+        load: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": True}
+        if revision:
+            load["revision"] = revision
+        model, tokenizer = self._load(load, torch_dtype, **entry)
+        self._finish_loading(model, tokenizer)
+
+    def _finish_loading(self, model, tokenizer) -> None:
+        """Put the model in eval mode on the device; collect EOS/pad ids and forward kwargs."""
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        generation_config = getattr(model, "generation_config", None)
+        self.eos_token_ids = _eos_ids(
+            getattr(generation_config, "eos_token_id", None),
+            getattr(model.config, "eos_token_id", None),
+            tokenizer.eos_token_id,
+        )
+        if "<|im_end|>" in tokenizer.get_vocab() and self._uses_chatml():
+            self.eos_token_ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        self.pad_token_id = _first_present(
+            tokenizer.pad_token_id,
+            getattr(generation_config, "pad_token_id", None),
+            min(self.eos_token_ids) if self.eos_token_ids else None,
+            0,
+        )
+        text_config = model.config.get_text_config()
+        self.context_length = int(
+            self._configured_context_length
+            or getattr(text_config, "max_position_embeddings", None)
+            or 1 << 30
+        )
+        forward_params = inspect.signature(model.forward).parameters
+        # transformers 5 renamed ``past_key_values`` to ``cache``.
+        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
+        self._logits_to_keep = "logits_to_keep" in forward_params
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.structured_outputs = None
+        if self.supports_structured_outputs:
+            self.structured_outputs = StructuredOutputs(
+                tokenizer, self.vocab_size, self.eos_token_ids
+            )
+            self.structured_outputs.warm_up()
+
+    def _constraint_for(self, request: ChatRequest):
+        """The decoding constraint of a request's ``response_format`` (None for plain text)."""
+        response_format = request.response_format
+        if not response_format or response_format.get("type") in (None, "text"):
+            return None
+        if self.structured_outputs is None:
+            raise InvalidInput(
+                f"model '{self.name}' does not support structured outputs (response_format)",
+                param="response_format",
+                code="unsupported_response_format",
+            )
+        return self.structured_outputs.constraint(response_format)
+
+    def _uses_chatml(self) -> bool:
+        return "<|im_end|>" in (self.tokenizer.chat_template or "")
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(
+            token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def generate(self, messages: Sequence[dict[str, Any]], **options: Any) -> ChatGeneration:
+        """One chat completion (a batch of one). Raises :class:`Cancelled` if cancelled.
+
+        ``options`` are the fields of :class:`ChatRequest` (``max_new_tokens``,
+        ``temperature``, ``top_p``, ``stop``, ``cancel_event``, ``seed``, ``on_text``,
+        ``response_format``, ``logit_bias``), as the ``ChatModel`` protocol lists them.
+        """
+        result = self.generate_batch([ChatRequest(messages=messages, **options)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def generate_batch(self, requests: list[ChatRequest]) -> list[ChatGeneration | Exception]:
+        """Decode several requests together in shared forward passes (static batching).
+
+        Returns one entry per request, in order: its :class:`ChatGeneration`, or the exception
+        that ended it (:class:`InvalidInput`, :class:`Cancelled`, an ``on_text`` error, or a
+        failure of a shared forward pass, which ends every request still running).
+        Batches larger than ``max_batch_size`` run as consecutive chunks.
+        """
+        results: dict[int, ChatGeneration | Exception] = {}
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(requests), self.max_batch_size):
+                batch = ChatBatch(self)
+                chunk = requests[start : start + self.max_batch_size]
+                ended = batch._add([(start + i, r) for i, r in enumerate(chunk)])
+                while len(batch):
+                    ended += batch._step()
+                results.update(ended)
+        return [results[i] for i in range(len(requests))]
+
+    def new_batch(self) -> ChatBatch:
+        """An empty running batch for continuous batching (see :class:`ChatBatch`)."""
+        return ChatBatch(self)
+
+    def count_tokens(
+        self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True
+    ) -> int:
+        return len(self._encode(messages, add_generation_prompt=add_generation_prompt).input_ids)
+
+    # -- what a ChatBatch calls ---------------------------------------------------------------
+
+    def _admit(self, request: ChatRequest) -> tuple[Row, EncodedPrompt]:
+        """Validate and tokenize one request (raises :class:`InvalidInput`)."""
+        validate_request(request, vocab_size=self.vocab_size)
+        prompt = self._encode(request.messages, add_generation_prompt=True)
+        prompt_tokens = len(prompt.input_ids)
+        if prompt_tokens >= self.context_length:
+            raise InvalidInput(
+                f"the prompt has {prompt_tokens} tokens; this model's context is "
+                f"{self.context_length} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        row = Row(
+            request,
+            prompt_tokens=prompt_tokens,
+            max_new_tokens=min(request.max_new_tokens, self.context_length - prompt_tokens),
+            sampler=Sampler(request, self.device, self._constraint_for(request)),
+            stream=TextStream(self.decode, request.stop, request.on_text),
+            eos_token_ids=self.eos_token_ids,
+        )
+        return row, prompt
+
+    def _forward(self, inputs: dict[str, Any], cache: Any) -> tuple[torch.Tensor, Any]:
+        """One forward pass; returns the last position's logits (float32) and the cache."""
+        forward = {**inputs, "use_cache": True, self._cache_kwarg: cache}
+        if self._logits_to_keep:
+            forward["logits_to_keep"] = 1
+        output = self.model(**forward)
+        return output.logits[:, -1, :].float(), output_cache(output)
+
+    # -- model-family hooks -------------------------------------------------------------------
+
+    def _load(self, load: dict[str, Any], torch_dtype: str | None, /, **entry: Any):
+        """Load ``(model, tokenizer)`` from ``self.source`` with ``from_pretrained`` ``load``."""
+        raise NotImplementedError
+
+    def _encode(
+        self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool
+    ) -> EncodedPrompt:
+        raise NotImplementedError
+
+    def _collate_vision(self, encoded: list[EncodedPrompt]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _prompt_positions(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, vision: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position ids for the padded prompt, and each row's next position."""
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return positions, attention_mask.sum(-1)
+
+    def _step_positions(self, next_positions: torch.Tensor) -> torch.Tensor:
+        return next_positions.unsqueeze(-1)

@@ -1,0 +1,77 @@
+"""One request's decoding state inside a batch: its sampler, its text, how it ended."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from handlers.base import ChatGeneration
+from handlers.chat.request import ChatRequest
+from handlers.chat.sampling import Sampler
+from handlers.chat.text import TextStream
+
+
+class Row:
+    """A request being decoded; ``result`` is set (a generation or an error) when it ends."""
+
+    def __init__(
+        self,
+        request: ChatRequest,
+        *,
+        prompt_tokens: int,
+        max_new_tokens: int,
+        sampler: Sampler,
+        stream: TextStream,
+        eos_token_ids: set[int],
+    ):
+        self.request = request
+        self.prompt_tokens = prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.sampler = sampler
+        self.stream = stream
+        self.eos_token_ids = eos_token_ids
+        self.completion_tokens = 0
+        self.result: ChatGeneration | Exception | None = None
+        self.key: Any = None  # the caller's handle for this request (see ChatBatch)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def pick(self, logits, greedy_token: int) -> int:
+        return self.sampler.pick(logits, greedy_token)
+
+    def cancel_requested(self) -> bool:
+        event = self.request.cancel_event
+        return event is not None and event.is_set()
+
+    def fail(self, error: Exception) -> None:
+        self.result = error
+
+    def append(self, token: int) -> None:
+        """Account for one generated token; may finish the row (stop, EOS or length)."""
+        self.completion_tokens += 1
+        if token in self.eos_token_ids:
+            self._finish("stop")
+            return
+        constraint = self.sampler.constraint
+        if constraint is not None:
+            constraint.consume(token)
+        if self.stream.add(token):
+            self._finish("stop", flush=False)
+            return
+        if constraint is not None and constraint.finished:
+            self._finish("stop")
+            return
+        if self.completion_tokens >= self.max_new_tokens:
+            self._finish("length")
+            return
+        self.stream.emit_settled()
+
+    def _finish(self, reason: Literal["stop", "length"], *, flush: bool = True) -> None:
+        text = self.stream.finish(flush=flush)
+        self.result = ChatGeneration(
+            text=text,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            finish_reason=reason,
+        )
