@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from handlers.base import ChatGeneration
@@ -10,28 +11,19 @@ from handlers.chat.sampling import Sampler
 from handlers.chat.text import TextStream
 
 
+@dataclass(eq=False)  # rows are compared by identity
 class Row:
     """A request being decoded; ``result`` is set (a generation or an error) when it ends."""
 
-    def __init__(
-        self,
-        request: ChatRequest,
-        *,
-        prompt_tokens: int,
-        max_new_tokens: int,
-        sampler: Sampler,
-        stream: TextStream,
-        eos_token_ids: set[int],
-    ):
-        self.request = request
-        self.prompt_tokens = prompt_tokens
-        self.max_new_tokens = max_new_tokens
-        self.sampler = sampler
-        self.stream = stream
-        self.eos_token_ids = eos_token_ids
-        self.completion_tokens = 0
-        self.result: ChatGeneration | Exception | None = None
-        self.key: Any = None  # the caller's handle for this request (see ChatBatch)
+    request: ChatRequest
+    prompt_tokens: int
+    max_new_tokens: int
+    sampler: Sampler
+    stream: TextStream
+    eos_token_ids: set[int]
+    completion_tokens: int = 0
+    result: ChatGeneration | Exception | None = None
+    key: Any = None  # the caller's handle for this request (see ChatBatch)
 
     @property
     def done(self) -> bool:
