@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import torch
 
 from handlers.base import Cancelled
-from handlers.chat import kv_cache
+from handlers.chat.kv_cache import append_rows, drop_front_columns, mergeable, select_rows
 from handlers.chat.request import ChatRequest, EncodedPrompt
 from handlers.chat.row import Row
 
@@ -61,7 +61,7 @@ class ChatBatch:
 
     @property
     def joinable(self) -> bool:
-        return not self.rows or kv_cache.mergeable(self._cache)
+        return not self.rows or mergeable(self._cache)
 
     def add(self, items: list[tuple[Any, ChatRequest]]) -> list[tuple[Any, Any]]:
         with self.handler._lock, torch.inference_mode():
@@ -130,7 +130,7 @@ class ChatBatch:
             return
         old, new = self._mask.shape[1], mask.shape[1]
         width = max(old, new)
-        kv_cache.append_rows(self._cache, cache, pad_mine=width - old, pad_theirs=width - new)
+        append_rows(self._cache, cache, pad_mine=width - old, pad_theirs=width - new)
         pad = torch.nn.functional.pad
         self._mask = torch.cat([pad(self._mask, (width - old, 0)), pad(mask, (width - new, 0))])
         self._tokens = torch.cat([self._tokens, tokens])
@@ -186,7 +186,7 @@ class ChatBatch:
             self._cache = self._mask = self._tokens = self._positions = None
             return ended
         index = torch.tensor(keep, device=self.handler.device)
-        kv_cache.select_rows(self._cache, index)
+        select_rows(self._cache, index)
         self._mask = self._mask[index]
         self._tokens = self._tokens[index]
         self._positions = self._positions[index]
@@ -195,10 +195,10 @@ class ChatBatch:
 
     def _trim(self) -> None:
         """Drop leading cache columns that are padding for every remaining row."""
-        if not kv_cache.mergeable(self._cache):
+        if not mergeable(self._cache):
             return
         used = self._mask.any(dim=0)
         first = int(used.int().argmax())
         if first > 0:
             self._mask = self._mask[:, first:]
-            kv_cache.drop_front_columns(self._cache, first)
+            drop_front_columns(self._cache, first)
