@@ -67,7 +67,7 @@ def build_audio(folder: Path, seconds: float = SECONDS) -> tuple[Path, float, li
 
     import numpy as np
 
-    from handlers.audio import decode_audio
+    from handlers.speech.audio import decode_audio
 
     clips = []
     for i, sentence in enumerate(SENTENCES):
@@ -95,8 +95,8 @@ def build_audio(folder: Path, seconds: float = SECONDS) -> tuple[Path, float, li
 def in_process(path: Path, duration: float, reference: list[str], threads: int) -> dict:
     from faster_whisper import BatchedInferencePipeline
 
-    from handlers.audio import decode_audio
     from handlers.speech import FasterWhisperASR
+    from handlers.speech.audio import decode_audio
 
     handler = FasterWhisperASR(MODEL, "cpu", cpu_threads=threads)
     handler.transcribe(str(path), clip=(0.0, 5.0))  # warm-up

@@ -57,7 +57,7 @@ def audio_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sentences(audio_dir) -> list[np.ndarray]:
-    from handlers.audio import decode_audio
+    from handlers.speech.audio import decode_audio
 
     return [
         decode_audio(espeak(text, audio_dir / f"sentence{i}.wav"))

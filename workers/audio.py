@@ -46,8 +46,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handlers.audio import audio_duration, chunk_ranges, decode_audio, find_split_points
 from handlers.base import Cancelled, InvalidInput, SpeechResult, SpeechSegment
+from handlers.speech.audio import audio_duration, chunk_ranges, decode_audio, find_split_points
 from inferq import audio as a
 from inferq import protocol as p
 from inferq.blobs import Blobs

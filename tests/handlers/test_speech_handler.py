@@ -15,13 +15,13 @@ import threading
 import numpy as np
 import pytest
 
-from handlers.audio import (
+from handlers.base import Cancelled, InvalidInput, SpeechModel, SpeechResult
+from handlers.speech.audio import (
     audio_duration,
     chunk_ranges,
     decode_audio,
     find_split_points,
 )
-from handlers.base import Cancelled, InvalidInput, SpeechModel, SpeechResult
 from tests.handlers.speech_audio import AUDIO_FORMATS, FOX_SENTENCE, encode_audio, tone
 
 FOX_WORDS = re.findall(r"[a-z]+", FOX_SENTENCE.lower())
@@ -386,7 +386,7 @@ def test_random_whisper_cancel_stops_between_windows(random_whisper, long_noise,
 
 
 def test_cancel_stop_criterion_and_preset_event(random_whisper, tone_files):
-    from handlers.speech import _CancelStop
+    from handlers.speech.whisper_decode import _CancelStop
 
     cancel = threading.Event()
     import torch

@@ -1,0 +1,90 @@
+"""What both Whisper handlers share: the public ``transcribe`` call and its result.
+
+A subclass loads its model, sets ``name``, ``device`` and ``multilingual``, provides
+``supported_languages`` and implements :meth:`SpeechHandler._transcribe` on a validated
+:class:`~handlers.speech.request.SpeechRequest`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+from handlers.base import SpeechResult, SpeechSegment, SpeechWord
+from handlers.speech.request import SpeechRequest, prepare_request
+
+SegmentCallback = Callable[[SpeechSegment], None]
+
+
+class SpeechHandler:
+    """Base of the speech handlers (see :mod:`handlers.speech` for the request semantics)."""
+
+    thread_safe = False
+    owned_by = "local"
+
+    name: str
+    device: Any
+    multilingual: bool
+
+    @property
+    def supported_languages(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def capabilities(self) -> list[str]:
+        if self.multilingual:
+            return ["audio-transcription", "audio-translation"]
+        return ["audio-transcription"]
+
+    def transcribe(
+        self,
+        audio_path: str,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        task: Literal["transcribe", "translate"] = "transcribe",
+        timestamp_granularity: Literal["word", "segment", None] = None,
+        cancel_event: threading.Event | None = None,
+        on_segment: SegmentCallback | None = None,
+        clip: tuple[float, float] | None = None,
+    ) -> SpeechResult:
+        request = prepare_request(
+            audio_path,
+            model_name=self.name,
+            multilingual=self.multilingual,
+            supported_languages=self.supported_languages,
+            language=language,
+            task=task,
+            timestamp_granularity=timestamp_granularity,
+            temperature=temperature,
+            clip=clip,
+        )
+        return self._transcribe(
+            request, prompt=prompt, cancel_event=cancel_event, on_segment=on_segment
+        )
+
+    def _transcribe(
+        self,
+        request: SpeechRequest,
+        *,
+        prompt: str | None,
+        cancel_event: threading.Event | None,
+        on_segment: SegmentCallback | None,
+    ) -> SpeechResult:
+        raise NotImplementedError
+
+
+def model_name(source: str, name: str | None, hf_repo_id: str | None) -> str:
+    """The name a handler reports: the catalog name, else the repo id, else the source."""
+    return name or hf_repo_id or str(source)
+
+
+def speech_result(
+    segments: list[SpeechSegment], words: list[SpeechWord], language: str | None, duration: float
+) -> SpeechResult:
+    text = "".join(segment.text for segment in segments).strip()
+    return SpeechResult(
+        text=text, language=language, duration=duration, segments=segments, words=words
+    )

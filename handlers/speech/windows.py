@@ -1,0 +1,52 @@
+"""30 s windows and their timestamp tokens: how one window's output splits into segments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from handlers.speech.audio import SAMPLE_RATE
+
+WINDOW_SECONDS = 30
+TIME_PRECISION = 0.02  # seconds per timestamp token
+MIN_WINDOW_SAMPLES = round(0.1 * SAMPLE_RATE)  # shorter tails are not decoded
+
+
+def split_timestamped_tokens(
+    tokens: Sequence[int], timestamp_begin: int, window_seconds: float
+) -> tuple[list[tuple[int, int, float, float]], float]:
+    """Split one window's generated tokens into segments, as OpenAI's Whisper does.
+
+    Returns ``[(start_index, end_index, start_s, end_s), ...]`` (indices into ``tokens``,
+    times relative to the window) and how far to advance: the whole window when the
+    output ends cleanly, else to the last complete segment's end timestamp.
+    """
+    is_timestamp = [token >= timestamp_begin for token in tokens]
+
+    def seconds(token: int) -> float:
+        return min((token - timestamp_begin) * TIME_PRECISION, window_seconds)
+
+    consecutive = [i + 1 for i in range(len(tokens) - 1) if is_timestamp[i] and is_timestamp[i + 1]]
+    single_ending = len(tokens) >= 2 and is_timestamp[-2:] == [False, True]
+    if not consecutive:
+        timestamps = [t for t, flag in zip(tokens, is_timestamp, strict=True) if flag]
+        end = window_seconds
+        if timestamps and timestamps[-1] != timestamp_begin:
+            end = seconds(timestamps[-1])
+        return ([(0, len(tokens), 0.0, end)] if tokens else []), window_seconds
+    slices = consecutive + ([len(tokens)] if single_ending else [])
+    pieces = []
+    last = 0
+    for current in slices:
+        piece = tokens[last:current]
+        start = seconds(piece[0]) if is_timestamp[last] else 0.0
+        end_token = piece[-1] if is_timestamp[current - 1] else None
+        end = seconds(end_token) if end_token is not None else window_seconds
+        pieces.append((last, current, start, max(start, end)))
+        last = current
+    if single_ending:
+        advance = window_seconds
+    else:
+        advance = seconds(tokens[last - 1])
+        if advance <= 0:
+            advance = window_seconds
+    return pieces, advance
