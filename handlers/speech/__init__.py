@@ -38,8 +38,9 @@ from handlers.speech.fallback import (
     compression_ratio,
 )
 from handlers.speech.faster_whisper_asr import FasterWhisperASR
-from handlers.speech.handler import SegmentCallback, SpeechHandler
+from handlers.speech.handler import SpeechHandler
 from handlers.speech.language import NO_SPACE_LANGUAGES
+from handlers.speech.request import SegmentCallback
 from handlers.speech.whisper_asr import WhisperASR
 from handlers.speech.windows import (
     MIN_WINDOW_SAMPLES,

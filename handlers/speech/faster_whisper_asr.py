@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from handlers.base import (
@@ -14,7 +13,7 @@ from handlers.base import (
     resolve_device,
 )
 from handlers.speech.ct2_weights import resolve_ct2_model
-from handlers.speech.handler import SegmentCallback, SpeechHandler, model_name, speech_result
+from handlers.speech.handler import SpeechHandler, model_name, speech_result
 from handlers.speech.request import SpeechRequest
 
 
@@ -75,14 +74,8 @@ class FasterWhisperASR(SpeechHandler):
     def supported_languages(self) -> list[str]:
         return list(self.model.supported_languages)
 
-    def _transcribe(
-        self,
-        request: SpeechRequest,
-        *,
-        prompt: str | None,
-        cancel_event: threading.Event | None,
-        on_segment: SegmentCallback | None,
-    ) -> SpeechResult:
+    def _transcribe(self, request: SpeechRequest) -> SpeechResult:
+        prompt, cancel_event, on_segment = request.prompt, request.cancel_event, request.on_segment
         check_cancelled(cancel_event)
         generated, info = self.model.transcribe(
             request.audio,

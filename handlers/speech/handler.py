@@ -7,14 +7,12 @@ A subclass loads its model, sets ``name``, ``device`` and ``multilingual``, prov
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Callable
 from typing import Any, Literal
 
 from handlers.base import SpeechResult, SpeechSegment, SpeechWord
-from handlers.speech.request import SpeechRequest, prepare_request
-
-SegmentCallback = Callable[[SpeechSegment], None]
+from handlers.speech.request import SegmentCallback, SpeechRequest, prepare_request
 
 
 class SpeechHandler:
@@ -62,17 +60,12 @@ class SpeechHandler:
             clip=clip,
         )
         return self._transcribe(
-            request, prompt=prompt, cancel_event=cancel_event, on_segment=on_segment
+            dataclasses.replace(
+                request, prompt=prompt, cancel_event=cancel_event, on_segment=on_segment
+            )
         )
 
-    def _transcribe(
-        self,
-        request: SpeechRequest,
-        *,
-        prompt: str | None,
-        cancel_event: threading.Event | None,
-        on_segment: SegmentCallback | None,
-    ) -> SpeechResult:
+    def _transcribe(self, request: SpeechRequest) -> SpeechResult:
         raise NotImplementedError
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
 
-from handlers.base import InvalidInput
+from handlers.base import InvalidInput, SpeechSegment
 from handlers.speech.audio import SAMPLE_RATE, decode_audio
 from handlers.speech.fallback import temperatures
 from handlers.speech.language import language_code
+
+SegmentCallback = Callable[[SpeechSegment], None]
 
 
 @dataclass
@@ -22,6 +25,9 @@ class SpeechRequest:
     task: str
     word_timestamps: bool
     temperatures: tuple[float, ...]
+    prompt: str | None = None
+    cancel_event: threading.Event | None = None
+    on_segment: SegmentCallback | None = None  # called as each segment becomes final
 
 
 def prepare_request(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from handlers.base import (
 )
 from handlers.speech.audio import SAMPLE_RATE
 from handlers.speech.fallback import is_silence
-from handlers.speech.handler import SegmentCallback, SpeechHandler, model_name, speech_result
+from handlers.speech.handler import SpeechHandler, model_name, speech_result
 from handlers.speech.language import NO_SPACE_LANGUAGES
 from handlers.speech.request import SpeechRequest
 from handlers.speech.whisper_config import prepare_generation
@@ -80,14 +79,8 @@ class WhisperASR(SpeechHandler):
     def supported_languages(self) -> list[str]:
         return sorted(self._setup.language_ids) if self.multilingual else ["en"]
 
-    def _transcribe(
-        self,
-        request: SpeechRequest,
-        *,
-        prompt: str | None,
-        cancel_event: threading.Event | None,
-        on_segment: SegmentCallback | None,
-    ) -> SpeechResult:
+    def _transcribe(self, request: SpeechRequest) -> SpeechResult:
+        prompt, cancel_event, on_segment = request.prompt, request.cancel_event, request.on_segment
         import torch
 
         prompt_ids = self._prompt_ids(prompt)

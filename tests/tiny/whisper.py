@@ -39,8 +39,39 @@ def _train_text_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
         ),
     )
     model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return model["vocab"], merges
+    return model["vocab"], _merge_pairs(model["merges"])
+
+
+def _merge_pairs(merges: list) -> list[tuple[str, str]]:
+    """BPE merges as pairs (tokenizers writes them as "a b" strings or as lists)."""
+    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+
+
+def whisper_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], specials: list[str]):
+    """A ``WhisperTokenizer`` over a byte-level BPE vocab, then Whisper's control tokens
+    (``specials``; the first, ``<|endoftext|>``, the tokenizer adds itself) and the
+    timestamp tokens, in vocabulary order."""
+    from tokenizers import AddedToken
+    from transformers import WhisperTokenizer
+
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges)
+    tokenizer.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                AddedToken(t, special=True, normalized=False) for t in specials[1:]
+            ]
+        }
+    )
+    timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(NUM_TIMESTAMPS)]
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in timestamps])
+    return tokenizer
+
+
+def save_processor(out: Path, tokenizer, num_mel_bins: int) -> None:
+    from transformers import WhisperFeatureExtractor, WhisperProcessor
+
+    feature_extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
+    WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(out)
 
 
 def special_token_names() -> list[str]:
@@ -62,29 +93,12 @@ def special_token_names() -> list[str]:
 
 def build_whisper(out: Path) -> None:
     import torch
-    from tokenizers import AddedToken
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-        WhisperTokenizer,
-    )
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
     from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
     vocab, merges = _train_text_vocab()
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges)
     specials = special_token_names()
-    tokenizer.add_special_tokens(
-        {
-            "additional_special_tokens": [
-                AddedToken(t, special=True, normalized=False) for t in specials[1:]
-            ]
-        }
-    )
-    timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(NUM_TIMESTAMPS)]
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in timestamps])
+    tokenizer = whisper_tokenizer(vocab, merges, specials)
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
@@ -136,11 +150,7 @@ def build_whisper(out: Path) -> None:
     )
     model.generation_config = generation
     model.save_pretrained(out)
-
-    processor = WhisperProcessor(
-        feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer
-    )
-    processor.save_pretrained(out)
+    save_processor(out, tokenizer, num_mel_bins=80)
 
 
 def tiny_whisper_dir() -> Path:
@@ -204,15 +214,7 @@ def convert_ct2_whisper(ct2_dir: Path, out: Path) -> None:
 
     import numpy as np
     import torch
-    from tokenizers import AddedToken
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-        WhisperTokenizer,
-    )
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
     variables = read_ct2_variables(ct2_dir / "model.bin")
     ct2_config = json.loads((ct2_dir / "config.json").read_text())
@@ -316,25 +318,11 @@ def convert_ct2_whisper(ct2_dir: Path, out: Path) -> None:
     model.generation_config = generation
     model.to(torch.float16).save_pretrained(out)  # the CTranslate2 weights are float16 anyway
 
-    merges = [
-        tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-        for m in tokenizer_json["model"]["merges"]
-    ]
-    tokenizer = WhisperTokenizer(vocab=tokenizer_json["model"]["vocab"], merges=merges)
-    tokenizer.add_special_tokens(
-        {
-            "additional_special_tokens": [
-                AddedToken(t, special=True, normalized=False) for t in added[1:]
-            ]
-        }
-    )
-    tokenizer.add_tokens(
-        [AddedToken(f"<|{i * 0.02:.2f}|>", special=False, normalized=False) for i in range(1501)]
-    )
+    merges = _merge_pairs(tokenizer_json["model"]["merges"])
+    tokenizer = whisper_tokenizer(tokenizer_json["model"]["vocab"], merges, added)
     if len(tokenizer) != vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the model {vocab_size}")
-    feature_extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
-    WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(out)
+    save_processor(out, tokenizer, config.num_mel_bins)
 
 
 def tiny_en_dir() -> Path:
