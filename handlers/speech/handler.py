@@ -24,16 +24,13 @@ class SpeechHandler:
     name: str
     device: Any
     multilingual: bool
+    # an instance attribute, set once the model is loaded (the worker reads the class's
+    # ``capabilities`` before construction, so this must not be a property)
+    capabilities: list[str]
 
     @property
     def supported_languages(self) -> list[str]:
         raise NotImplementedError
-
-    @property
-    def capabilities(self) -> list[str]:
-        if self.multilingual:
-            return ["audio-transcription", "audio-translation"]
-        return ["audio-transcription"]
 
     def transcribe(
         self,
@@ -67,6 +64,12 @@ class SpeechHandler:
 
     def _transcribe(self, request: SpeechRequest) -> SpeechResult:
         raise NotImplementedError
+
+
+def speech_capabilities(multilingual: bool) -> list[str]:
+    if multilingual:
+        return ["audio-transcription", "audio-translation"]
+    return ["audio-transcription"]
 
 
 def model_name(source: str, name: str | None, hf_repo_id: str | None) -> str:
