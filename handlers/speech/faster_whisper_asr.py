@@ -13,12 +13,7 @@ from handlers.base import (
     resolve_device,
 )
 from handlers.speech.ct2_weights import resolve_ct2_model
-from handlers.speech.handler import (
-    SpeechHandler,
-    model_name,
-    speech_capabilities,
-    speech_result,
-)
+from handlers.speech.handler import SpeechHandler, model_name, speech_result
 from handlers.speech.request import SpeechRequest
 
 
@@ -73,8 +68,7 @@ class FasterWhisperASR(SpeechHandler):
         )
         self.beam_size = max(1, int(beam_size))
         self.vad_filter = bool(vad_filter)
-        self.multilingual = bool(self.model.model.is_multilingual)
-        self.capabilities = speech_capabilities(self.multilingual)
+        self._set_multilingual(bool(self.model.model.is_multilingual))
 
     @property
     def supported_languages(self) -> list[str]:

@@ -1,6 +1,6 @@
 """What both Whisper handlers share: the public ``transcribe`` call and its result.
 
-A subclass loads its model, sets ``name``, ``device`` and ``multilingual``, provides
+A subclass loads its model, sets ``name`` and ``device``, calls ``_set_multilingual``, provides
 ``supported_languages`` and implements :meth:`SpeechHandler._transcribe` on a validated
 :class:`~handlers.speech.request.SpeechRequest`.
 """
@@ -31,6 +31,15 @@ class SpeechHandler:
     @property
     def supported_languages(self) -> list[str]:
         raise NotImplementedError
+
+    def _set_multilingual(self, multilingual: bool) -> None:
+        """Record whether the loaded model is multilingual, and so what it serves."""
+        self.multilingual = multilingual
+        self.capabilities = (
+            ["audio-transcription", "audio-translation"]
+            if multilingual
+            else ["audio-transcription"]
+        )
 
     def transcribe(
         self,
@@ -64,12 +73,6 @@ class SpeechHandler:
 
     def _transcribe(self, request: SpeechRequest) -> SpeechResult:
         raise NotImplementedError
-
-
-def speech_capabilities(multilingual: bool) -> list[str]:
-    if multilingual:
-        return ["audio-transcription", "audio-translation"]
-    return ["audio-transcription"]
 
 
 def model_name(source: str, name: str | None, hf_repo_id: str | None) -> str:

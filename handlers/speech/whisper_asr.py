@@ -16,12 +16,7 @@ from handlers.base import (
 )
 from handlers.speech.audio import SAMPLE_RATE
 from handlers.speech.fallback import is_silence
-from handlers.speech.handler import (
-    SpeechHandler,
-    model_name,
-    speech_capabilities,
-    speech_result,
-)
+from handlers.speech.handler import SpeechHandler, model_name, speech_result
 from handlers.speech.language import NO_SPACE_LANGUAGES
 from handlers.speech.request import SpeechRequest
 from handlers.speech.whisper_config import prepare_generation
@@ -77,9 +72,8 @@ class WhisperASR(SpeechHandler):
         self.beam_size = max(1, int(beam_size))
         self._tokenizer = self.processor.tokenizer
         self._setup = prepare_generation(self.model, self._tokenizer)
-        self.multilingual = self._setup.multilingual
+        self._set_multilingual(self._setup.multilingual)
         self.alignment_heads_source = self._setup.alignment_heads_source
-        self.capabilities = speech_capabilities(self.multilingual)
 
     @property
     def supported_languages(self) -> list[str]:
