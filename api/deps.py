@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from api.auth import ANONYMOUS_OWNER
 from api.files import FilesAndBatches
 from api.queue import JobQueue
+from api.submit import Submitter
 from inferq.settings import Settings
 
 
@@ -38,3 +39,12 @@ QueueDep = Annotated[JobQueue, Depends(get_queue)]
 FilesDep = Annotated[FilesAndBatches, Depends(get_files)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+def get_submitter(
+    queue: QueueDep, settings: SettingsDep, owner: OwnerDep, request_id: RequestIdDep
+) -> Submitter:
+    return Submitter(queue, settings, owner, request_id)
+
+
+SubmitterDep = Annotated[Submitter, Depends(get_submitter)]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import FilesDep, OwnerDep
-from api.routes.results import json_response, list_response
+from api.responses import json_response, list_response
 from inferq.batches import render_batch
 
 router = APIRouter(tags=["batches"])
@@ -42,9 +42,7 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
 ):
-    records, has_more = await files.list_batches(owner, limit=limit, after=after)
-    data = [render_batch(r) for r in records]
-    return list_response(data, has_more)
+    return list_response(await files.list_batches(owner, limit=limit, after=after), render_batch)
 
 
 @router.get("/batches/{batch_id}", summary="Get a batch")

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import FilesDep, OwnerDep, SettingsDep
 from api.files import too_large
-from api.routes.results import json_response, list_response
+from api.responses import json_response, list_response
 from inferq.batches import render_file
 
 router = APIRouter(tags=["files"])
@@ -50,11 +50,10 @@ async def list_files(
     after: str | None = None,
     order: Literal["asc", "desc"] = "desc",
 ):
-    records, has_more = await files.list_files(
-        owner, purpose=purpose, limit=limit, after=after, order=order
+    return list_response(
+        await files.list_files(owner, purpose=purpose, limit=limit, after=after, order=order),
+        render_file,
     )
-    data = [render_file(r) for r in records]
-    return list_response(data, has_more)
 
 
 @router.get("/files/{file_id}", summary="Get a file's metadata")

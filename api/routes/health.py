@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from api.deps import QueueDep
-from api.routes.results import json_response
+from api.responses import json_response
 
 router = APIRouter(tags=["health"])
 

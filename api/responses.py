@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -53,8 +54,13 @@ def render_job(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_response(data: list[dict[str, Any]], has_more: bool) -> Response:
-    """An OpenAI list page (``first_id``/``last_id`` for cursor pagination)."""
+def list_response(
+    page: tuple[list[Any], bool], render: Callable[[Any], dict[str, Any]]
+) -> Response:
+    """A page ``(records, has_more)`` as an OpenAI list of rendered records (``first_id`` and
+    ``last_id`` for cursor pagination)."""
+    records, has_more = page
+    data = [render(r) for r in records]
     return json_response(
         {
             "object": "list",
@@ -81,3 +87,9 @@ def sync_response(record: dict[str, Any]) -> Response:
     if status == p.JobStatus.CANCELLED:
         raise ServiceError(409, "the request was cancelled before it finished", code="cancelled")
     raise job_error(record) or ServiceError(500, "the job failed", code="internal_error")
+
+
+def job_not_found(job_id: str) -> ServiceError:
+    return ServiceError(
+        404, f"no job '{job_id}' (unknown or expired)", param="job_id", code="job_not_found"
+    )

@@ -1,0 +1,202 @@
+"""A job's event stream (Redis) relayed as Server-Sent Events.
+
+Used by the streamed sync routes (chat, audio) and by ``GET /v1/jobs/{id}/events``. A streamed
+route waits until the output starts (:func:`until_output`), so a request the worker rejects
+still gets a plain HTTP error; then :func:`relay` turns each output entry into an SSE event
+with the family's :class:`StreamFormat`, and the terminal status into its closing events (or an
+error event). A slow client loses nothing (the stream is kept with the job); output events
+carry their stream entry id, so ``GET /v1/jobs/{id}/events`` with ``Last-Event-ID`` resumes
+them. A client that disconnects cancels the job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol
+
+import anyio
+import orjson
+from fastapi import Request, Response
+from sse_starlette import EventSourceResponse
+
+from api.queue import JobQueue
+from api.responses import job_error, sync_response
+from inferq import protocol as p
+from inferq.errors import ServiceError
+
+BLOCK_MS = 1000  # one XREAD waits at most this long before the job's status is re-checked
+PING_SEC = 15
+
+Entry = tuple[str, str, bytes]  # (stream entry id, event type, data JSON)
+Event = dict[str, str]  # one SSE event for sse_starlette: data, and id where it has one
+
+
+class StreamFormat(Protocol):
+    """How one endpoint family writes its stream as SSE events."""
+
+    output_events: tuple[str, ...]  # the entry types that mean "the output has started"
+
+    def opening(self) -> Iterable[Event]:
+        """Events sent before the first entry."""
+
+    def output(self, entry_id: str, event: str, data: bytes) -> Event | None:
+        """The SSE event for an output entry (None: not relayed)."""
+
+    def closing(self, record: dict[str, Any], entry_id: str) -> Iterable[Event]:
+        """The events that end a job that succeeded (``record`` is the job's)."""
+
+
+def is_terminal_status(event: str, data: bytes) -> str | None:
+    """The terminal status a stream entry announces, else None."""
+    if event != p.EventType.STATUS:
+        return None
+    status = p.loads(data).get("status")
+    return status if status in p.TERMINAL_STATUSES else None
+
+
+def event(body: dict[str, Any], entry_id: str | None = None) -> Event:
+    """An SSE event whose data is ``body`` as JSON."""
+    item = {"data": orjson.dumps(body).decode()}
+    if entry_id:
+        item["id"] = entry_id
+    return item
+
+
+async def follow(queue: JobQueue, job_id: str, after: str = "0-0") -> AsyncIterator[Entry]:
+    """The job's stream entries after ``after``, as they come, up to its terminal status.
+
+    If the stream has no entry for a while, the job is re-read: a job that is gone or already
+    terminal (its terminal entry read before ``after``) ends the iteration."""
+    cursor = after
+    while True:
+        entries = await queue.read_events(job_id, cursor, block_ms=BLOCK_MS)
+        if not entries:
+            record = await queue.read(job_id)
+            status = record[p.JobField.STATUS].decode() if record else None
+            if status in p.TERMINAL_STATUSES or record is None:
+                # One last look: the terminal entry may have landed after the read.
+                entries = await queue.read_events(job_id, cursor, block_ms=None)
+                if not entries:
+                    return
+        for entry_id, kind, data in entries:
+            cursor = entry_id
+            yield entry_id, kind, data
+            if is_terminal_status(kind, data):
+                return
+
+
+def job_events_response(queue: JobQueue, job_id: str, after: str) -> EventSourceResponse:
+    """The job's stream entries verbatim (``event`` is the entry's type)."""
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for entry_id, kind, data in follow(queue, job_id, after):
+            yield {"id": entry_id, "event": kind, "data": data.decode()}
+
+    return _sse(events(), job_id)
+
+
+async def stream_response(
+    queue: JobQueue, job_id: str, request: Request, timeout: float, fmt: StreamFormat
+) -> Response:
+    """A streamed sync job as SSE; a plain HTTP error if it fails before any output."""
+    try:
+        head, cursor = await until_output(queue, job_id, request, timeout, fmt.output_events)
+    except ClientGone:
+        await queue.cancel(job_id)
+        return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await queue.cancel(job_id)
+        raise
+    return _sse(relay(queue, job_id, head, cursor, fmt), job_id)
+
+
+def _sse(events: AsyncIterator[dict[str, Any]], job_id: str) -> EventSourceResponse:
+    return EventSourceResponse(events, ping=PING_SEC, sep="\n", headers={"X-Job-ID": job_id})
+
+
+class ClientGone(Exception):
+    """The client disconnected while the route waited for the output to start."""
+
+
+def _job_lost() -> ServiceError:
+    return ServiceError(500, "the job expired before it finished", code="job_lost")
+
+
+async def until_output(
+    queue: JobQueue, job_id: str, request: Request, timeout: float, output_events: tuple[str, ...]
+) -> tuple[list[Entry], str]:
+    """Entries up to the first output or the terminal status (raising the job's error if it
+    failed before any output), and the stream cursor after them."""
+    head: list[Entry] = []
+    cursor = "0-0"
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = await queue.read_events(job_id, cursor, block_ms=BLOCK_MS // 2)
+        head += entries
+        if entries:
+            cursor = entries[-1][0]
+        if any(kind in output_events for _, kind, _ in entries):
+            return head, cursor
+        terminal = next(filter(None, (is_terminal_status(e, d) for _, e, d in entries)), None)
+        if terminal:
+            record = await queue.read(job_id)
+            if record is None:
+                raise _job_lost()
+            if terminal != p.JobStatus.SUCCEEDED:
+                sync_response(record)  # raises the job's error (or 409 for cancelled)
+            return head, cursor
+        if not entries:
+            if await request.is_disconnected():
+                raise ClientGone()
+            if time.monotonic() > deadline:
+                raise ServiceError(504, f"no output within {timeout:.0f}s", code="timeout")
+            if await queue.read(job_id) is None:
+                raise _job_lost()
+
+
+async def relay(
+    queue: JobQueue, job_id: str, head: list[Entry], cursor: str, fmt: StreamFormat
+) -> AsyncIterator[Event]:
+    """``head`` then the entries after ``cursor`` as SSE events, up to the job's end."""
+    finished = False
+
+    async def entries() -> AsyncIterator[Entry]:
+        for entry in head:
+            yield entry
+        async for entry in follow(queue, job_id, cursor):
+            yield entry
+
+    try:
+        for item in fmt.opening():
+            yield item
+        async for entry_id, kind, data in entries():
+            if status := is_terminal_status(kind, data):
+                finished = True
+                for item in await _ending(queue, job_id, status, entry_id, fmt):
+                    yield item
+                return
+            if (item := fmt.output(entry_id, kind, data)) is not None:
+                yield item
+        finished = True  # the job vanished (expired) without a terminal entry
+        yield event(ServiceError(500, "the job was lost", code="job_lost").body())
+    finally:
+        if not finished:  # the client went away: stop the job
+            with anyio.CancelScope(shield=True):
+                await queue.cancel(job_id)
+
+
+async def _ending(
+    queue: JobQueue, job_id: str, status: str, entry_id: str, fmt: StreamFormat
+) -> list[Event]:
+    record = await queue.read(job_id)
+    if status == p.JobStatus.SUCCEEDED and record is not None:
+        return list(fmt.closing(record, entry_id))
+    if status == p.JobStatus.CANCELLED:
+        error = ServiceError(409, "the request was cancelled before it finished", code="cancelled")
+    else:
+        error = (job_error(record) if record else None) or ServiceError(
+            500, "the job failed", code="internal_error"
+        )
+    return [event(error.body())]
