@@ -20,6 +20,7 @@ from inferq.blobs import AsyncBlobs, new_blob_id
 from inferq.catalog import ModelEntry
 from inferq.errors import bad_request
 from inferq.openai.audio import TranscriptionForm, TranslationForm, parse_form
+from inferq.openai.transcripts import TranscriptionJob
 from inferq.settings import Settings
 
 FORMS: dict[p.Endpoint, type[TranslationForm]] = {
@@ -88,7 +89,7 @@ async def receive(
         raise
     metadata = params.pop("metadata")
     params.update(model=entry.name, blob=blob_id, bytes=upload.size, filename=upload.filename[:256])
-    return entry, params, metadata
+    return entry, TranscriptionJob(**params).wire(), metadata
 
 
 async def delete_upload(queue: JobQueue, blob_id: str) -> None:

@@ -14,13 +14,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from api.prepare import Prepared, prepare_chat, prepare_embeddings, prepare_rerank
-from inferq.openai.chat import ChatCompletionRequest
-from inferq.openai.embeddings import EmbeddingRequest
-from inferq.openai.rerank import RerankRequest
 from api.queue import JobQueue
 from api.responses import parse_body
 from inferq.errors import bad_request
 from inferq.openai.audio import TranscriptionForm, TranslationForm
+from inferq.openai.chat import ChatCompletionRequest
+from inferq.openai.embeddings import EmbeddingRequest
+from inferq.openai.rerank import RerankRequest
 from inferq.protocol import Endpoint
 from inferq.settings import Settings
 

@@ -71,13 +71,3 @@ redis.call('HDEL', KEYS[1], 'c:' .. i)
 redis.call('LPUSH', KEYS[2], i)
 return 1
 """
-
-# KEYS[1] job, KEYS[2] its event stream; ARGV[1] the progress object for the job hash (with
-# every segment so far), ARGV[2] the progress event (with the segments added since the last
-# one). Only while the job runs.
-PROGRESS_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 'progress', ARGV[1])
-redis.call('XADD', KEYS[2], 'NOMKSTREAM', '*', 'event', 'progress', 'data', ARGV[2])
-return 1
-"""

@@ -26,7 +26,8 @@ from inferq.blobs import Blobs
 from inferq.catalog import Catalog
 from inferq.errors import ServiceError
 from inferq.settings import Settings
-from workers.batch_lines import as_service_error, lines_for
+from workers.batch_lines import lines_for
+from workers.jobs import as_service_error
 from workers.registry import LoadedModel
 
 log = logging.getLogger(__name__)

@@ -37,8 +37,6 @@ Outcome = dict[str, Any] | ServiceError | None
 
 PROXY_CONCURRENCY = 8  # upstream calls one part has in flight
 
-__all__ = ["as_service_error", "lines_for"]  # what workers/batch.py takes from here
-
 
 def _per_request(requests: list, sizes: list[int], build) -> list[Outcome]:
     """Split one submission's outputs back per request: ``build(request, start, end)``."""

@@ -14,7 +14,7 @@ from workers.rerank import serve_rerank
 
 
 def _model_of(ctx: JobContext):
-    return runtime.registry.get(ctx.request["model"])
+    return runtime.registry.get(ctx.model)
 
 
 @app.task(name=TASK_NAMES[Endpoint.EMBEDDINGS], acks_late=True, reject_on_worker_lost=True)

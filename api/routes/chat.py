@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request, Response
 
 from api.deps import SubmitterDep
 from api.prepare import prepare_chat
-from inferq.openai.chat import ChatCompletionRequest
 from api.sse import Event, stream_response
 from inferq import protocol as p
+from inferq.openai.chat import ChatCompletionRequest, ChunkFormat
 
 router = APIRouter(tags=["chat"])
 
@@ -34,7 +33,7 @@ async def create_chat_completion(
     job_id = await submit.start(
         p.Endpoint.CHAT, entry, job_request, kind=p.JobKind.SYNC, wait=False
     )
-    chunks = _ChunkFormat(
+    chunks = _ChatStream(
         job_id, entry.name, job_request["created"], body.include_usage, proxy=entry.is_proxy
     )
     return await stream_response(
@@ -42,42 +41,15 @@ async def create_chat_completion(
     )
 
 
-class _ChunkFormat:
-    """``chat.completion.chunk`` JSON, built around the stored deltas without re-encoding
-    (an :class:`api.sse.StreamFormat`)."""
+class _ChatStream(ChunkFormat):
+    """The chunk builder as an :class:`api.sse.StreamFormat`: an upstream proxy's chunks pass
+    through verbatim, a local model's deltas are wrapped."""
 
     output_events = (p.EventType.DELTA, p.EventType.CHUNK)
 
     def __init__(self, job_id: str, model: str, created: int, include_usage: bool, *, proxy: bool):
-        self.include_usage = include_usage
+        super().__init__(job_id, model, created, include_usage)
         self.proxy = proxy
-        head = {
-            "id": p.completion_id(job_id),
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": None,
-        }
-        self._prefix = orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"delta":'
-        self._suffix = b',"logprobs":null,"finish_reason":null}]' + (
-            b',"usage":null}' if include_usage else b"}"
-        )
-        self._head = head
-
-    def delta(self, data: bytes) -> str:
-        """A chunk whose delta is ``data`` (the stored ``{"content": ...}`` JSON)."""
-        return (self._prefix + data + self._suffix).decode()
-
-    def role(self) -> str:
-        return self.delta(b'{"role":"assistant","content":""}')
-
-    def finish(self, finish_reason: str) -> str:
-        choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
-        extra = {"usage": None} if self.include_usage else {}
-        return orjson.dumps({**self._head, "choices": [choice], **extra}).decode()
-
-    def usage(self, usage: dict[str, Any]) -> str:
-        return orjson.dumps({**self._head, "choices": [], "usage": usage}).decode()
 
     def opening(self) -> Iterable[Event]:
         return [] if self.proxy else [{"data": self.role()}]

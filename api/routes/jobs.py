@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Response
 
 from api.deps import OwnerDep, QueueDep, SubmitterDep
 from api.endpoints import ENDPOINTS
-from inferq.openai.jobs import JobCreateRequest, JobList, JobObject
 from api.responses import job_not_found, json_response, list_response, render_job
 from inferq.errors import bad_request
+from inferq.openai.jobs import JobCreateRequest, JobList, JobObject
 from inferq.protocol import JobKind
 
 router = APIRouter(tags=["jobs"])

@@ -23,6 +23,7 @@ from handlers.chat.row import Row
 from handlers.chat.sampling import Sampler
 from handlers.chat.structured import StructuredOutputs
 from handlers.chat.text import TextStream
+from inferq.openai.chat import STRUCTURED_OUTPUTS_UNSUPPORTED
 
 
 def dtype_for(torch_dtype: str | None, device: torch.device):
@@ -142,7 +143,7 @@ class ChatHandler:
             raise InvalidInput(
                 f"model '{self.name}' does not support structured outputs (response_format)",
                 param="response_format",
-                code="unsupported_response_format",
+                code=STRUCTURED_OUTPUTS_UNSUPPORTED,
             )
         return self.structured_outputs.constraint(response_format)
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from handlers.base import InvalidInput
+from inferq.openai.chat import STRUCTURED_OUTPUTS_UNSUPPORTED
 
 _COMPILE_OPTIONS = {"whitespace_flexible": False}
 
@@ -68,7 +69,7 @@ class StructuredOutputs:
                     raise InvalidInput(
                         "structured outputs need the llguidance package on the worker",
                         param="response_format",
-                        code="unsupported_response_format",
+                        code=STRUCTURED_OUTPUTS_UNSUPPORTED,
                     ) from exc
                 self._tokenizer = llguidance.hf.from_tokenizer(
                     self._hf_tokenizer, n_vocab=self.vocab_size, eos_token=self._eos
