@@ -63,7 +63,6 @@ def _upstream_message(response: httpx.Response) -> str:
 class _OpenAIProxy:
     capabilities: ClassVar[list[str]] = []
     upstream: ClassVar[bool] = True  # handlers.base.UpstreamChatModel / UpstreamEmbeddingModel
-    is_proxy = True  # old name: workers/chat.py and workers/batch_lines.py still read it
     thread_safe = True
     max_parallelism = 64
     owned_by = "upstream"

@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         entries = load_catalog(settings.model_config_path).require(settings.models)
-        runtime.registry.load(
-            entries, settings
+        runtime.start(settings, app).load(
+            entries
         )  # before consuming: a broken model never takes jobs
     except Exception as exc:
         logging.getLogger("workers").exception("cannot start worker")

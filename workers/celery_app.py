@@ -14,6 +14,7 @@ from celery import Celery, signals
 from inferq.catalog import load_catalog
 from inferq.protocol import celery_config
 from inferq.settings import get_settings, instance_name
+from workers import runtime
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,14 @@ app.conf.include = ["workers.tasks"]
 def _load_models(**_: object) -> None:
     """Load the models when started as ``celery -A workers.celery_app worker`` (``python -m
     workers`` has loaded them already). A failure stops the process: it must not consume."""
-    from workers import runtime
-
-    if runtime.registry.models:
+    worker = runtime.start(settings, app)
+    if worker.registry.models:
         return
     if not settings.models:
         raise SystemExit("MODELS is empty: name the models this worker serves, e.g. MODELS=a,b")
     try:
         catalog = load_catalog(settings.model_config_path)
-        runtime.registry.load(catalog.require(settings.models), settings)
+        worker.load(catalog.require(settings.models))
     except Exception:
         log.exception("cannot load models; exiting")
         raise SystemExit(1) from None
@@ -47,14 +47,12 @@ def _load_models(**_: object) -> None:
 
 @signals.worker_ready.connect
 def _announce(sender=None, **_: object) -> None:
-    from workers import runtime
-
     name = getattr(sender, "hostname", None) or instance_name("worker")
-    runtime.start_background(name, controller=getattr(sender, "controller", None))
+    runtime.start(settings, app).start_background(
+        name, controller=getattr(sender, "controller", None)
+    )
 
 
 @signals.worker_shutting_down.connect
 def _withdraw(**_: object) -> None:
-    from workers import runtime
-
-    runtime.stop_background()
+    runtime.start(settings, app).stop_background()

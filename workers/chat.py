@@ -243,7 +243,7 @@ def completion(job: ChatJob, model: LoadedModel, generation, job_id: str) -> dic
 
 def serve_chat(ctx: JobContext, model: LoadedModel) -> bytes:
     """A ``chat.completion`` for the job's request (validated by the API)."""
-    if getattr(model.handler, "is_proxy", False):
+    if model.upstream:
         return serve_proxy_chat(ctx, model)
     job = ChatJob.parse(ctx.request)
     future = submit(

@@ -166,7 +166,7 @@ class ModelRegistry:
         elif loaded.family == Family.RERANK:
             forward, width = handler.score_batch, None
         else:
-            return  # speech: workers/audio.py gates the calls
+            return  # speech: the audio service (workers/audio/) gates the calls
         loaded.batcher = Batcher(
             forward,
             width=width,

@@ -219,7 +219,7 @@ def lines_for(endpoint: p.Endpoint, model: LoadedModel, settings: Settings) -> B
     """The line runner of ``endpoint`` on ``model`` (404 if the model does not serve it)."""
     if p.ENDPOINT_CAPABILITY[endpoint] not in model.info["capabilities"]:
         raise model_not_found(model.name)
-    if getattr(model.handler, "is_proxy", False):
+    if model.upstream:
         if endpoint not in (p.Endpoint.CHAT, p.Endpoint.EMBEDDINGS):
             raise model_not_found(model.name)
         return ProxyLines(settings, endpoint)

@@ -1,0 +1,215 @@
+"""The coordinator of a long audio job: plans it, gets its parts done by every worker of the
+model, publishes progress, merges the parts."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from handlers.base import Cancelled
+from inferq import audio as a
+from inferq import protocol as p
+from inferq.errors import ServiceError
+from inferq.openai.transcripts import TranscriptionJob
+from workers.audio.planning import TAIL_SLACK_SEC, plan_ranges
+from workers.audio.transcribe import progress, render_body
+from workers.jobs import JobContext
+
+if TYPE_CHECKING:
+    from workers.audio.service import AudioService
+    from workers.registry import LoadedModel
+
+log = logging.getLogger(__name__)
+
+POLL_SEC = 0.2  # how often the coordinator looks at its parts
+CLAIM_CHECK_SEC = 2.0  # how often it looks for parts held by a vanished worker
+MAX_HELPERS = 64  # helper tasks sent for one job
+
+
+class Coordinator:
+    """Plans a long job, gets its parts done by every worker of the model, merges them."""
+
+    def __init__(
+        self,
+        service: AudioService,
+        ctx: JobContext,
+        job: TranscriptionJob,
+        model: LoadedModel,
+        path: Path,
+        duration: float,
+    ):
+        self.service = service
+        self.ctx = ctx
+        self.job = job
+        self.model = model
+        self.path = path
+        self.duration = duration
+        self.client = service.redis
+        self.job_id = ctx.job_id
+        self.parts_key = a.parts_key(ctx.job_id)
+        self.pending_key = a.pending_key(ctx.job_id)
+        self.results: dict[int, dict[str, Any]] = {}
+        self.local: threading.Thread | None = None
+
+    # -- plan -------------------------------------------------------------------------------
+
+    def _plan(self) -> dict[str, Any]:
+        stored = self.client.hget(self.parts_key, "plan")
+        if stored is not None:  # a redelivery: carry on with the stored plan
+            plan = p.loads(stored)
+            log.info("job %s: resuming %d parts", self.job_id, len(plan["ranges"]))
+            return plan
+        chunk_s = self.service.settings.audio_chunk_sec
+        ranges = [list(r) for r in plan_ranges(self.path, self.duration, chunk_s)]
+        ranges[-1][1] = round(self.duration + TAIL_SLACK_SEC, 3)
+        plan = {
+            "ranges": ranges,
+            "duration": self.duration,
+            "coordinator": self.service.worker_name(),
+        }
+        ttl = max(60, int(self.client.ttl(p.job_key(self.job_id))))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.parts_key, mapping={"plan": p.dumps(plan), "total": len(ranges), "done": 0})
+        pipe.delete(self.pending_key)
+        pipe.rpush(self.pending_key, *range(len(ranges)))
+        pipe.expire(self.parts_key, ttl)
+        pipe.expire(self.pending_key, ttl)
+        pipe.execute()
+        log.info(
+            "job %s: %.1f s of audio in %d parts at %s",
+            self.job_id,
+            self.duration,
+            len(ranges),
+            ", ".join(f"{r[0]:.1f}" for r in ranges),
+        )
+        return plan
+
+    def _send_helpers(self, count: int) -> None:
+        for _ in range(min(count, MAX_HELPERS)):
+            self.service.send_task(
+                a.TASK_HELP,
+                args=[self.job_id],
+                queue=p.queue_name(self.model.name),
+                priority=int(self.ctx.priority),
+            )
+
+    def _start_local_puller(self, plan: dict[str, Any]) -> None:
+        self.local = threading.Thread(
+            target=self.service.pull_parts,
+            args=(self.job_id, self.model, self.job, plan),
+            kwargs={"cancel_event": self.ctx.cancel_event, "priority": self.ctx.priority},
+            name=f"audio-parts-{self.job_id[-8:]}",
+            daemon=True,
+        )
+        self.local.start()
+
+    # -- run --------------------------------------------------------------------------------
+
+    def run(self) -> bytes:
+        plan = self._plan()
+        ranges = plan["ranges"]
+        total = len(ranges)
+        self._collect(ranges, initial=True)  # parts recorded before a redelivery, or none
+        self._send_helpers(total - len(self.results))
+        self._start_local_puller(plan)
+        last_claim_check = time.monotonic()
+        settled = len(self.results)
+        while len(self.results) < total:
+            time.sleep(POLL_SEC)
+            if self.ctx.is_cancelled():
+                self.ctx.cancel_event.set()
+                raise Cancelled()
+            done = int(self.client.hget(self.parts_key, "done") or 0)
+            if done != settled:
+                settled = done
+                self._collect(ranges)
+            if time.monotonic() - last_claim_check >= CLAIM_CHECK_SEC:
+                last_claim_check = time.monotonic()
+                self._recover(total, plan)
+        return self._merge(ranges)
+
+    def _collect(self, ranges: list[list[float]], *, initial: bool = False) -> None:
+        """Read the parts settled since the last look; publish the progress they make."""
+        unseen = [i for i in range(len(ranges)) if i not in self.results]
+        fields = [f"{kind}:{i}" for i in unseen for kind in ("r", "f")]
+        values = self.client.hmget(self.parts_key, fields) if fields else []
+        new: list[int] = []
+        for name, value in zip(fields, values, strict=True):
+            if value is None:
+                continue
+            if name[0] == "f":
+                raise ServiceError.from_record(p.loads(value))
+            index = int(name[2:])
+            self.results[index] = p.loads(value)
+            new.append(index)
+        if not new and not initial:
+            return
+        segments: list[dict[str, Any]] = []
+        added: list[dict[str, Any]] = []
+        for index in sorted(self.results):
+            for segment in self.results[index]["segments"]:
+                compact = {"id": len(segments), **{k: segment[k] for k in ("start", "end", "text")}}
+                segments.append(compact)
+                if index in new:
+                    added.append(compact)
+        done_seconds = sum(min(ranges[i][1], self.duration) - ranges[i][0] for i in self.results)
+        stored = progress(done_seconds, self.duration, len(self.results), len(ranges), segments)
+        self.ctx.report_progress(stored, {**stored, "segments": added})
+
+    def _recover(self, total: int, plan: dict[str, Any]) -> None:
+        """Put back parts claimed by workers that stopped heart-beating; keep a puller here."""
+        unsettled = [i for i in range(total) if i not in self.results]
+        if not unsettled:
+            return
+        claims = self.client.hmget(self.parts_key, [f"c:{i}" for i in unsettled])
+        now = p.now()
+        released = 0
+        for index, claimant in zip(unsettled, claims, strict=True):
+            if claimant is None:
+                continue
+            score = self.client.zscore(p.workers_key(self.model.name), claimant)
+            if score is not None and score > now:
+                continue
+            if self.service.scripts.release(
+                keys=[self.parts_key, self.pending_key], args=[index, claimant]
+            ):
+                released += 1
+                log.warning(
+                    "job %s: part %d was held by %s, which is gone; queued again",
+                    self.job_id,
+                    index,
+                    claimant.decode(),
+                )
+        if released:
+            self._send_helpers(released)
+        if (self.local is None or not self.local.is_alive()) and self.client.llen(self.pending_key):
+            self._start_local_puller(plan)
+
+    def _merge(self, ranges: list[list[float]]) -> bytes:
+        segments: list[dict[str, Any]] = []
+        words: list[dict[str, Any]] = []
+        speech: Counter[str] = Counter()
+        first_language = None
+        duration = 0.0
+        for index in range(len(ranges)):
+            part = self.results[index]
+            duration += float(part.get("duration") or 0.0)
+            first_language = first_language or part.get("language")
+            for segment in part["segments"]:
+                segment["id"] = len(segments)
+                segments.append(segment)
+                if part.get("language"):
+                    speech[part["language"]] += segment["end"] - segment["start"]
+            words.extend(part["words"])
+        language = speech.most_common(1)[0][0] if speech else first_language
+        return render_body(
+            self.job,
+            language=language,
+            duration=duration or self.duration,
+            segments=segments,
+            words=words,
+        )
