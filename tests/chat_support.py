@@ -9,12 +9,14 @@ pauses, and fails or stalls on request (``FAIL`` / ``SLOW`` in the last user mes
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import threading
 import time
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
@@ -188,3 +190,27 @@ class FakeUpstream:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(5)
+
+
+def sse_events(response: httpx.Response) -> list[dict]:
+    """Parse a text/event-stream body into ``{"id", "event", "data"}`` dicts."""
+    events, current = [], {}
+    for line in response.iter_lines():
+        if not line:
+            if "data" in current:
+                events.append(current)
+            current = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            current[name] = value[1:] if value.startswith(" ") else value
+    return events
+
+
+def data_uri() -> str:
+    """A small PNG as a data: URI."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+
+
+def error_of(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    return response.json()["error"]

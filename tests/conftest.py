@@ -29,11 +29,13 @@ from inferq.devstack import (
     wait_http_ready,
 )
 from inferq.protocol import workers_key
-from tests.chat_support import chat_entries
+from tests.chat_support import UPSTREAM_KEY, UPSTREAM_KEY_ENV, FakeUpstream, chat_entries
 from tests.tiny.whisper import tiny_whisper_dir
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TINY_CHAT = "tiny-llama-chat"
+TINY_VL = "tiny-qwen3-vl"
 TEST_REDIS_BASE = "redis://127.0.0.1:6379"
 SESSION_LOCK_KEY = "inferq-tests:session"
 
@@ -260,3 +262,20 @@ def minilm_dir() -> Path:
     from inferq.catalog import load_catalog
 
     return load_catalog(ROOT / "models.yaml").get(MINILM).weights_dir()
+
+
+@pytest.fixture(scope="session")
+def upstream(upstream_socket):
+    """The fake OpenAI upstream (tests/chat_support.py), serving for the rest of the session."""
+    server = FakeUpstream(upstream_socket).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def chat_stack(smol_stack, upstream):
+    """The stack plus a worker of the tiny chat models and the upstream proxies."""
+    smol_stack.start_worker(
+        [TINY_CHAT, TINY_VL, "proxy-chat", "proxy-embed"], **{UPSTREAM_KEY_ENV: UPSTREAM_KEY}
+    )
+    return smol_stack
