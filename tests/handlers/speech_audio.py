@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
+
+from handlers.base import SpeechResult
 
 FOX_SENTENCE = "The quick brown fox jumps over the lazy dog."
 
@@ -54,3 +57,38 @@ def espeak(text: str, path: Path, words_per_minute: int = 175) -> Path:
         capture_output=True,
     )
     return path
+
+
+FOX_WORDS = re.findall(r"[a-z]+", FOX_SENTENCE.lower())
+
+
+def spoken_words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def assert_well_formed(result: SpeechResult, *, offset: float = 0.0, words: bool) -> None:
+    assert isinstance(result, SpeechResult)
+    assert isinstance(result.language, str) and result.language
+    assert result.duration > 0
+    assert result.text == "".join(s.text for s in result.segments).strip()
+    end_of_audio = offset + result.duration + 0.05
+    previous_start = offset
+    for index, segment in enumerate(result.segments):
+        assert segment.id == index
+        assert offset - 1e-6 <= segment.start <= segment.end <= end_of_audio
+        assert segment.start >= previous_start - 1e-6
+        assert segment.text.strip()
+        previous_start = segment.start
+    if not words:
+        assert result.words == []
+        return
+    if result.segments:
+        assert result.words
+    previous = offset
+    for word in result.words:
+        assert word.word == word.word.strip() and word.word
+        assert previous - 1e-6 <= word.start <= word.end <= end_of_audio
+        assert any(
+            s.start - 1e-6 <= word.start and word.end <= s.end + 1e-6 for s in result.segments
+        )
+        previous = word.start

