@@ -24,6 +24,7 @@ run: setup
 	$(BIN)/python scripts/run_dev.py
 
 test: setup
+	bash scripts/install_espeak.sh
 	$(BIN)/python -m pytest
 
 bench: setup

@@ -1,14 +1,18 @@
 """Speech-to-text handlers: Whisper through transformers or through faster-whisper (CTranslate2).
 
-Both handlers share the request semantics:
+Both handlers run one speech pipeline (:mod:`~handlers.speech.pipeline`): decoded audio, Silero
+VAD windows of at most 30 s (:mod:`~handlers.speech.vad`), windows decoded in batches,
+segments clamped into their windows. They share the request semantics:
 
 * ``language``: ISO-639-1 code or English name; ``None`` detects it (multilingual models,
   from the first 30 s window) or means ``"en"`` (English-only ``.en`` models, which reject
   any other language and ``task="translate"`` with :class:`InvalidInput`).
-* ``prompt``: conditions the first 30 s window only (OpenAI's ``initial_prompt``); later
-  windows are not conditioned on previous text, which keeps small models from looping.
-* ``temperature``: ``None`` or ``0`` decodes at 0 and falls back through 0.2 ... 1.0 when a
-  window looks degenerate (compression ratio > 2.4 or average log-probability < -1);
+* ``prompt``: OpenAI's ``initial_prompt`` (transformers: the first window; faster-whisper's
+  batched pipeline: every window); no window is conditioned on previous text, which keeps
+  small models from looping and lets windows decode in batches.
+* ``temperature``: ``None`` or ``0`` decodes at 0; transformers then decodes again through
+  0.2 ... 1.0 the windows whose average log-probability is < -1 and keeps each window's most
+  likely result (faster-whisper's batched pipeline decodes at the first temperature only);
   a positive value samples at exactly that temperature.
 * ``timestamp_granularity="word"`` adds word timings (cross-attention DTW); segments are
   always returned.
@@ -20,18 +24,19 @@ Modules: :mod:`~handlers.speech.handler` (the shared ``transcribe`` call),
 :mod:`~handlers.speech.request` (validation and decoding of one request),
 :mod:`~handlers.speech.audio` (PyAV decoding, split points for long files),
 :mod:`~handlers.speech.language`, :mod:`~handlers.speech.fallback` (temperature ladder),
+:mod:`~handlers.speech.vad`, :mod:`~handlers.speech.pipeline` (windows in batches),
 :mod:`~handlers.speech.windows` (30 s windows, timestamp tokens -> segments),
 :mod:`~handlers.speech.words` (word timestamps); transformers:
 :mod:`~handlers.speech.whisper_asr`, :mod:`~handlers.speech.whisper_config`,
 :mod:`~handlers.speech.whisper_decode`; faster-whisper:
-:mod:`~handlers.speech.faster_whisper_asr`, :mod:`~handlers.speech.ct2_weights`.
+:mod:`~handlers.speech.faster_whisper_asr`, :mod:`~handlers.speech.faster_whisper_batch`,
+:mod:`~handlers.speech.ct2_weights`.
 Catalog entries name the handlers as ``handlers.speech.WhisperASR`` and
 ``handlers.speech.FasterWhisperASR``.
 """
 
 from handlers.speech.ct2_weights import PACKAGED_CT2_MODELS, packaged_model_dir, resolve_ct2_model
 from handlers.speech.fallback import (
-    COMPRESSION_RATIO_THRESHOLD,
     FALLBACK_TEMPERATURES,
     LOGPROB_THRESHOLD,
     NO_SPEECH_THRESHOLD,
@@ -52,7 +57,6 @@ from handlers.speech.words import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, gro
 
 __all__ = [
     "APPEND_PUNCTUATIONS",
-    "COMPRESSION_RATIO_THRESHOLD",
     "FALLBACK_TEMPERATURES",
     "LOGPROB_THRESHOLD",
     "MIN_WINDOW_SAMPLES",

@@ -1,7 +1,7 @@
 """Temperature fallback, OpenAI-style: decode at 0, retry hotter while a window looks degenerate.
 
-A window needs another try when its text compresses too well (repetition loops) or its
-tokens are unlikely; a window that is probably silence is accepted (and then skipped).
+A window needs another try when its tokens are unlikely; a window that is probably silence is
+accepted (and then skipped).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import zlib
 from handlers.base import InvalidInput
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-COMPRESSION_RATIO_THRESHOLD = 2.4
 LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
 
@@ -34,7 +33,9 @@ def is_silence(no_speech_prob: float, avg_logprob: float) -> bool:
     return no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD
 
 
-def needs_fallback(compression: float, avg_logprob: float, no_speech_prob: float) -> bool:
-    """Whether a decoded window should be decoded again at the next temperature."""
-    degenerate = compression > COMPRESSION_RATIO_THRESHOLD or avg_logprob < LOGPROB_THRESHOLD
-    return degenerate and not is_silence(no_speech_prob, avg_logprob)
+def needs_retry(avg_logprob: float, no_speech_prob: float) -> bool:
+    """Whether a window of the batched pipeline is decoded again, hotter: only for unlikely
+    tokens. Not for a high compression ratio: a window holds speech only and is decoded
+    without previous text, so repetition in it is what was said (a sentence said five times
+    in 30 s compresses past the threshold, and a hotter decode of it is worse)."""
+    return avg_logprob < LOGPROB_THRESHOLD and not is_silence(no_speech_prob, avg_logprob)

@@ -9,25 +9,32 @@ from handlers.base import (
     SpeechResult,
     SpeechSegment,
     SpeechWord,
-    check_cancelled,
     resolve_device,
 )
+from handlers.speech.audio import SAMPLE_RATE
 from handlers.speech.ct2_weights import resolve_ct2_model
-from handlers.speech.handler import SpeechHandler, model_name, speech_result
+from handlers.speech.handler import SpeechHandler, model_name
+from handlers.speech.pipeline import WindowOutput, transcribe_windows
 from handlers.speech.request import SpeechRequest
+
+FRAMES_PER_SECOND = 100  # Whisper's mel frames per second (a segment's ``seek`` unit)
 
 
 class FasterWhisperASR(SpeechHandler):
     """Whisper through faster-whisper (CTranslate2).
 
-    Decoding: beam search (``beam_size``, default 5) at temperature 0 with the usual
-    fallback, ``condition_on_previous_text=False`` and no VAD filter: with VAD or with
-    conditioning, tiny models loop or drop text on long synthetic speech. Word
-    timestamps use faster-whisper's cross-attention DTW over the model's alignment heads.
-    Segments are produced lazily, so the cancel event is checked after each one.
+    The audio is cut into the VAD windows of :mod:`handlers.speech.vad` (the same windows
+    as every Whisper handler) and decoded by faster-whisper's batched pipeline
+    (:mod:`.faster_whisper_batch`):
+    ``batch_size`` windows per encoder pass and batched beam search (``beam_size``,
+    default 5), no conditioning on previous text, timestamps inside each window. The prompt
+    conditions every window; the first temperature of the request is used (the batched
+    pipeline has no fallback ladder). Word timestamps use faster-whisper's cross-attention
+    DTW over the model's alignment heads. Segments come batch by batch, and the cancel
+    event is checked after each one.
 
-    Catalog extras: ``beam_size``, ``compute_type`` (default int8 on CPU, float16 on
-    CUDA), ``cpu_threads`` (0: CTranslate2's default), ``vad_filter`` (default False),
+    Catalog extras: ``beam_size``, ``batch_size`` (default 8), ``compute_type`` (default
+    int8 on CPU, float16 on CUDA), ``cpu_threads`` (0: CTranslate2's default),
     ``weights_package`` ("module/dir" holding model.bin).
     """
 
@@ -42,13 +49,15 @@ class FasterWhisperASR(SpeechHandler):
         name: str | None = None,
         hf_repo_id: str | None = None,
         beam_size: int = 5,
+        batch_size: int = 8,
         compute_type: str | None = None,
         cpu_threads: int = 0,
-        vad_filter: bool = False,
         weights_package: str | None = None,
         **entry: Any,
     ):
         from faster_whisper import WhisperModel
+
+        from handlers.speech.faster_whisper_batch import WindowPipeline
 
         self.name = model_name(source, name, hf_repo_id)
         device = resolve_device(device)
@@ -66,8 +75,9 @@ class FasterWhisperASR(SpeechHandler):
             download_root=cache_dir,
             local_files_only=True,
         )
+        self.pipeline = WindowPipeline(self.model)
         self.beam_size = max(1, int(beam_size))
-        self.vad_filter = bool(vad_filter)
+        self.batch_size = max(1, int(batch_size))
         self._set_multilingual(bool(self.model.model.is_multilingual))
 
     @property
@@ -75,46 +85,49 @@ class FasterWhisperASR(SpeechHandler):
         return list(self.model.supported_languages)
 
     def _transcribe(self, request: SpeechRequest) -> SpeechResult:
-        prompt, cancel_event, on_segment = request.prompt, request.cancel_event, request.on_segment
-        check_cancelled(cancel_event)
-        generated, info = self.model.transcribe(
-            request.audio,
-            language=request.language,
-            task=request.task,
-            beam_size=self.beam_size,
-            temperature=list(request.temperatures),
-            initial_prompt=prompt.strip() if prompt and prompt.strip() else None,
-            condition_on_previous_text=False,
-            word_timestamps=request.word_timestamps,
-            vad_filter=self.vad_filter,
-        )
-        segments: list[SpeechSegment] = []
-        words: list[SpeechWord] = []
-        offset = request.offset
-        for produced in generated:  # lazy: decoding happens while iterating
-            check_cancelled(cancel_event)
-            segment = SpeechSegment(
-                id=len(segments),
-                seek=produced.seek + round(offset * 100),
-                start=round(offset + produced.start, 3),
-                end=round(offset + produced.end, 3),
-                text=produced.text,
-                tokens=list(produced.tokens),
-                temperature=float(produced.temperature or 0.0),
-                avg_logprob=float(produced.avg_logprob),
-                compression_ratio=float(produced.compression_ratio),
-                no_speech_prob=float(produced.no_speech_prob),
+        prompt = request.prompt.strip() if request.prompt and request.prompt.strip() else None
+
+        def decode(audio, windows, language):
+            generated, info = self.pipeline.transcribe(
+                audio,
+                language=language,
+                task=request.task,
+                beam_size=self.beam_size,
+                batch_size=len(windows),
+                temperature=request.temperatures[0],
+                initial_prompt=prompt,
+                condition_on_previous_text=False,
+                without_timestamps=False,
+                word_timestamps=request.word_timestamps,
+                clip_timestamps=[
+                    {"start": w.start / SAMPLE_RATE, "end": w.end / SAMPLE_RATE} for w in windows
+                ],
             )
-            segments.append(segment)
-            for word in produced.words or []:
-                words.append(
-                    SpeechWord(
-                        word=word.word.strip(),
-                        start=round(offset + float(word.start), 3),
-                        end=round(offset + float(word.end), 3),
+            outputs = [WindowOutput() for _ in windows]
+            starts = [w.start_seconds * FRAMES_PER_SECOND for w in windows]
+            for produced in generated:
+                # a segment's seek is its window's start in frames (windows are >= 1 s apart)
+                output = outputs[
+                    min(range(len(windows)), key=lambda i: abs(starts[i] - produced.seek))
+                ]
+                output.segments.append(
+                    SpeechSegment(
+                        id=0,
+                        start=float(produced.start),
+                        end=float(produced.end),
+                        text=produced.text,
+                        tokens=list(produced.tokens),
+                        temperature=float(produced.temperature or 0.0),
+                        avg_logprob=float(produced.avg_logprob),
+                        compression_ratio=float(produced.compression_ratio),
+                        no_speech_prob=float(produced.no_speech_prob),
                     )
                 )
-            if on_segment is not None:
-                on_segment(segment)
-        check_cancelled(cancel_event)
-        return speech_result(segments, words, info.language, request.duration)
+                output.words.extend(
+                    SpeechWord(word=w.word.strip(), start=float(w.start), end=float(w.end))
+                    for w in produced.words or []
+                    if w.word.strip()
+                )
+            return outputs, info.language
+
+        return transcribe_windows(request, decode, self.batch_size)

@@ -87,3 +87,10 @@ def speech_result(
     return SpeechResult(
         text=text, language=language, duration=duration, segments=segments, words=words
     )
+
+
+def clamp_span(start: float, end: float, *, after: float, limit: float) -> tuple[float, float]:
+    """A segment's ``(start, end)`` kept in order and inside the audio: not before ``after``
+    (the previous segment's end), not past ``limit`` (the end of the audio), rounded to ms."""
+    start = min(max(start, after), limit)
+    return round(start, 3), round(min(max(end, start), limit), 3)

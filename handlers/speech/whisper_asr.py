@@ -11,32 +11,37 @@ from handlers.base import (
     SpeechResult,
     SpeechSegment,
     SpeechWord,
-    check_cancelled,
     resolve_device,
 )
 from handlers.speech.audio import SAMPLE_RATE
 from handlers.speech.fallback import is_silence
-from handlers.speech.handler import SpeechHandler, model_name, speech_result
+from handlers.speech.handler import SpeechHandler, model_name
 from handlers.speech.language import NO_SPACE_LANGUAGES
+from handlers.speech.pipeline import WindowOutput, transcribe_windows
 from handlers.speech.request import SpeechRequest
+from handlers.speech.vad import Window
 from handlers.speech.whisper_config import prepare_generation
-from handlers.speech.whisper_decode import WindowDecode, decode_window
-from handlers.speech.windows import MIN_WINDOW_SAMPLES, WINDOW_SECONDS, split_timestamped_tokens
+from handlers.speech.whisper_decode import WindowDecode, decode_windows
+from handlers.speech.windows import window_pieces
 from handlers.speech.words import group_words, place_words
 
 
 class WhisperASR(SpeechHandler):
     """Whisper through transformers (``WhisperForConditionalGeneration``).
 
-    Audio is decoded in 30 s windows, OpenAI-style: each window's timestamp tokens split it
-    into segments, and the next window starts at the last complete segment's end. The
-    cancel event is checked between windows and at every decoding step. Word timestamps
+    The audio goes through the speech pipeline (:mod:`handlers.speech.pipeline`): its VAD
+    windows are decoded ``batch_size`` at a time (one encoder pass, one batched
+    ``generate`` per temperature of the fallback ladder, only the windows that need it
+    decoded again hotter); each window's timestamp tokens split it into segments. The
+    prompt conditions the first window only. The cancel event is checked between batches
+    and at every decoding step. Word timestamps
     come from dynamic time warping over the cross-attention of the model's
     ``alignment_heads``; a checkpoint without them uses every head of the upper half of
     the decoder layers (OpenAI's default), which is coarser.
 
-    Catalog extras: ``beam_size`` (default 1: greedy, transformers' beam search costs ~3x
-    on CPU; used at temperature 0 only), ``dtype`` (default float16 on CUDA, else float32).
+    Catalog extras: ``batch_size`` (default 8), ``beam_size`` (default 1: greedy,
+    transformers' beam search costs ~3x on CPU; used at temperature 0 only), ``dtype``
+    (default float16 on CUDA, else float32).
     """
 
     family = Family.SPEECH
@@ -50,6 +55,7 @@ class WhisperASR(SpeechHandler):
         name: str | None = None,
         hf_repo_id: str | None = None,
         beam_size: int = 1,
+        batch_size: int = 8,
         dtype: str | None = None,
         **entry: Any,
     ):
@@ -70,6 +76,7 @@ class WhisperASR(SpeechHandler):
         )
         self.model.to(self.device).eval()
         self.beam_size = max(1, int(beam_size))
+        self.batch_size = max(1, int(batch_size))
         self._tokenizer = self.processor.tokenizer
         self._setup = prepare_generation(self.model, self._tokenizer)
         self._set_multilingual(self._setup.multilingual)
@@ -80,78 +87,94 @@ class WhisperASR(SpeechHandler):
         return sorted(self._setup.language_ids) if self.multilingual else ["en"]
 
     def _transcribe(self, request: SpeechRequest) -> SpeechResult:
-        prompt, cancel_event, on_segment = request.prompt, request.cancel_event, request.on_segment
+        prompt_ids = self._prompt_ids(request.prompt)
+        batches = 0
+
+        def decode(audio, windows, language):
+            nonlocal batches
+            batches += 1
+            if prompt_ids is None or batches > 1:
+                return self._decode_batch(audio, windows, language, request, None)
+            # the prompt conditions the request's first window (the first batch's first)
+            head, language = self._decode_batch(audio, windows[:1], language, request, prompt_ids)
+            if len(windows) == 1:
+                return head, language
+            rest, language = self._decode_batch(audio, windows[1:], language, request, None)
+            return head + rest, language
+
+        return transcribe_windows(request, decode, self.batch_size)
+
+    def _decode_batch(
+        self, audio: np.ndarray, windows, language: str | None, request: SpeechRequest, prompt_ids
+    ) -> tuple[list[WindowOutput], str]:
+        """One encoder pass and one batched decode over ``windows``."""
         import torch
 
-        prompt_ids = self._prompt_ids(prompt)
-        language_code = request.language
-        window_samples = WINDOW_SECONDS * SAMPLE_RATE
-        audio = request.audio
-        eot = self._setup.eot
-        segments: list[SpeechSegment] = []
-        words: list[SpeechWord] = []
-        seek = 0
-        while len(audio) - seek >= MIN_WINDOW_SAMPLES:
-            check_cancelled(cancel_event)
-            chunk = audio[seek : seek + window_samples]
-            window_seconds = len(chunk) / SAMPLE_RATE
-            window_start = request.offset + seek / SAMPLE_RATE
-            features = self.processor.feature_extractor(
-                chunk, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True
+        features = self.processor.feature_extractor(
+            [audio[w.start : w.end] for w in windows],
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
+            return_attention_mask=True,
+        )
+        input_features = features.input_features.to(self.device, self.model.dtype)
+        attention_mask = features.attention_mask.to(self.device)
+        with torch.inference_mode():
+            encoded = self.model.get_encoder()(input_features).last_hidden_state
+            no_speech, detected = self._probe(encoded)
+            language = language or detected[0]
+            decoded = self._decode_windows(
+                encoded,
+                attention_mask,
+                language=language,
+                task=request.task,
+                prompt_ids=prompt_ids,
+                temperatures=request.temperatures,
+                word_timestamps=request.word_timestamps,
+                no_speech_probs=no_speech,
+                cancel_event=request.cancel_event,
             )
-            input_features = features.input_features.to(self.device, self.model.dtype)
-            attention_mask = features.attention_mask.to(self.device)
-            with torch.inference_mode():
-                encoded = self.model.get_encoder()(input_features).last_hidden_state
-                no_speech_prob, detected = self._probe(encoded)
-                if language_code is None:
-                    language_code = detected
-                decoded = self._decode_window(
-                    encoded,
-                    attention_mask,
-                    language=language_code,
-                    task=request.task,
-                    prompt_ids=prompt_ids if seek == 0 else None,
-                    temperatures=request.temperatures,
-                    word_timestamps=request.word_timestamps,
-                    no_speech_prob=no_speech_prob,
-                    cancel_event=cancel_event,
-                )
-            check_cancelled(cancel_event)
-            if is_silence(no_speech_prob, decoded.avg_logprob):
-                seek += len(chunk)  # silence: skip the window
+        outputs = []
+        for window, result, silence_prob in zip(windows, decoded, no_speech, strict=True):
+            output = WindowOutput()
+            outputs.append(output)
+            if is_silence(silence_prob, result.avg_logprob):
                 continue
-            pieces, advance = split_timestamped_tokens(
-                decoded.tokens, self._setup.timestamp_begin, window_seconds
+            self._read_window(window, result, silence_prob, language, output)
+        return outputs, language
+
+    def _read_window(
+        self,
+        window: Window,
+        decoded: WindowDecode,
+        no_speech_prob: float,
+        language: str,
+        output: WindowOutput,
+    ) -> None:
+        eot = self._setup.eot
+        window_start = window.start_seconds
+        for first, last, start, end in window_pieces(
+            decoded.tokens, self._setup.timestamp_begin, eot, window.seconds
+        ):
+            text_positions = [i for i in range(first, last) if decoded.tokens[i] < eot]
+            text = self._tokenizer.decode([decoded.tokens[i] for i in text_positions])
+            if not text.strip():
+                continue
+            segment = SpeechSegment(
+                id=0,
+                start=round(window_start + start, 3),
+                end=round(window_start + end, 3),
+                text=text,
+                tokens=list(decoded.tokens[first:last]),
+                temperature=decoded.temperature,
+                avg_logprob=decoded.avg_logprob,
+                compression_ratio=decoded.compression_ratio,
+                no_speech_prob=no_speech_prob,
             )
-            for start_index, end_index, start, end in pieces:
-                text_positions = [
-                    i for i in range(start_index, end_index) if decoded.tokens[i] < eot
-                ]
-                text = self._tokenizer.decode([decoded.tokens[i] for i in text_positions])
-                if not text.strip():
-                    continue
-                segment = SpeechSegment(
-                    id=len(segments),
-                    seek=round(window_start * 100),
-                    start=round(window_start + start, 3),
-                    end=round(window_start + end, 3),
-                    text=text,
-                    tokens=list(decoded.tokens[start_index:end_index]),
-                    temperature=decoded.temperature,
-                    avg_logprob=decoded.avg_logprob,
-                    compression_ratio=decoded.compression_ratio,
-                    no_speech_prob=no_speech_prob,
+            output.segments.append(segment)
+            if decoded.token_times is not None:
+                output.words.extend(
+                    self._words(decoded, text_positions, segment, window_start, language)
                 )
-                segments.append(segment)
-                if request.word_timestamps and decoded.token_times is not None:
-                    words.extend(
-                        self._words(decoded, text_positions, segment, window_start, language_code)
-                    )
-                if on_segment is not None:
-                    on_segment(segment)
-            seek += max(1, min(len(chunk), round(advance * SAMPLE_RATE)))
-        return speech_result(segments, words, language_code or "en", request.duration)
 
     # ---------------------------------------------------------------- internals
 
@@ -167,26 +190,31 @@ class WhisperASR(SpeechHandler):
             ids = np.concatenate([ids[:1], ids[-limit:]])
         return torch.as_tensor(ids, device=self.device)
 
-    def _probe(self, encoded) -> tuple[float, str | None]:
-        """No-speech probability and most likely language, from the logits after SOT."""
+    def _probe(self, encoded) -> tuple[list[float], list[str]]:
+        """Each row's no-speech probability and most likely language, from the logits
+        after SOT."""
         import torch
 
         setup = self._setup
-        decoder_input = torch.tensor([[setup.sot]], device=self.device)
+        rows = encoded.shape[0]
+        decoder_input = torch.full((rows, 1), setup.sot, device=self.device)
         logits = self.model(encoder_outputs=(encoded,), decoder_input_ids=decoder_input).logits
-        logits = logits[0, -1].float()
+        logits = logits[:, -1].float()
         probs = logits.softmax(-1)
-        no_speech = float(probs[setup.no_speech_id]) if setup.no_speech_id is not None else 0.0
+        if setup.no_speech_id is not None:
+            no_speech = [float(p) for p in probs[:, setup.no_speech_id]]
+        else:
+            no_speech = [0.0] * rows
         if not setup.language_ids:
-            return no_speech, "en"
+            return no_speech, ["en"] * rows
         codes = list(setup.language_ids)
         ids = torch.tensor([setup.language_ids[c] for c in codes], device=logits.device)
-        return no_speech, codes[int(logits[ids].argmax())]
+        return no_speech, [codes[int(i)] for i in logits[:, ids].argmax(-1)]
 
-    def _decode_window(self, encoded, attention_mask, **options) -> WindowDecode:
-        """One window (see :func:`~handlers.speech.whisper_decode.decode_window`); a method
-        so that tests can wrap it."""
-        return decode_window(
+    def _decode_windows(self, encoded, attention_mask, **options) -> list[WindowDecode]:
+        """A batch of windows (see :func:`~handlers.speech.whisper_decode.decode_windows`);
+        a method so that tests can wrap it."""
+        return decode_windows(
             self.model,
             self._setup,
             self._tokenizer,

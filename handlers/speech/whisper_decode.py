@@ -1,4 +1,4 @@
-"""One 30 s window through transformers' ``generate``, with temperature fallback.
+"""A batch of 30 s windows through transformers' ``generate``, with temperature fallback.
 
 Returns the generated tokens (timestamps included), their DTW start times when word
 timestamps are asked for, and the scores the fallback and the silence check need.
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from handlers.base import check_cancelled
-from handlers.speech.fallback import compression_ratio, needs_fallback
+from handlers.speech.fallback import compression_ratio, needs_retry
 from handlers.speech.whisper_config import WhisperSetup
 
 
@@ -42,7 +42,7 @@ class WindowDecode:
     temperature: float
 
 
-def decode_window(
+def decode_windows(
     model,
     setup: WhisperSetup,
     tokenizer,
@@ -55,11 +55,13 @@ def decode_window(
     prompt_ids,
     temperatures: Sequence[float],
     word_timestamps: bool,
-    no_speech_prob: float,
+    no_speech_probs: Sequence[float],
     cancel_event: threading.Event | None,
-) -> WindowDecode:
-    """Decode at each of ``temperatures`` in turn until a result needs no fallback (the
-    last one is kept either way). Beam search (``beam_size``) at temperature 0 only."""
+) -> list[WindowDecode]:
+    """Decode a batch of windows (rows of ``encoded``) in one ``generate`` call per
+    temperature: every row at the first temperature, then again, hotter, only the rows
+    whose tokens were unlikely (:func:`~handlers.speech.fallback.needs_retry`); a row keeps
+    its most likely result. Beam search (``beam_size``) at temperature 0 only."""
     from transformers import StoppingCriteriaList
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -70,15 +72,16 @@ def decode_window(
     if prompt_ids is not None:
         kwargs["prompt_ids"] = prompt_ids
     attention_impl = model.config._attn_implementation
-    decoded: WindowDecode | None = None
+    results: list[WindowDecode | None] = [None] * encoded.shape[0]
+    rows = list(range(encoded.shape[0]))
     try:
         for temperature in temperatures:
             check_cancelled(cancel_event)
             greedy = temperature == 0
             outputs = model.generate(
                 # generate() expands encoder outputs in place for beam search: pass a fresh one
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
-                attention_mask=attention_mask,
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoded[rows]),
+                attention_mask=attention_mask[rows],
                 generation_config=copy.deepcopy(setup.generation),
                 return_timestamps=True,
                 return_token_timestamps=word_timestamps,
@@ -92,20 +95,30 @@ def decode_window(
                 **kwargs,
             )
             check_cancelled(cancel_event)
-            decoded = read_outputs(outputs, setup, tokenizer, temperature)
-            if not needs_fallback(decoded.compression_ratio, decoded.avg_logprob, no_speech_prob):
+            for position, row in enumerate(rows):
+                result = read_outputs(outputs, position, setup, tokenizer, temperature)
+                previous = results[row]
+                if previous is None or result.avg_logprob > previous.avg_logprob:
+                    results[row] = result
+            rows = [
+                row for row in rows if needs_retry(results[row].avg_logprob, no_speech_probs[row])
+            ]
+            if not rows:
                 break
     finally:
         # token timestamps switch the model to eager attention; switch it back
         model.config._attn_implementation = attention_impl
-    assert decoded is not None
-    return decoded
+    assert all(result is not None for result in results)
+    return results  # type: ignore[return-value]
 
 
-def read_outputs(outputs, setup: WhisperSetup, tokenizer, temperature: float) -> WindowDecode:
+def read_outputs(
+    outputs, row: int, setup: WhisperSetup, tokenizer, temperature: float
+) -> WindowDecode:
+    """Row ``row`` of a (batched) ``generate`` output."""
     import torch
 
-    sequence = outputs["sequences"][0].tolist()
+    sequence = outputs["sequences"][row].tolist()
     start = generated_start(sequence, setup)
     end = start
     while end < len(sequence) and sequence[end] != setup.eot:
@@ -113,21 +126,26 @@ def read_outputs(outputs, setup: WhisperSetup, tokenizer, temperature: float) ->
     tokens = sequence[start:end]
     token_times = None
     if "token_timestamps" in outputs:
-        times = outputs["token_timestamps"][0].tolist()
+        times = outputs["token_timestamps"][row].tolist()
         times += [times[-1] if times else 0.0] * (len(sequence) + 1 - len(times))
         # transformers stamps token k with the alignment row where k is the *input*, i.e.
         # the row predicting token k + 1: token k starts at the time stamped on k - 1.
         token_times = times[start - 1 : end]  # token i spans token_times[i : i + 2]
     if outputs.get("sequences_scores") is not None:
-        avg_logprob = float(outputs["sequences_scores"][0])
+        avg_logprob = float(outputs["sequences_scores"][row])
     else:
         scores = outputs["scores"]
-        generated = torch.tensor(sequence[len(sequence) - len(scores) :])
-        stacked = torch.stack([s[0] for s in scores]).float()
-        logprobs = torch.log_softmax(stacked * (temperature if temperature > 0 else 1), -1)
-        picked = logprobs.gather(-1, generated.to(logprobs.device)[:, None]).squeeze(-1)
-        picked = picked[torch.isfinite(picked)]
-        avg_logprob = float(picked.sum() / (len(tokens) + 1)) if len(picked) else -np.inf
+        first_generated = len(sequence) - len(scores)
+        steps = max(0, min(len(scores), end - first_generated + 1))  # up to this row's EOT
+        generated = torch.tensor(sequence[first_generated : first_generated + steps])
+        avg_logprob = -np.inf
+        if steps:
+            stacked = torch.stack([s[row] for s in scores[:steps]]).float()
+            logprobs = torch.log_softmax(stacked * (temperature if temperature > 0 else 1), -1)
+            picked = logprobs.gather(-1, generated.to(logprobs.device)[:, None]).squeeze(-1)
+            picked = picked[torch.isfinite(picked)]
+            if len(picked):
+                avg_logprob = float(picked.sum() / (len(tokens) + 1))
     text = tokenizer.decode([t for t in tokens if t < setup.eot])
     return WindowDecode(
         tokens=tokens,

@@ -50,3 +50,24 @@ def split_timestamped_tokens(
         if advance <= 0:
             advance = window_seconds
     return pieces, advance
+
+
+def window_pieces(
+    tokens: Sequence[int], timestamp_begin: int, eot: int, window_seconds: float
+) -> list[tuple[int, int, float, float]]:
+    """All of one independently decoded window's tokens as segments.
+
+    Like :func:`split_timestamped_tokens`, except that an unfinished last segment (text after
+    the last timestamp pair) is kept, ending at the window's end: the sequential long-form
+    loop would decode it again in the next window, but a window of the batched pipeline has
+    no next window, and dropping it loses speech.
+    """
+    pieces, _ = split_timestamped_tokens(tokens, timestamp_begin, window_seconds)
+    covered = pieces[-1][1] if pieces else 0
+    tail = [i for i in range(covered, len(tokens)) if tokens[i] < eot]
+    if tail:
+        start = pieces[-1][3] if pieces else 0.0
+        if tokens[covered] >= timestamp_begin:
+            start = min((tokens[covered] - timestamp_begin) * TIME_PRECISION, window_seconds)
+        pieces.append((covered, len(tokens), start, window_seconds))
+    return pieces

@@ -13,9 +13,11 @@ import pytest
 
 from handlers.base import Cancelled, InvalidInput, SpeechModel
 from tests.handlers.speech_audio import (
+    FOX_SENTENCE,
     FOX_WORDS,
     assert_well_formed,
     encode_audio,
+    espeak,
     spoken_words,
 )
 
@@ -40,8 +42,14 @@ def random_whisper(random_whisper_handler):
 
 
 @pytest.fixture(scope="session")
+def long_speech(audio_dir, espeak_available):
+    """About 75 s of speech: three or more VAD windows for the random model."""
+    return espeak(" ".join([FOX_SENTENCE] * 25), audio_dir / "fox25.wav")
+
+
+@pytest.fixture(scope="session")
 def long_noise(audio_dir):
-    """65 s of quiet noise: three 30 s windows for the random model."""
+    """65 s of quiet noise: no speech for the VAD."""
     rng = np.random.default_rng(1)
     audio = (rng.standard_normal(65 * 16000) * 0.05).astype(np.float32)
     return encode_audio(audio, 16000, audio_dir / "noise65.flac")
@@ -77,10 +85,10 @@ def test_random_whisper_returns_well_formed_results(random_whisper, tone_files, 
         assert result.language in random_whisper.supported_languages
 
 
-def test_random_whisper_long_form_clip_and_progress(random_whisper, long_noise):
+def test_random_whisper_long_form_clip_and_progress(random_whisper, long_speech):
     segments = []
     result = random_whisper.transcribe(
-        str(long_noise),
+        str(long_speech),
         language="en",
         prompt=None,
         temperature=0.5,
@@ -94,21 +102,22 @@ def test_random_whisper_long_form_clip_and_progress(random_whisper, long_noise):
     assert segments == result.segments
 
 
-def test_random_whisper_cancel_stops_between_windows(random_whisper, long_noise, monkeypatch):
+def test_random_whisper_cancel_stops_between_windows(random_whisper, long_speech, monkeypatch):
     cancel = threading.Event()
     decoded_windows = []
-    decode_window = random_whisper._decode_window
+    decode_windows = random_whisper._decode_windows
 
     def decode_then_cancel(*args, **kwargs):
-        decoded_windows.append(1)
-        result = decode_window(*args, **kwargs)
+        result = decode_windows(*args, **kwargs)
+        decoded_windows.extend(result)
         cancel.set()
         return result
 
-    monkeypatch.setattr(random_whisper, "_decode_window", decode_then_cancel)
+    monkeypatch.setattr(random_whisper, "batch_size", 1)
+    monkeypatch.setattr(random_whisper, "_decode_windows", decode_then_cancel)
     with pytest.raises(Cancelled):
         random_whisper.transcribe(
-            str(long_noise),
+            str(long_speech),
             language="en",
             prompt=None,
             temperature=0.5,
