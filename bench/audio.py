@@ -2,10 +2,12 @@
 
 Model: the offline demo ``Systran/faster-whisper-tiny.en`` (faster-whisper, int8 on CPU,
 beam 5). Speed is reported as audio seconds per wall second ("x real time"; the real-time
-factor RTF is its inverse), and recall as the share of the script's words found in the
-transcript (a bag-of-words check that no figure comes from dropping speech).
+factor RTF is its inverse), next to the word error rate against the script (jiwer) and the
+recall (the share of the script's words found: a check that no figure comes from dropping
+speech).
 
-(a) in process, sequential: the handler on the whole file (what a sync request runs);
+(a) in process, the handler on the whole file (what a sync request runs: VAD windows decoded
+    in batches of 8, :mod:`handlers.speech.pipeline`);
 (b) in process, batched: faster-whisper's ``BatchedInferencePipeline`` (VAD-cut 30 s windows,
     ``batch_size`` 8): the fastest way to run the model in one process;
 (c) through the stack as a job (``POST /v1/jobs/audio/transcriptions``, upload to result),
@@ -112,17 +114,20 @@ def in_process(path: Path, duration: float, reference: list[str], threads: int) 
     batched_wall = time.perf_counter() - started
     return {
         "threads": threads,
-        "sequential": _figures(duration, seq_wall, recall(reference, sequential.text)),
-        "batched": _figures(duration, batched_wall, recall(reference, batched_text)),
+        "handler": _figures(duration, seq_wall, reference, sequential.text),
+        "batched": _figures(duration, batched_wall, reference, batched_text),
     }
 
 
-def _figures(duration: float, wall: float, word_recall: float) -> dict:
+def _figures(duration: float, wall: float, reference: list[str], text: str) -> dict:
+    import jiwer
+
     return {
         "wall_s": round(wall, 2),
         "x_real_time": round(duration / wall, 2),
         "rtf": round(wall / duration, 4),
-        "word_recall": round(word_recall, 4),
+        "word_recall": round(recall(reference, text), 4),
+        "wer": round(jiwer.wer(" ".join(reference), " ".join(words(text))), 4),
     }
 
 
@@ -228,7 +233,7 @@ def through_stack(
                     "pinning": [f"taskset -c {c}" if c else "none" for c in pins],
                     "cpu_threads_per_worker": threads,
                     "parts": job["progress"]["chunks_total"] if job["progress"] else 1,
-                    **_figures(duration, wall, recall(reference, job["result"]["text"])),
+                    **_figures(duration, wall, reference, job["result"]["text"]),
                 }
                 print(f"  {name}: {results[name]}", flush=True)
             finally:
@@ -263,7 +268,7 @@ def run() -> dict:
     one = stack.get("c_1_worker_all_cores")
     if one:
         result["c_over_b"] = round(one["x_real_time"] / local["batched"]["x_real_time"], 3)
-        result["c_over_a"] = round(one["x_real_time"] / local["sequential"]["x_real_time"], 3)
+        result["c_over_a"] = round(one["x_real_time"] / local["handler"]["x_real_time"], 3)
     if "e_2_workers_1_core_each" in stack:
         result["e_over_d"] = round(
             stack["e_2_workers_1_core_each"]["x_real_time"]
@@ -279,13 +284,13 @@ def report(result: dict) -> str:
     def line(label: str, f: dict) -> str:
         return (
             f"{label:<44} {f['x_real_time']:7.2f} x real time  (RTF {f['rtf']:.4f}, "
-            f"{f['wall_s']:7.1f} s, word recall {f['word_recall']:.3f})"
+            f"{f['wall_s']:7.1f} s, word recall {f['word_recall']:.3f}, WER {f['wer']:.3f})"
         )
 
     lines = [
         f"audio: {result['audio']['seconds']} s of espeak-ng speech, {result['cores']} cores "
         f"(load averages at start and end: {result['load_average_at_start_and_end']})",
-        line(f"(a) in process, sequential ({local['threads']} threads)", local["sequential"]),
+        line(f"(a) in process, the handler ({local['threads']} threads)", local["handler"]),
         line(f"(b) in process, batched ({local['threads']} threads)", local["batched"]),
     ]
     labels = {
