@@ -32,7 +32,7 @@ from handlers.base import Cancelled
 from handlers.chat import ChatRequest
 from inferq import protocol as p
 from inferq.errors import ServiceError
-from inferq.openai.chat import ChatJob, completion_body
+from inferq.openai.chat import ChatJob, completion_body, token_biases
 from inferq.settings import Settings
 from workers.images import inline_remote_images
 from workers.jobs import JobContext
@@ -191,13 +191,8 @@ def generation_params(job: ChatJob, defaults: dict[str, Any], settings: Settings
         "top_p": float(pick("top_p", 1.0)),
         "stop": list(stop) if stop else None,
         "seed": job.seed,
-        "logit_bias": _token_biases(job.logit_bias),
+        "logit_bias": token_biases(job.logit_bias),
     }
-
-
-def _token_biases(logit_bias: dict[str, float] | None) -> dict[int, float] | None:
-    """OpenAI's ``logit_bias`` (JSON keys are strings) as the handler takes it."""
-    return {int(token): float(bias) for token, bias in logit_bias.items()} if logit_bias else None
 
 
 def submit(

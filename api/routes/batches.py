@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from api.deps import FilesDep, OwnerDep
 from api.responses import json_response, list_response
 from inferq.batches import render_batch
+from inferq.openai.common import WireRequest
 
 router = APIRouter(tags=["batches"])
 
 
-class BatchCreateRequest(BaseModel):
+class BatchCreateRequest(WireRequest):
     model_config = ConfigDict(extra="forbid")
 
     input_file_id: str

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import orjson
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from inferq import protocol as p
 from inferq.errors import bad_request
 from inferq.images import remote_image_problem
-from inferq.openai.common import JobRequest, usage
+from inferq.openai.common import COUNT_MAX, INT64_MAX, INT64_MIN, JobRequest, WireRequest, usage
 from inferq.settings import Settings
 
 # The error code of a response_format the model cannot follow (OpenAI's code for a parameter
@@ -52,20 +53,20 @@ class StreamOptions(BaseModel):
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(WireRequest):
     """``POST /v1/chat/completions``. Unknown fields are kept (proxy models forward them)."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=COUNT_MAX)
+    max_completion_tokens: int | None = Field(None, ge=1, le=COUNT_MAX)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    n: int | None = Field(None, ge=1, le=128)
     user: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -124,8 +125,7 @@ class ChatCompletionRequest(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stop) > max_stop or not all(stop):
             raise bad_request(f"'stop' takes at most {max_stop} non-empty strings", param="stop")
-        if any(not token.isdigit() for token in self.logit_bias or {}):
-            raise bad_request("logit_bias keys must be token ids", param="logit_bias")
+        token_biases(self.logit_bias)  # keys checked here, read again by the worker
         kind = (self.response_format or {}).get("type", "text")
         if kind not in ("text", "json_object", "json_schema"):
             raise bad_request(
@@ -151,6 +151,25 @@ class ChatCompletionRequest(BaseModel):
             response_format=self.response_format if kind != "text" else None,
             user=self.user,
         )
+
+
+TOKEN_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() accepts "²"
+
+
+def token_biases(logit_bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI's ``logit_bias`` (JSON keys are token ids as strings) as token id -> bias, or a
+    400. The one check of its keys: the API runs it on the request, the worker to convert."""
+    if not logit_bias:
+        return None
+    biases = {}
+    for key, bias in logit_bias.items():
+        if not TOKEN_ID.fullmatch(key):
+            raise bad_request(
+                f"logit_bias keys must be token ids (decimal digits), got {key!r}",
+                param="logit_bias",
+            )
+        biases[int(key)] = float(bias)
+    return biases
 
 
 def structured_outputs_unsupported(model: str):
@@ -202,6 +221,8 @@ def _chat_message(index: int, message: dict[str, Any]) -> dict[str, Any]:
     """One message reduced to ``role`` and ``content`` (a string or text/image_url parts)."""
     where = f"messages[{index}]"
     role = message.get("role")
+    if not isinstance(role, str):
+        raise bad_request(f"{where}: role must be a string (got {role!r})", param="messages")
     if role in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
         raise bad_request(
             f"{where}: tool messages and tool calls are not supported by local models",

@@ -6,14 +6,63 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from inferq.errors import ServiceError
+from inferq.errors import ServiceError, bad_request
 
 # FastAPI puts where a value came from first; a job body's fields sit under "body".
 _SOURCES = ("body", "query", "path", "header")
 
 M = TypeVar("M", bound=BaseModel)
+
+# Integer bounds of the wire: JSON allows any integer, the queue's JSON (orjson) and the
+# workers take 64-bit ones; counts are bounded far below that.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+COUNT_MAX = 2**31 - 1
+
+
+def unencodable_at(value: Any, path: str = "") -> str | None:
+    """Where a parsed JSON value holds a string that is not Unicode text (a lone UTF-16
+    surrogate such as ``"\\ud800"``, which ``json.loads`` accepts and UTF-8 cannot hold), as
+    a path like ``messages[0].content``; None when there is none."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and unencodable_at(key) is not None:
+                return path or "body"
+            if (found := unencodable_at(item, where)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := unencodable_at(item, f"{path}[{index}]")) is not None:
+                return found
+    return None
+
+
+class WireRequest(BaseModel):
+    """Base of the bodies clients send: a string that is not Unicode text anywhere in the
+    body (declared fields or extras) is a 400 naming where it is, before any field is read."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_only(cls, data: Any) -> Any:
+        if (where := unencodable_at(data)) is not None:
+            field = where.split(".")[0].split("[")[0] or None
+            raise bad_request(
+                f"invalid value for '{where}': the string is not valid Unicode "
+                "(a lone UTF-16 surrogate)",
+                param=field,
+                code="invalid_value",
+            )
+        return data
 
 
 class JobRequest(BaseModel):

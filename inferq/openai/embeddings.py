@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from inferq.errors import bad_request
-from inferq.openai.common import JobRequest, usage
+from inferq.openai.common import COUNT_MAX, JobRequest, WireRequest, usage
 
 EncodingFormat = Literal["float", "base64"]
 
@@ -27,13 +27,13 @@ class EmbeddingJob(JobRequest):
         return body
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(WireRequest):
     model_config = ConfigDict(extra="ignore")
 
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: EncodingFormat = "float"
-    dimensions: int | None = Field(None, gt=0)
+    dimensions: int | None = Field(None, gt=0, le=COUNT_MAX)
     user: str | None = None
 
     def texts(self, *, max_inputs: int, max_chars: int) -> list[str]:

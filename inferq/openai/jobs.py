@@ -6,10 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from inferq.openai.common import WireRequest
 from inferq.protocol import Endpoint
 
 
-class JobCreateRequest(BaseModel):
+class JobCreateRequest(WireRequest):
     model_config = ConfigDict(extra="forbid")
 
     endpoint: Endpoint

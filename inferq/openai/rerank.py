@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferq.errors import bad_request
-from inferq.openai.common import JobRequest
+from inferq.openai.common import COUNT_MAX, JobRequest, WireRequest
 
 
 class RerankJob(JobRequest):
@@ -28,13 +28,13 @@ class RerankDocument(BaseModel):
     text: str
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(WireRequest):
     model_config = ConfigDict(extra="ignore")
 
     model: str
     query: str
     documents: list[str | RerankDocument]
-    top_n: int | None = Field(None, ge=1)
+    top_n: int | None = Field(None, ge=1, le=COUNT_MAX)
     return_documents: bool = True
 
     def normalized(self, *, max_documents: int, max_chars: int) -> RerankJob:

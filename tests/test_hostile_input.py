@@ -1,0 +1,170 @@
+"""Hostile but valid JSON through the real stack: each case is a 400 naming the field, never a
+500, and a bad batch line is that line's 400 while the batch and its other lines go on.
+
+Cases from a probe of a running stack (issue 12): lone UTF-16 surrogates (valid JSON that
+``json.loads`` accepts and UTF-8 cannot hold), ``role`` as a list or dict (unhashable),
+integers past 64 bits, ``logit_bias`` keys that ``str.isdigit`` takes for digits ("²").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import MINILM, SMOL, TINY_CHAT
+
+LONE = "\\ud800"  # a JSON escape: the body text holds backslash-u-d-8-0-0
+
+
+def post_raw(stack, path: str, body: str, **kwargs) -> httpx.Response:
+    return httpx.post(
+        f"{stack.v1}{path}",
+        content=body.encode(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+        **kwargs,
+    )
+
+
+def chat_body(**fields) -> dict:
+    return {"model": TINY_CHAT, "messages": [{"role": "user", "content": "hi"}], **fields}
+
+
+def assert_400(response: httpx.Response, param: str | None) -> dict:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param, error
+    return error
+
+
+@pytest.mark.parametrize(
+    ("path", "template", "param"),
+    [
+        (
+            "/chat/completions",
+            '{"model": "%s", "messages": [{"role": "user", "content": "X"}]}',
+            "messages",
+        ),
+        (
+            "/chat/completions",
+            '{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "user": "X"}',
+            "user",
+        ),
+        (
+            "/chat/completions",
+            '{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "stop": ["X"]}',
+            "stop",
+        ),
+        (
+            "/chat/completions",
+            '{"model": "%s", "messages": [{"role": "user", "content": "hi"}],"metadata":{"k":"X"}}',
+            "metadata",
+        ),
+        (
+            "/chat/completions",
+            '{"model": "X%s", "messages": [{"role": "user", "content": "hi"}]}',
+            "model",
+        ),
+        ("/embeddings", '{"model": "%s", "input": ["ok", "X"]}', "input"),
+        ("/jobs", '{"endpoint": "/v1/embeddings", "body": {"model": "%s", "input": "X"}}', "body"),
+        (
+            "/batches",
+            '{"input_file_id": "file-X%s", "endpoint": "/v1/embeddings"}',
+            "input_file_id",
+        ),
+    ],
+)
+def test_a_lone_surrogate_anywhere_is_a_400_naming_the_field(chat_stack, path, template, param):
+    model = MINILM if "embeddings" in template or path == "/embeddings" else TINY_CHAT
+    body = template.replace("X", LONE) % ("" if path == "/batches" else model)
+    error = assert_400(post_raw(chat_stack, path, body), param)
+    assert "Unicode" in error["message"]
+
+
+@pytest.mark.parametrize("role", [["user"], {"a": 1}, 7, None])
+@pytest.mark.parametrize("route", ["sync", "stream", "job"])
+def test_a_role_that_is_not_a_string_is_a_400(chat_stack, role, route):
+    body = chat_body(messages=[{"role": role, "content": "hi"}], stream=route == "stream")
+    if route == "job":
+        body = {"endpoint": "/v1/chat/completions", "body": body}
+    path = "/jobs" if route == "job" else "/chat/completions"
+    error = assert_400(post_raw(chat_stack, path, json.dumps(body)), "messages")
+    assert "role" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/chat/completions", chat_body(seed=2**70), "seed"),
+        ("/chat/completions", chat_body(seed=-(2**70)), "seed"),
+        ("/chat/completions", chat_body(max_tokens=2**64), "max_tokens"),
+        ("/chat/completions", chat_body(max_completion_tokens=2**64), "max_completion_tokens"),
+        ("/chat/completions", chat_body(n=2**64), "n"),
+        ("/embeddings", {"model": MINILM, "input": "hi", "dimensions": 2**64}, "dimensions"),
+        ("/chat/completions", chat_body(logit_bias={"\u00b2": 1}), "logit_bias"),
+        ("/chat/completions", chat_body(logit_bias={"12a": 1}), "logit_bias"),
+        ("/chat/completions", chat_body(logit_bias={"\u0661": 1}), "logit_bias"),  # Arabic one
+    ],
+)
+def test_out_of_range_numbers_and_odd_token_ids_are_400s(chat_stack, path, body, param):
+    assert_400(post_raw(chat_stack, path, json.dumps(body, ensure_ascii=True)), param)
+
+
+def test_a_valid_logit_bias_and_a_64_bit_seed_are_served(chat_stack):
+    response = post_raw(
+        chat_stack,
+        "/chat/completions",
+        json.dumps(chat_body(seed=2**63 - 1, max_tokens=3, logit_bias={"42": -100})),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_a_bad_batch_line_is_that_lines_400_and_the_batch_ends(chat_stack, openai_client):
+    good = {"role": "user", "content": "Say yes."}
+    lines = [
+        {
+            "custom_id": "list-role",
+            "body": chat_body(model=SMOL, messages=[{"role": ["user"], "content": "x"}]),
+        },
+        {
+            "custom_id": "dict-role",
+            "body": chat_body(model=SMOL, messages=[{"role": {"r": 1}, "content": "x"}]),
+        },
+        {"custom_id": "huge-seed", "body": chat_body(model=SMOL, seed=2**70)},
+        {"custom_id": "good", "body": chat_body(model=SMOL, messages=[good], max_tokens=5)},
+    ]
+    text = "".join(
+        json.dumps({"method": "POST", "url": "/v1/chat/completions", **line}) + "\n"
+        for line in lines
+    )
+    upload = openai_client.files.create(file=("hostile.jsonl", text.encode()), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 180
+    while (batch := openai_client.batches.retrieve(batch.id)).status not in (
+        "completed",
+        "failed",
+        "cancelled",
+        "expired",
+    ):
+        assert time.monotonic() < deadline, f"batch still {batch.status}"
+        time.sleep(0.2)
+    assert batch.status == "completed", batch
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 3)
+    errors = {
+        row["custom_id"]: row["response"]
+        for row in map(
+            json.loads, openai_client.files.content(batch.error_file_id).text.splitlines()
+        )
+    }
+    assert set(errors) == {"list-role", "dict-role", "huge-seed"}
+    assert all(e["status_code"] == 400 for e in errors.values())
+    assert errors["huge-seed"]["body"]["error"]["param"] == "seed"
+    output = openai_client.files.content(batch.output_file_id).text.splitlines()
+    assert [json.loads(row)["custom_id"] for row in output] == ["good"]
