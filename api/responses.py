@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from fastapi import Response
@@ -93,3 +94,21 @@ def job_not_found(job_id: str) -> ServiceError:
     return ServiceError(
         404, f"no job '{job_id}' (unknown or expired)", param="job_id", code="job_not_found"
     )
+
+
+SAFE_NAME_CHARS = " ._-+()[]@,"  # kept in the ASCII fallback name: none of them ends a parameter
+
+
+def attachment(filename: str) -> str:
+    """``Content-Disposition`` for downloading ``filename`` (RFC 6266): an ASCII fallback with
+    every character but letters, digits and ``SAFE_NAME_CHARS`` replaced by ``_``, and,
+    when that changed anything, the exact name as RFC 5987 ``filename*`` (UTF-8,
+    percent-encoded). No character of the name can end the parameter or the header."""
+    fallback = "".join(
+        c if c.isascii() and (c.isalnum() or c in SAFE_NAME_CHARS) else "_" for c in filename
+    )
+    value = f'attachment; filename="{fallback or "download"}"'
+    if fallback != filename:
+        encoded = quote(filename.encode("utf-8", "replace"), safe="")
+        value += f"; filename*=UTF-8''{encoded}"
+    return value

@@ -168,3 +168,56 @@ def test_a_bad_batch_line_is_that_lines_400_and_the_batch_ends(chat_stack, opena
     assert errors["huge-seed"]["body"]["error"]["param"] == "seed"
     output = openai_client.files.content(batch.output_file_id).text.splitlines()
     assert [json.loads(row)["custom_id"] for row in output] == ["good"]
+
+
+def test_attachment_names_cannot_end_the_parameter_or_the_header():
+    from api.responses import attachment
+
+    for name in ["a\nb.txt", "nul\x00.txt", "x\"; filename*=UTF-8''evil.exe", "r\r\n: x", "\udcff"]:
+        value = attachment(name)
+        assert value.isascii() and value.isprintable(), value
+        assert value.count("filename*=") == 1 and value.count('"') == 2, value
+        fallback = value.split('"')[1]
+        assert not set(fallback) & set(";=*'\\\"")
+
+
+@pytest.mark.parametrize(
+    "name", ["报告 2026.jsonl", "x\"; filename*=UTF-8''evil.exe", "naïve.jsonl", "plain.jsonl"]
+)
+def test_downloaded_names_round_trip_through_rfc_5987(stack, name):
+    from urllib.parse import unquote
+
+    line = b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {}}\n'
+    upload = httpx.post(
+        f"{stack.v1}/files",
+        data={"purpose": "batch"},
+        files={"file": (name, line)},
+        timeout=30,
+    )
+    assert upload.status_code == 200, upload.text
+    stored = upload.json()["filename"]
+    download = httpx.get(f"{stack.v1}/files/{upload.json()['id']}/content", timeout=30)
+    assert download.status_code == 200 and download.content == line
+    header = download.headers["content-disposition"]
+    if stored == "plain.jsonl":
+        assert header == 'attachment; filename="plain.jsonl"'
+    else:
+        fallback, encoded = header.split("; filename*=UTF-8''")
+        assert fallback.startswith('attachment; filename="') and fallback.count('"') == 2
+        assert ";" not in encoded and unquote(encoded) == stored
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {f"k{i}": "v" for i in range(17)},
+        {"k": "v" * 513},
+        {"k" * 65: "v"},
+    ],
+)
+def test_metadata_is_bounded_as_openai_bounds_it(chat_stack, metadata):
+    job = {"endpoint": "/v1/embeddings", "body": {"model": MINILM, "input": "hi"}}
+    response = post_raw(chat_stack, "/jobs", json.dumps({**job, "metadata": metadata}))
+    assert_400(response, "metadata")
+    batch = {"input_file_id": "file-x", "endpoint": "/v1/embeddings", "metadata": metadata}
+    assert_400(post_raw(chat_stack, "/batches", json.dumps(batch)), "metadata")

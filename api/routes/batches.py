@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict
 
 from api.deps import FilesDep, OwnerDep
 from api.responses import json_response, list_response
 from inferq.batches import render_batch
-from inferq.openai.common import WireRequest
+from inferq.openai.common import Metadata, WireRequest
 
 router = APIRouter(tags=["batches"])
 
@@ -21,7 +21,7 @@ class BatchCreateRequest(WireRequest):
     input_file_id: str
     endpoint: str
     completion_window: str = "24h"
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: Metadata | None = None
 
 
 @router.post("/batches", summary="Create a batch")

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import FilesDep, OwnerDep, SettingsDep
 from api.files import too_large
-from api.responses import json_response, list_response
+from api.responses import attachment, json_response, list_response
 from inferq.batches import render_file
 
 router = APIRouter(tags=["files"])
@@ -67,7 +67,7 @@ async def file_content(file_id: str, files: FilesDep, owner: OwnerDep):
     return StreamingResponse(
         files.content(file_id),
         media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{record["filename"]}"'},
+        headers={"Content-Disposition": attachment(record["filename"])},
     )
 
 

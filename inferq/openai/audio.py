@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from inferq.audio import RESPONSE_FORMATS, TIMESTAMP_GRANULARITIES
 from inferq.errors import ServiceError, bad_request
+from inferq.openai.common import Metadata
 
 ResponseFormat = Literal[RESPONSE_FORMATS]
 Granularity = Literal[TIMESTAMP_GRANULARITIES]
@@ -34,8 +35,8 @@ class TranslationForm(BaseModel):
     response_format: ResponseFormat = "json"
     temperature: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     stream: bool = Field(False, description="sync routes only")
-    metadata: dict[str, str] | None = Field(
-        None, max_length=16, description="job routes only: a JSON object of string values"
+    metadata: Metadata | None = Field(
+        None, description="job routes only: a JSON object of string values"
     )
     # Sent by some OpenAI clients; nothing to do with Whisper models (accepted, ignored).
     chunking_strategy: str | None = None
@@ -95,7 +96,8 @@ _MESSAGES = {
     "temperature": "temperature must be a number from 0 to 1",
     "timestamp_granularities[]": "timestamp_granularities must be 'segment' and/or 'word'",
     "stream": "invalid value for 'stream': expected true or false",
-    "metadata": "metadata must be a JSON object of at most 16 string values",
+    "metadata": "metadata must be a JSON object of at most 16 string values (keys up to 64 "
+    "characters, values up to 512)",
 }
 _PARAMS = {"timestamp_granularities[]": "timestamp_granularities"}
 

@@ -4,9 +4,9 @@ mapping of a pydantic validation error to a 400 (HTTP bodies, job bodies, batch 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Self, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inferq.errors import ServiceError, bad_request
 
@@ -19,6 +19,12 @@ M = TypeVar("M", bound=BaseModel)
 # workers take 64-bit ones; counts are bounded far below that.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 COUNT_MAX = 2**31 - 1
+
+# OpenAI's metadata: at most 16 pairs, keys up to 64 characters, values up to 512.
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    Field(max_length=16),
+]
 
 
 def unencodable_at(value: Any, path: str = "") -> str | None:

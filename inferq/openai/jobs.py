@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferq.openai.common import WireRequest
+from inferq.openai.common import Metadata, WireRequest
 from inferq.protocol import Endpoint
 
 
@@ -15,7 +15,7 @@ class JobCreateRequest(WireRequest):
 
     endpoint: Endpoint
     body: dict[str, Any]
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: Metadata | None = None
 
 
 class JobObject(BaseModel):
