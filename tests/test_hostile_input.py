@@ -221,3 +221,17 @@ def test_metadata_is_bounded_as_openai_bounds_it(chat_stack, metadata):
     assert_400(response, "metadata")
     batch = {"input_file_id": "file-x", "endpoint": "/v1/embeddings", "metadata": metadata}
     assert_400(post_raw(chat_stack, "/batches", json.dumps(batch)), "metadata")
+
+
+@pytest.mark.parametrize(
+    "cursor", ["18446744073709551616-0", "0-18446744073709551616", "1" * 30, "12a-0", "1-"]
+)
+def test_an_event_cursor_past_64_bits_is_a_400_before_the_stream(chat_stack, cursor):
+    job = {"endpoint": "/v1/embeddings", "body": {"model": MINILM, "input": "hi"}}
+    created = post_raw(chat_stack, "/jobs", json.dumps(job))
+    assert created.status_code == 202, created.text
+    events = f"{chat_stack.v1}/jobs/{created.json()['id']}/events"
+    assert_400(httpx.get(events, headers={"Last-Event-ID": cursor}, timeout=30), "Last-Event-ID")
+    assert_400(httpx.get(events, params={"after": cursor}, timeout=30), "Last-Event-ID")
+    resumed = httpx.get(events, headers={"Last-Event-ID": "0-0"}, timeout=60)
+    assert resumed.status_code == 200 and "succeeded" in resumed.text

@@ -22,7 +22,13 @@ from inferq.errors import bad_request
 
 router = APIRouter(tags=["jobs"])
 
-_ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
+# A Redis stream entry id: one or two unsigned 64-bit integers in ASCII digits.
+_ENTRY_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+
+
+def is_entry_id(cursor: str) -> bool:
+    match = _ENTRY_ID.fullmatch(cursor)
+    return bool(match) and all(int(part) < 2**64 for part in match.groups() if part)
 
 
 @router.get("/jobs/{job_id}/events", summary="Stream a job's events (SSE)")
@@ -36,7 +42,7 @@ async def job_events(
     if await queue.get(job_id, owner) is None:
         raise job_not_found(job_id)
     cursor = (last_event_id or after or "0-0").strip()
-    if not _ENTRY_ID.match(cursor):
+    if not is_entry_id(cursor):
         raise bad_request(
             f"'{cursor}' is not an event id (Last-Event-ID / after)", param="Last-Event-ID"
         )
