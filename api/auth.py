@@ -43,7 +43,13 @@ class APIKeyMiddleware:
             state["owner"] = ANONYMOUS_OWNER
             await self.app(scope, receive, send)
             return
-        header = dict(scope["headers"]).get(b"authorization", b"")
+        presented = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(presented) > 1:  # which one counts would depend on the proxy in front: none
+            await _unauthorized(
+                send, missing=False, message="Send exactly one Authorization header."
+            )
+            return
+        header = presented[0] if presented else b""
         scheme, _, token = header.partition(b" ")
         owner = self._match(token.strip()) if scheme.lower() == b"bearer" else None
         if owner is None:
@@ -53,8 +59,8 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-async def _unauthorized(send: Send, *, missing: bool) -> None:
-    message = (
+async def _unauthorized(send: Send, *, missing: bool, message: str | None = None) -> None:
+    message = message or (
         "Missing API key: send 'Authorization: Bearer <key>'."
         if missing
         else "Incorrect API key provided."

@@ -235,3 +235,9 @@ def test_an_event_cursor_past_64_bits_is_a_400_before_the_stream(chat_stack, cur
     assert_400(httpx.get(events, params={"after": cursor}, timeout=30), "Last-Event-ID")
     resumed = httpx.get(events, headers={"Last-Event-ID": "0-0"}, timeout=60)
     assert resumed.status_code == 200 and "succeeded" in resumed.text
+
+
+def test_two_file_parts_are_a_400(stack):
+    parts = [("file", ("a.jsonl", b"{}\n")), ("file", ("b.jsonl", b"{}\n"))]
+    response = httpx.post(f"{stack.v1}/files", data={"purpose": "batch"}, files=parts, timeout=30)
+    assert_400(response, "file")

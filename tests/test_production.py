@@ -53,6 +53,18 @@ def test_every_route_needs_a_valid_key(secured, method, path):
         assert KEY_A not in response.text
 
 
+def test_two_authorization_headers_are_refused_whichever_comes_first(secured):
+    for pair in ((KEY_A, "sk-wrong"), ("sk-wrong", KEY_A), (KEY_A, KEY_B)):
+        headers = [("authorization", f"Bearer {key}") for key in pair]
+        response = httpx.get(f"{secured}/v1/models", headers=headers)
+        assert response.status_code == 401, (pair, response.text)
+        assert "exactly one Authorization header" in response.json()["error"]["message"]
+    assert (
+        httpx.get(f"{secured}/v1/models", headers={"Authorization": f"Bearer {KEY_A}"}).status_code
+        == 200
+    )
+
+
 def test_health_ready_and_metrics_stay_open(secured):
     for path in ("/health", "/ready", "/metrics"):
         assert httpx.get(f"{secured}{path}").status_code == 200

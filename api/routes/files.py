@@ -11,6 +11,7 @@ from api.deps import FilesDep, OwnerDep, SettingsDep
 from api.files import too_large
 from api.responses import attachment, json_response, list_response
 from inferq.batches import render_file
+from inferq.errors import bad_request
 
 router = APIRouter(tags=["files"])
 
@@ -30,6 +31,8 @@ async def upload_file(
     declared = request.headers.get("content-length")
     if declared and int(declared) > settings.max_file_bytes + 64 * 1024:
         raise too_large(settings.max_file_bytes)
+    if len((await request.form()).getlist("file")) > 1:  # the parsed form, cached by Starlette
+        raise bad_request("send one 'file' part per upload", param="file")
 
     async def pieces():
         while piece := await file.read(READ_BYTES):
