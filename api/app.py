@@ -10,10 +10,10 @@ from fastapi import FastAPI
 
 from api.auth import APIKeyMiddleware
 from api.errors import install_error_handlers
-from api.files import FilesAndBatches
+from api.files import UPLOAD_OVERHEAD, FilesAndBatches
 from api.metrics import Metrics, MetricsMiddleware
 from api.metrics import router as metrics_router
-from api.middleware import RequestIdMiddleware
+from api.middleware import DeclaredSizeLimit, RequestIdMiddleware
 from api.queue import JobQueue
 from api.routes import router
 from inferq.catalog import load_catalog
@@ -54,6 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started_at = time.time()
     app.state.metrics = Metrics()
     # Outermost last: request id, then metrics (which see 401s too), then auth.
+    app.add_middleware(
+        DeclaredSizeLimit, limits={"/v1/files": settings.max_file_bytes + UPLOAD_OVERHEAD}
+    )
     app.add_middleware(APIKeyMiddleware, keys=api_keys)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)

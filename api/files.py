@@ -21,6 +21,9 @@ def batch_not_found(batch_id: str) -> ServiceError:
     return ServiceError(404, f"no batch '{batch_id}'", param="batch_id", code="batch_not_found")
 
 
+UPLOAD_OVERHEAD = 64 * 1024  # multipart framing and form fields beside the file
+
+
 def too_large(limit: int) -> ServiceError:
     return ServiceError(
         413, f"the file is larger than the {limit}-byte limit", param="file", code="file_too_large"

@@ -1,4 +1,5 @@
-"""``X-Request-ID``: taken from the request or made up, echoed on the response."""
+"""Plain ASGI middlewares: ``X-Request-ID`` (taken from the request or made up, echoed on the
+response) and the declared-size limit of upload routes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import error_response
+from inferq.errors import ServiceError, bad_request
 from inferq.logs import request_id_var
 
 HEADER = b"x-request-id"
@@ -36,3 +39,32 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+class DeclaredSizeLimit:
+    """A 413 before the body is read when a request's ``Content-Length`` already says it is
+    too large for its route (FastAPI would parse, and spool, a whole multipart form before
+    the route could look); a ``Content-Length`` that is not a number is a 400."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int]):
+        self.app = app
+        self.limits = limits  # path -> largest body in bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.limits.get(scope["path"]) if scope["type"] == "http" else None
+        if limit is not None and scope["method"] == "POST":
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            error = None
+            if declared and not declared.isdigit():
+                error = bad_request("Content-Length is not a number", param=None)
+            elif declared and int(declared) > limit:
+                error = ServiceError(
+                    413,
+                    f"the request body is larger than the {limit}-byte limit",
+                    param="file",
+                    code="file_too_large",
+                )
+            if error is not None:
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -241,3 +241,20 @@ def test_two_file_parts_are_a_400(stack):
     parts = [("file", ("a.jsonl", b"{}\n")), ("file", ("b.jsonl", b"{}\n"))]
     response = httpx.post(f"{stack.v1}/files", data={"purpose": "batch"}, files=parts, timeout=30)
     assert_400(response, "file")
+
+
+def test_a_declared_size_past_the_limit_is_a_413_before_the_body_is_sent(stack):
+    """Only the headers are sent: the answer must not wait for (or read) the body."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(stack.v1)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+        )
+        conn.settimeout(10)
+        head = conn.recv(4096)
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert b"file_too_large" in head
