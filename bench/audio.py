@@ -103,8 +103,8 @@ def in_process(path: Path, duration: float, reference: list[str], threads: int) 
     handler = FasterWhisperASR(MODEL, "cpu", cpu_threads=threads)
     handler.transcribe(str(path), clip=(0.0, 5.0))  # warm-up
     started = time.perf_counter()
-    sequential = handler.transcribe(str(path))
-    seq_wall = time.perf_counter() - started
+    whole = handler.transcribe(str(path))
+    handler_wall = time.perf_counter() - started
 
     pipeline = BatchedInferencePipeline(handler.model)
     started = time.perf_counter()
@@ -114,7 +114,7 @@ def in_process(path: Path, duration: float, reference: list[str], threads: int) 
     batched_wall = time.perf_counter() - started
     return {
         "threads": threads,
-        "handler": _figures(duration, seq_wall, reference, sequential.text),
+        "handler": _figures(duration, handler_wall, reference, whole.text),
         "batched": _figures(duration, batched_wall, reference, batched_text),
     }
 

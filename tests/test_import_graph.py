@@ -1,5 +1,6 @@
-"""No import cycles between first-party modules (function-level imports count: a lazy import
-that hides a cycle is still a cycle). ``TYPE_CHECKING`` blocks are not imports at run time."""
+"""No import cycles between first-party modules. Function-level imports count (a lazy import
+that hides a cycle is still a cycle), and so do ``TYPE_CHECKING`` imports: two modules that
+need each other's names, even for annotations only, are one module split in two."""
 
 from __future__ import annotations
 
@@ -21,13 +22,6 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def _type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """First-party modules ``name`` imports anywhere in its body."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -35,9 +29,6 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     stack: list[ast.AST] = [ast.parse(path.read_text(), str(path))]
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.If) and _type_checking(node):
-            stack.extend(node.orelse)
-            continue
         if isinstance(node, ast.Import):
             targets.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

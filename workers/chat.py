@@ -39,7 +39,7 @@ from workers.jobs import JobContext
 from workers.proxy import serve_proxy_chat
 
 if TYPE_CHECKING:  # the registry imports the serving modules
-    from workers.registry import LoadedModel
+    from workers.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from inferq.openai.embeddings import EmbeddingJob, embeddings_body
 from workers.jobs import JobContext
 
 if TYPE_CHECKING:  # the registry imports the serving modules
-    from workers.registry import LoadedModel
+    from workers.loaded import LoadedModel
 
 
 def token_lengths(handler, texts: list[str]) -> list[int]:

@@ -15,7 +15,7 @@ from inferq.openai.embeddings import EmbeddingJob
 from workers.jobs import JobContext
 
 if TYPE_CHECKING:  # the registry imports the serving modules
-    from workers.registry import LoadedModel
+    from workers.loaded import LoadedModel
 
 
 def serve_proxy_chat(ctx: JobContext, model: LoadedModel) -> bytes:

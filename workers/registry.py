@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.base import Family, optional
@@ -13,6 +12,7 @@ from inferq.catalog import CatalogError, ModelEntry
 from inferq.protocol import Priority
 from inferq.settings import Settings
 from workers import metrics
+from workers.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +56,6 @@ def ensure_weights(entry: ModelEntry, settings: Settings) -> str:
         log.info("downloading %s into %s", entry.hf_repo_id, settings.hf_hub_cache)
         snapshot_download(entry.hf_repo_id, **kwargs)
     return entry.hf_repo_id
-
-
-@dataclass
-class LoadedModel:
-    entry: ModelEntry
-    handler: Any
-    load_seconds: float
-    family: Family
-    upstream: bool = False  # forwards to an OpenAI-compatible server (handlers.base.Upstream*)
-    batcher: Any = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.entry.name
 
 
 def family_of(handler_cls: type, entry: ModelEntry) -> Family:

@@ -12,7 +12,7 @@ from inferq.openai.rerank import RerankJob, rerank_body
 from workers.jobs import JobContext
 
 if TYPE_CHECKING:  # the registry imports the serving modules
-    from workers.registry import LoadedModel
+    from workers.loaded import LoadedModel
 
 
 def submit(

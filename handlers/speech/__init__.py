@@ -48,7 +48,6 @@ from handlers.speech.language import NO_SPACE_LANGUAGES
 from handlers.speech.request import SegmentCallback
 from handlers.speech.whisper_asr import WhisperASR
 from handlers.speech.windows import (
-    MIN_WINDOW_SAMPLES,
     TIME_PRECISION,
     WINDOW_SECONDS,
     split_timestamped_tokens,
@@ -59,7 +58,6 @@ __all__ = [
     "APPEND_PUNCTUATIONS",
     "FALLBACK_TEMPERATURES",
     "LOGPROB_THRESHOLD",
-    "MIN_WINDOW_SAMPLES",
     "NO_SPACE_LANGUAGES",
     "NO_SPEECH_THRESHOLD",
     "PACKAGED_CT2_MODELS",

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from handlers.speech.audio import SAMPLE_RATE
-
 WINDOW_SECONDS = 30
 TIME_PRECISION = 0.02  # seconds per timestamp token
-MIN_WINDOW_SAMPLES = round(0.1 * SAMPLE_RATE)  # shorter tails are not decoded
 
 
 def split_timestamped_tokens(

@@ -10,26 +10,20 @@ decoder returned a quarter of the speech with a 200.
 from __future__ import annotations
 
 import itertools
-import re
 
 import jiwer
 import numpy as np
 import pytest
 
 from tests.audio.conftest import TINY_EN, submit_job, wait_job
-from tests.handlers.speech_audio import encode_audio, espeak
-
-CONTINUOUS = (
-    "A journey of a thousand miles begins with a single step. Please remember to close the "
-    "window before you leave the house. The passengers waited patiently on the platform near "
-    "the river. Our train was delayed because of a signal failure. The children played "
-    "football in the park until the sun went down. "
+from tests.handlers.speech_audio import (
+    CONTINUOUS_SCRIPT,
+    REPEATED_SENTENCE,
+    encode_audio,
+    espeak,
+    normalise,
+    words_kept,
 )
-REPEATED = (
-    "The committee approved the new budget for the city library after a long discussion "
-    "about the costs of repairs."
-)
-
 
 VOICES = [  # (espeak-ng voice, paragraph): five voices, said twice with short pauses
     (
@@ -61,15 +55,6 @@ VOICES = [  # (espeak-ng voice, paragraph): five voices, said twice with short p
 ]
 
 
-def normalise(text: str) -> str:
-    return " ".join(re.findall(r"[a-z']+", text.lower()))
-
-
-def words_kept(script: str, transcript: str) -> float:
-    alignment = jiwer.process_words(normalise(script), normalise(transcript))
-    return alignment.hits / len(normalise(script).split())
-
-
 def assert_segments_inside(result: dict) -> None:
     segments = result["segments"]
     assert segments
@@ -83,13 +68,13 @@ def assert_segments_inside(result: dict) -> None:
 @pytest.fixture(scope="module")
 def continuous_2min(audio_dir):
     """About two minutes of speech with no pauses."""
-    script = CONTINUOUS * 8
+    script = CONTINUOUS_SCRIPT * 8
     return script, espeak(script, audio_dir / "continuous.wav", words_per_minute=190)
 
 
 @pytest.fixture(scope="module")
 def repeated_30(audio_dir):
-    script = " ".join([REPEATED] * 30)
+    script = " ".join([REPEATED_SENTENCE] * 30)
     return script, espeak(script, audio_dir / "repeated.wav")
 
 

@@ -92,3 +92,27 @@ def assert_well_formed(result: SpeechResult, *, offset: float = 0.0, words: bool
             s.start - 1e-6 <= word.start and word.end <= s.end + 1e-6 for s in result.segments
         )
         previous = word.start
+
+
+REPEATED_SENTENCE = (
+    "The committee approved the new budget for the city library after a long discussion "
+    "about the costs of repairs."
+)
+CONTINUOUS_SCRIPT = (  # words tiny.en knows: tests measure lost speech, not its vocabulary
+    "A journey of a thousand miles begins with a single step. Please remember to close the "
+    "window before you leave the house. The passengers waited patiently on the platform near "
+    "the river. Our train was delayed because of a signal failure. The children played "
+    "football in the park until the sun went down. "
+)
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.findall(r"[a-z']+", text.lower()))
+
+
+def words_kept(script: str, transcript: str) -> float:
+    """The share of the script's words found, in order, in the transcript."""
+    import jiwer
+
+    alignment = jiwer.process_words(normalise(script), normalise(transcript))
+    return alignment.hits / len(normalise(script).split())

@@ -8,9 +8,7 @@ words in order (jiwer's alignment hits), every segment inside the file; noise yi
 from __future__ import annotations
 
 import itertools
-import re
 
-import jiwer
 import numpy as np
 import pytest
 
@@ -18,41 +16,27 @@ from handlers.speech.audio import SAMPLE_RATE, decode_audio
 from handlers.speech.pipeline import WindowOutput, uncovered_tail
 from handlers.speech.vad import Window, merge_regions, speech_windows
 from handlers.speech.windows import window_pieces
-from tests.handlers.speech_audio import assert_well_formed, encode_audio, espeak
-
-REPEATED = (
-    "The committee approved the new budget for the city library after a long discussion "
-    "about the costs of repairs."
+from tests.handlers.speech_audio import (
+    CONTINUOUS_SCRIPT,
+    REPEATED_SENTENCE,
+    assert_well_formed,
+    encode_audio,
+    espeak,
+    words_kept,
 )
-VARIED = (  # words tiny.en knows: the tests measure lost speech, not the model's vocabulary
-    "A journey of a thousand miles begins with a single step. Please remember to close the "
-    "window before you leave the house. The passengers waited patiently on the platform near "
-    "the river. Our train was delayed because of a signal failure. The children played "
-    "football in the park until the sun went down. "
-)
-
-
-def normalise(text: str) -> str:
-    return " ".join(re.findall(r"[a-z']+", text.lower()))
-
-
-def words_kept(script: str, transcript: str) -> float:
-    """The share of the script's words found, in order, in the transcript."""
-    alignment = jiwer.process_words(normalise(script), normalise(transcript))
-    return alignment.hits / len(normalise(script).split())
 
 
 @pytest.fixture(scope="session")
 def continuous(audio_dir, espeak_available):
     """About 75 s of speech with no pauses: varied prose said five times."""
-    script = VARIED * 5
+    script = CONTINUOUS_SCRIPT * 5
     return script, espeak(script, audio_dir / "continuous.wav", words_per_minute=190)
 
 
 @pytest.fixture(scope="session")
 def repeated(audio_dir, espeak_available):
     """One sentence said 30 times in one breath."""
-    script = " ".join([REPEATED] * 30)
+    script = " ".join([REPEATED_SENTENCE] * 30)
     return script, espeak(script, audio_dir / "repeated.wav")
 
 

@@ -20,8 +20,8 @@ from workers.audio.transcribe import progress, render_body
 from workers.jobs import JobContext
 
 if TYPE_CHECKING:
-    from workers.audio.service import AudioService
-    from workers.registry import LoadedModel
+    from workers.audio.host import AudioHost
+    from workers.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Coordinator:
 
     def __init__(
         self,
-        service: AudioService,
+        service: AudioHost,
         ctx: JobContext,
         job: TranscriptionJob,
         model: LoadedModel,

@@ -19,19 +19,10 @@ from workers.audio.transcribe import part_result, transcribe
 from workers.jobs import CancelWatch, as_service_error
 
 if TYPE_CHECKING:
-    from workers.audio.service import AudioService
-    from workers.registry import LoadedModel
+    from workers.audio.host import AudioHost
+    from workers.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
-
-
-class Scripts:
-    """The part scripts of :mod:`inferq.audio`, registered once per worker."""
-
-    def __init__(self, client):
-        self.claim = client.register_script(a.CLAIM_SCRIPT)
-        self.record = client.register_script(a.RECORD_SCRIPT)
-        self.release = client.register_script(a.RELEASE_SCRIPT)
 
 
 class Puller:
@@ -39,7 +30,7 @@ class Puller:
 
     def __init__(
         self,
-        service: AudioService,
+        service: AudioHost,
         job_id: str,
         model: LoadedModel,
         job: TranscriptionJob,

@@ -19,8 +19,9 @@ from inferq.settings import Settings
 from workers.audio.coordinator import Coordinator
 from workers.audio.gate import ModelGate, ModelGates
 from workers.audio.local_copy import LocalAudio
-from workers.audio.parts import Puller, Scripts, cleanup
+from workers.audio.parts import Puller, cleanup
 from workers.audio.planning import probe_duration, split_window
+from workers.audio.scripts import Scripts
 from workers.audio.transcribe import (
     compact,
     progress,
@@ -32,7 +33,8 @@ from workers.audio.transcribe import (
 from workers.jobs import JobContext, JobRuntime
 
 if TYPE_CHECKING:
-    from workers.registry import LoadedModel, ModelRegistry
+    from workers.loaded import LoadedModel
+    from workers.registry import ModelRegistry
 
 
 class AudioService:

@@ -13,7 +13,7 @@ from handlers.base import SpeechResult, SpeechSegment, transcribe_accepts
 from inferq.openai.transcripts import TranscriptionJob, render
 
 if TYPE_CHECKING:  # the registry imports the serving modules
-    from workers.registry import LoadedModel
+    from workers.loaded import LoadedModel
 
 
 def transcribe(

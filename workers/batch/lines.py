@@ -31,7 +31,7 @@ from workers.embeddings import check_dimensions, embed_texts, embeddings_respons
 from workers.jobs import as_service_error
 
 if TYPE_CHECKING:  # the registry imports the serving modules
-    from workers.registry import LoadedModel
+    from workers.loaded import LoadedModel
 
 Outcome = dict[str, Any] | ServiceError | None
 

@@ -18,7 +18,7 @@ from workers.batch.store import BatchStore, output_line, stopped, stopped_line
 from workers.jobs import as_service_error
 
 if TYPE_CHECKING:  # the registry imports the serving modules
-    from workers.registry import LoadedModel
+    from workers.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
