@@ -17,6 +17,7 @@ from api.middleware import DeclaredSizeLimit, RequestIdMiddleware
 from api.queue import JobQueue
 from api.routes import router
 from inferq.catalog import load_catalog
+from inferq.redisconn import describe
 from inferq.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.queue = queue
         app.state.files = FilesAndBatches(queue)
         await queue.start()
-        log.info("API ready: %d catalog models, Redis at %s", len(catalog), settings.redis_url)
+        log.info("API ready: %d catalog models, Redis at %s", len(catalog), describe(settings))
         if api_keys:
             log.info("API keys required on /v1 routes (%d keys configured)", len(api_keys))
         else:

@@ -21,7 +21,8 @@ from celery import Celery
 from api.metrics import note_model
 from inferq import protocol as p
 from inferq.catalog import Catalog, ModelEntry
-from inferq.errors import ServiceError, model_not_found, no_live_worker
+from inferq.errors import ServiceError, model_not_found, no_live_worker, server_shutting_down
+from inferq.redisconn import async_redis_client, broker_transport_options, broker_url
 from inferq.settings import Settings, instance_name
 
 log = logging.getLogger(__name__)
@@ -37,20 +38,20 @@ class JobQueue:
         self.catalog = catalog
         # A bounded pool that makes a request wait for a free connection under bursts
         # (a plain pool fails with "Too many connections" instead).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url,
+        self.redis = client or async_redis_client(
+            settings,
             max_connections=REDIS_POOL_SIZE,
             timeout=10,
             socket_connect_timeout=2,
             socket_timeout=10,
         )
-        self.redis = client or aioredis.Redis(connection_pool=pool)
         self.celery = Celery("inferq-api")
         self.celery.conf.update(
             p.celery_config(
-                settings.redis_url,
+                broker_url(settings),
                 settings.visibility_timeout_sec,
                 task_events=settings.task_events,
+                transport_options=broker_transport_options(settings),
             )
         )
         self.notify_channel = f"{p.PREFIX}:notify:{instance_name('api')}"
@@ -59,11 +60,24 @@ class JobQueue:
         self._presence: dict[str, tuple[float, int]] = {}
         self._infos: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._listener: asyncio.Task | None = None
+        self.stopping_since: float | None = None  # monotonic time of the shutdown signal
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="job-notifications")
+
+    def begin_shutdown(self) -> None:
+        """The process was asked to stop (a signal handler calls this): requests still waiting
+        for their job after API_SHUTDOWN_GRACE_SEC are answered 503 (see :meth:`wait`)."""
+        if self.stopping_since is None:
+            self.stopping_since = time.monotonic()
+
+    def _shutdown_due(self) -> bool:
+        since = self.stopping_since
+        return (
+            since is not None and time.monotonic() - since >= self.settings.api_shutdown_grace_sec
+        )
 
     async def stop(self) -> None:
         if self._listener:
@@ -220,7 +234,26 @@ class JobQueue:
             self._waiters.pop(job_id, None)
             await self.redis.delete(key, events)
             raise
+        if self.settings.redis_wait_replicas:
+            await self._replicate(key)
         return job_id
+
+    async def _replicate(self, key: str) -> None:
+        """Wait until REDIS_WAIT_REPLICAS replicas have the job and its queue message, so that
+        a failover right after cannot lose an accepted job. WAIT counts this connection's
+        writes; the EXPIRE (a no-op rewrite of the TTL) comes after the message was queued,
+        and replication is one ordered stream."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.expire(key, self.settings.result_ttl_sec)
+        pipe.wait(self.settings.redis_wait_replicas, self.settings.redis_wait_timeout_ms)
+        acked = (await pipe.execute())[-1]
+        if acked < self.settings.redis_wait_replicas:
+            log.warning(
+                "job %s accepted with %d of %d replicas acknowledging it",
+                key,
+                acked,
+                self.settings.redis_wait_replicas,
+            )
 
     async def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
         """Block (asynchronously) until the job is terminal; returns its record."""
@@ -229,6 +262,9 @@ class JobQueue:
         try:
             while True:
                 remaining = deadline - time.monotonic()
+                if self._shutdown_due():
+                    await self.cancel(job_id)
+                    raise server_shutting_down()
                 if remaining <= 0:
                     await self.cancel(job_id)
                     raise ServiceError(

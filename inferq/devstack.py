@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ from urllib.parse import urlparse
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
+PR_SET_DEATHSIG = 1  # linux/prctl.h
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
@@ -40,8 +43,19 @@ def redis_server_binary() -> str:
     return str(get_binary_path())
 
 
-def ensure_redis(url: str, *, data_dir: Path | None = None) -> subprocess.Popen | None:
-    """Start an embedded Redis for a local URL when none answers; returns the process we own."""
+def redis_data_dir(url: str) -> Path:
+    """Where the embedded Redis of ``url`` keeps its append-only file: ``.cache/redis/<port>``."""
+    return ROOT / ".cache" / "redis" / str(urlparse(url).port or 6379)
+
+
+def ensure_redis(
+    url: str, *, data_dir: Path | None = None, timeout: float = 60.0
+) -> subprocess.Popen | None:
+    """Start an embedded Redis for a local URL when none answers; returns the process we own.
+
+    It is persistent: the append-only file (fsynced every second) in ``data_dir`` (default
+    :func:`redis_data_dir`) is replayed when it starts again, so a restart keeps the jobs,
+    files and batches, losing at most the writes of the last second before a crash."""
     if redis_answers(url):
         return None
     parsed = urlparse(url)
@@ -50,9 +64,10 @@ def ensure_redis(url: str, *, data_dir: Path | None = None) -> subprocess.Popen 
         raise RuntimeError(
             f"Redis at {url} does not answer (and is not local, so not started here)"
         )
-    data_dir = data_dir or ROOT / ".cache" / "redis"
+    data_dir = data_dir or redis_data_dir(url)
     data_dir.mkdir(parents=True, exist_ok=True)
     binary = redis_server_binary()
+    log = open(data_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(
         [
             binary,
@@ -65,14 +80,20 @@ def ensure_redis(url: str, *, data_dir: Path | None = None) -> subprocess.Popen 
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
             "--protected-mode",
             "no",
         ],
-        stdout=subprocess.DEVNULL,
+        stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent(),
     )
-    deadline = time.monotonic() + 10
+    log.close()
+    deadline = time.monotonic() + timeout  # a long append-only file takes a while to replay
     while time.monotonic() < deadline:
         if redis_answers(url):
             print(f"started {Path(binary).name} on {host}:{port} (pid {proc.pid})", flush=True)
@@ -81,11 +102,41 @@ def ensure_redis(url: str, *, data_dir: Path | None = None) -> subprocess.Popen 
             break
         time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"could not start {binary} on port {port}")
+    raise RuntimeError(f"could not start {binary} on port {port} (see {data_dir / 'redis.log'})")
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be bound (as uvicorn binds it: SO_REUSEADDR, so a port
+    left in TIME_WAIT counts as free)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _die_with_parent():
+    """A ``preexec_fn`` that makes the child get SIGTERM when the process that started it dies
+    (Linux ``PR_SET_DEATHSIG``), so a killed launcher leaves no orphans; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_DEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would signal us
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def spawn(module: str, env: Mapping[str, str], *, log_path: Path | None = None) -> subprocess.Popen:
-    """``python -m module`` with the given environment added, in its own process group."""
+    """``python -m module`` with the given environment added, in its own session (a Ctrl-C
+    reaches the launcher only, which stops its children in order), and dying with the
+    launcher should it be killed."""
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the child
     return subprocess.Popen(
         [sys.executable, "-m", module],
@@ -94,6 +145,7 @@ def spawn(module: str, env: Mapping[str, str], *, log_path: Path | None = None) 
         stdout=out,
         stderr=subprocess.STDOUT if out else None,
         start_new_session=True,
+        preexec_fn=_die_with_parent(),
     )
 
 

@@ -88,6 +88,16 @@ def no_live_worker(model: str) -> ServiceError:
     )
 
 
+def server_shutting_down() -> ServiceError:
+    return ServiceError(
+        503,
+        "The server is shutting down and stopped waiting for this request's job (cancelled); "
+        "retry it.",
+        code="server_shutting_down",
+        headers={"Retry-After": "1"},
+    )
+
+
 def broker_unavailable() -> ServiceError:
     return ServiceError(
         503,

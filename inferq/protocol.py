@@ -297,11 +297,16 @@ return 1
 
 
 def celery_config(
-    redis_url: str, visibility_timeout_sec: int, *, task_events: bool = True
+    broker_url: str,
+    visibility_timeout_sec: int,
+    *,
+    task_events: bool = True,
+    transport_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Celery settings shared by the API (which only sends) and the workers."""
+    """Celery settings shared by the API (which only sends) and the workers.
+    ``transport_options``: extra kombu options (Sentinel's ``master_name``)."""
     return {
-        "broker_url": redis_url,
+        "broker_url": broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": visibility_timeout_sec,
@@ -314,6 +319,7 @@ def celery_config(
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
             "retry_on_timeout": True,
+            **(transport_options or {}),
         },
         "task_serializer": "json",
         "accept_content": ["json"],

@@ -40,7 +40,33 @@ class Settings(BaseSettings):
     )
 
     # Queue
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker, job store and pub/sub.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Broker, job store and pub/sub. With REDIS_SENTINELS, only its database "
+        "and password are used.",
+    )
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host:port of Redis Sentinels; set, every client (broker, "
+        "jobs, pub/sub, streams) connects to the master they name and follows its failover.",
+    )
+    redis_master_name: str = Field(
+        "inferq", description="The Sentinel master name (sentinel monitor <name> ...)."
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas that must acknowledge a new job before the API accepts it (Redis "
+        "WAIT): so an accepted job survives a failover. 0: asynchronous replication only.",
+    )
+    redis_wait_timeout_ms: int = Field(
+        500, ge=0, description="Longest the API waits for REDIS_WAIT_REPLICAS (then accepts)."
+    )
+    worker_redis_retry_sec: float = Field(
+        30.0,
+        description="How long a worker's Redis command retries while Redis is unreachable "
+        "(e.g. during a Sentinel failover) before the job gives up.",
+    )
     result_ttl_sec: int = Field(86400, description="How long jobs and their results are kept.")
     visibility_timeout_sec: int = Field(
         300,
@@ -177,6 +203,12 @@ class Settings(BaseSettings):
 
     # API process
     host: str = Field("127.0.0.1", description="API bind address.")
+    api_shutdown_grace_sec: float = Field(
+        8.0,
+        ge=0,
+        description="On SIGTERM, requests still waiting for a job this long are answered 503 "
+        "(their job cancelled); open streams are closed shortly after. Below Docker's 10 s.",
+    )
     port: int = Field(8000, description="API port.")
     log_level: str = Field("INFO", description="Log level of API and workers.")
     log_format: str = Field("json", description="json (one object per line) or text.")
@@ -187,7 +219,7 @@ class Settings(BaseSettings):
         0, description="Port of a worker's Prometheus /metrics (0: off; one port per worker)."
     )
 
-    @field_validator("models", "remote_image_hosts", "api_keys", mode="before")
+    @field_validator("models", "remote_image_hosts", "api_keys", "redis_sentinels", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):

@@ -13,6 +13,7 @@ from celery import Celery, signals
 
 from inferq.catalog import load_catalog
 from inferq.protocol import celery_config
+from inferq.redisconn import broker_transport_options, broker_url
 from inferq.settings import get_settings, instance_name
 from workers import runtime
 
@@ -22,7 +23,10 @@ settings = get_settings()
 app = Celery("inferq")
 app.conf.update(
     celery_config(
-        settings.redis_url, settings.visibility_timeout_sec, task_events=settings.task_events
+        broker_url(settings),
+        settings.visibility_timeout_sec,
+        task_events=settings.task_events,
+        transport_options=broker_transport_options(settings),
     )
 )
 app.conf.include = ["workers.tasks"]

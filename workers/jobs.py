@@ -17,6 +17,7 @@ from handlers.proxy import UpstreamError, UpstreamTimeout
 from inferq import protocol as p
 from inferq.errors import ServiceError, bad_request
 from inferq.logs import job_id_var, request_id_var
+from inferq.redisconn import redis_client
 from inferq.settings import Settings
 from workers import metrics
 from workers.events import EventPublisher, JobEvents
@@ -111,8 +112,11 @@ class JobRuntime:
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None):
         self.settings = settings
-        self.redis = client or redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=5, health_check_interval=30
+        self.redis = client or redis_client(
+            settings,
+            retry_window_sec=settings.worker_redis_retry_sec,
+            socket_connect_timeout=5,
+            health_check_interval=30,
         )
         self._start = self.redis.register_script(p.START_SCRIPT)
         self._finish = self.redis.register_script(p.FINISH_SCRIPT)
