@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         "WAIT): so an accepted job survives a failover. 0: asynchronous replication only.",
     )
     redis_wait_timeout_ms: int = Field(
-        500, ge=0, description="Longest the API waits for REDIS_WAIT_REPLICAS (then accepts)."
+        250, ge=0, description="Longest the API waits for REDIS_WAIT_REPLICAS (then accepts)."
     )
     worker_redis_retry_sec: float = Field(
         30.0,

@@ -16,8 +16,12 @@ from inferq.protocol import celery_config
 from inferq.redisconn import broker_transport_options, broker_url
 from inferq.settings import get_settings, instance_name
 from workers import runtime
+from workers.broker_patches import survive_broker_loss
 
 log = logging.getLogger(__name__)
+
+survive_broker_loss()
+
 
 settings = get_settings()
 app = Celery("inferq")
