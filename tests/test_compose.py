@@ -341,3 +341,29 @@ def test_services_run_the_project_entry_points(compose, dockerfile):
             assert arg in dockerfile.args, f"{name}: build arg {arg} is not declared"
             if arg == "VARIANT":
                 assert value in VARIANTS, (name, value)
+
+
+def test_sentinel_profile_runs_a_replica_and_three_sentinels_for_the_master(compose):
+    services = compose["services"]
+    sentinels = sorted(n for n in services if n.startswith("sentinel-"))
+    assert sentinels == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    for name in [*sentinels, "redis-replica"]:
+        assert services[name]["profiles"] == ["sentinel"], name
+    replica = list(map(str, services["redis-replica"]["command"]))
+    assert replica[replica.index("--replicaof") + 1 :][:2] == ["redis", "6379"]
+    assert replica[replica.index("--appendonly") + 1] == "yes"
+    (mount,) = services["sentinel-1"]["configs"]
+    conf = compose["configs"][mount["source"]]["content"]
+    monitor = next(line.split() for line in conf.splitlines() if "sentinel monitor" in line)
+    name, host, port, quorum = monitor[2:]
+    assert (host, port) == ("redis", "6379") and int(quorum) == len(sentinels) // 2 + 1
+    assert name == Settings().redis_master_name
+    assert mount["target"] in " ".join(services["sentinel-1"]["command"])
+    # Off unless asked for: the inferq services get an empty REDIS_SENTINELS by default, and
+    # the documented value names the sentinel services on the port their config sets.
+    for service in our_services(compose).values():
+        assert env_of(service)["REDIS_SENTINELS"] == ""
+        assert env_of(service)["REDIS_MASTER_NAME"] == name
+    documented = ",".join(f"{n}:26379" for n in sentinels)
+    assert f"REDIS_SENTINELS={documented}" in (ROOT / "docker-compose.yml").read_text()
+    assert "port 26379" in conf
