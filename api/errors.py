@@ -47,6 +47,25 @@ async def _broker_error(_: Request, exc: Exception) -> Response:
     return error_response(broker_unavailable())
 
 
+# Replies of a Redis that cannot take writes just now (a replica, a master without the replicas
+# `min-replicas-to-write` asks for, a failover in progress): the queue is unavailable, not broken.
+UNAVAILABLE_REPLIES = ("READONLY", "NOREPLICAS", "MASTERDOWN", "LOADING", "TRYAGAIN")
+
+
+def _refused(exc: Exception) -> bool:
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return True
+    # A pipeline's error reads "Command # 4 (HSET ...) of pipeline caused error: ('NOREPLICAS..."
+    reply = str(exc).rpartition("caused error: ")[2].lstrip("('\"")
+    return reply.startswith(UNAVAILABLE_REPLIES)
+
+
+async def _redis_reply(request: Request, exc: Exception) -> Response:
+    if _refused(exc):
+        return await _broker_error(request, exc)
+    return await _unexpected(request, exc)
+
+
 async def _unexpected(_: Request, exc: Exception) -> Response:
     log.exception("unhandled error")
     return error_response(ServiceError(500, "internal server error", code="internal_error"))
@@ -59,4 +78,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(redis.exceptions.ConnectionError, _broker_error)
     app.add_exception_handler(redis.exceptions.TimeoutError, _broker_error)
     app.add_exception_handler(OperationalError, _broker_error)
+    app.add_exception_handler(redis.exceptions.ResponseError, _redis_reply)
     app.add_exception_handler(Exception, _unexpected)
