@@ -63,7 +63,7 @@ def _refused(exc: Exception) -> bool:
 async def _redis_reply(request: Request, exc: Exception) -> Response:
     if _refused(exc):
         return await _broker_error(request, exc)
-    return await _unexpected(request, exc)
+    raise exc  # any other error reply is a bug: the catch-all makes it a logged 500
 
 
 async def _unexpected(_: Request, exc: Exception) -> Response:
