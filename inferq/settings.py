@@ -207,7 +207,7 @@ class Settings(BaseSettings):
         8.0,
         ge=0,
         description="On SIGTERM, requests still waiting for a job this long are answered 503 "
-        "(their job cancelled); open streams are closed shortly after. Below Docker's 10 s.",
+        "(their job cancelled); open streams are closed 3 s later (compose allows 15 s).",
     )
     port: int = Field(8000, description="API port.")
     log_level: str = Field("INFO", description="Log level of API and workers.")
