@@ -194,7 +194,9 @@ async def _ending(
     if status == p.JobStatus.SUCCEEDED and record is not None:
         return list(fmt.closing(record, entry_id))
     if status == p.JobStatus.CANCELLED:
-        error = ServiceError(409, "the request was cancelled before it finished", code="cancelled")
+        error = ServiceError(
+            409, "the request was cancelled before it finished", code="cancelled", final=True
+        )
     else:
         error = (job_error(record) if record else None) or ServiceError(
             500, "the job failed", code="internal_error"

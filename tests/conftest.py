@@ -136,6 +136,7 @@ def stack_catalog(tmp_path_factory, tiny_embedders, upstream_port) -> Path:
                 "handler": "handlers.embedding.HFEmbeddingModel",
                 "pooling": "last_token",
                 "local_dir": str(tiny_embedders["qwen2"]),
+                "matryoshka_dimensions": [8, 16, 32],  # as Qwen3-Embedding declares its sizes
             },
             {
                 "name": "crash-bert",
