@@ -191,10 +191,6 @@ def render_batch(record: dict[str, str]) -> dict[str, Any]:
     models = loads(record["models"]) if record.get("models") else []
     # OpenAI's batches have one model; a batch here may mix several (named in file order).
     batch["model"] = ", ".join(models) if models else None
-    seconds = record.get("output_expires_after")
-    batch["output_expires_after"] = (
-        {"anchor": "created_at", "seconds": int(seconds)} if seconds else None
-    )
     input_tokens = int(record.get("input_tokens", 0))
     output_tokens = int(record.get("output_tokens", 0))
     batch["usage"] = {

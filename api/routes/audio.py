@@ -94,10 +94,11 @@ class _TranscriptEvents:
         return event({"type": "transcript.text.delta", "delta": delta}, entry_id)
 
     def closing(self, record: dict[str, Any], entry_id: str) -> Iterable[Event]:
-        """The done event: the text, and the json body's ``usage`` and ``logprobs``."""
+        """The done event: the text, and the json body's ``usage`` (transcriptions)."""
         body = p.loads(record[p.JobField.RESULT])
         done = {"type": "transcript.text.done", "text": body["text"]}
-        done.update({k: body[k] for k in ("logprobs", "usage") if k in body})
+        if "usage" in body:
+            done["usage"] = body["usage"]
         return [event(done, entry_id)]
 
 

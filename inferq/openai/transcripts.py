@@ -29,7 +29,6 @@ class TranscriptionJob(JobRequest):
     # chunking_strategy server_vad as the handlers' VAD parameters (threshold,
     # min_silence_ms, speech_pad_ms); None: the pipeline's own ("auto")
     vad: dict[str, float] | None = None
-    logprobs: bool = False  # include[]=logprobs: token logprobs where the handler gives them
 
     @property
     def granularity(self) -> str:
