@@ -151,7 +151,13 @@ async def until_output(
             if await request.is_disconnected():
                 raise ClientGone()
             if time.monotonic() > deadline:
-                raise ServiceError(504, f"no output within {timeout:.0f}s", code="timeout")
+                record = await queue.read(job_id)
+                running = record is not None and (
+                    record[p.JobField.STATUS].decode() == p.JobStatus.RUNNING
+                )  # a retry would run it again (the route cancels it now)
+                raise ServiceError(
+                    504, f"no output within {timeout:.0f}s", code="timeout", final=running
+                )
             if await queue.read(job_id) is None:
                 raise _job_lost()
 

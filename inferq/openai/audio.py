@@ -122,11 +122,13 @@ class TranslationForm(BaseModel):
             "file": {"type": "string", "format": "binary", "title": "File"},
             **schema["properties"],
         }
-        schema["properties"]["metadata"] = {
-            "type": "string",
-            "title": "Metadata",
-            "description": cls.model_fields["metadata"].description,
-        }
+        for name in ("metadata", "chunking_strategy"):  # JSON objects, sent as strings
+            schema["properties"][name] = {
+                "type": "string",
+                "title": name.replace("_", " ").capitalize(),
+                "description": cls.model_fields[name].description,
+            }
+        schema.pop("$defs", None)
         schema["required"] = ["file", *schema.get("required", [])]
         return schema
 
