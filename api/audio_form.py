@@ -49,6 +49,7 @@ def normalize(fields: dict[str, list[str]], endpoint: p.Endpoint, *, job: bool) 
         "response_format": "json" if form.stream else form.response_format,
         "timestamp_granularities": list(dict.fromkeys(granularities)),
         "stream": form.stream,
+        "vad": form.vad(),
         "metadata": form.metadata,
     }
 

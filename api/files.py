@@ -98,7 +98,10 @@ class FilesAndBatches:
         completion_window: str,
         metadata: dict[str, str] | None,
         owner: str,
+        output_expires_after: int | None = None,
     ) -> dict[str, Any]:
+        """``output_expires_after``: seconds the output and error files are kept (else
+        ``FILE_TTL_SEC``)."""
         if endpoint not in b.BATCH_ENDPOINTS:
             allowed = ", ".join(e.value for e in b.BATCH_ENDPOINTS)
             raise bad_request(f"endpoint must be one of {allowed}", param="endpoint")
@@ -121,12 +124,13 @@ class FilesAndBatches:
             "created_at": now,
             "expires_at": now + self.settings.batch_expiry_sec,
             "metadata": p.dumps(metadata).decode() if metadata else "",
+            "output_expires_after": output_expires_after or "",
             "owner": owner,
             "total": 0,
             "completed": 0,
             "failed": 0,
         }
-        ttl = self.settings.file_ttl_sec
+        ttl = max(self.settings.file_ttl_sec, output_expires_after or 0)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(b.batch_key(batch_id), mapping=record)
         pipe.expire(b.batch_key(batch_id), ttl)
@@ -171,6 +175,7 @@ class FilesAndBatches:
                 409,
                 f"batch '{batch_id}' is {record['status']} and can no longer be cancelled",
                 code="batch_not_cancellable",
+                final=True,
             )
         if moved and record.get("parts") in (None, "", "0"):
             # Nothing was queued yet (still validating): the planner will finalize on seeing

@@ -15,7 +15,7 @@ from api.queue import JobQueue
 from inferq import protocol as p
 from inferq.catalog import ModelEntry
 from inferq.openai.chat import ChatCompletionRequest, check_chat_for_model, image_urls
-from inferq.openai.embeddings import EmbeddingRequest
+from inferq.openai.embeddings import EmbeddingRequest, check_dimensions
 from inferq.openai.rerank import RerankRequest
 from inferq.settings import Settings
 
@@ -28,6 +28,14 @@ async def prepare_embeddings(
     max_inputs = settings.max_job_inputs if job else settings.max_inputs_per_request
     request = body.normalized(max_inputs=max_inputs, max_chars=settings.max_input_chars)
     entry = await queue.require_served(body.model, p.Endpoint.EMBEDDINGS)
+    if not entry.is_proxy:  # an upstream decides for its own models
+        info = (await queue.model_infos(cached=True)).get(entry.name, {})
+        check_dimensions(
+            request.dimensions,
+            model=entry.name,
+            matryoshka=entry.matryoshka_dimensions,
+            full=info.get("dimensions"),
+        )
     return entry, {**request.wire(), "model": entry.name}
 
 

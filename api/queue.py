@@ -266,9 +266,12 @@ class JobQueue:
                     await self.cancel(job_id)
                     raise server_shutting_down()
                 if remaining <= 0:
-                    await self.cancel(job_id)
+                    before = await self.cancel(job_id)
                     raise ServiceError(
-                        504, f"the job did not finish within {timeout:.0f}s", code="timeout"
+                        504,
+                        f"the job did not finish within {timeout:.0f}s",
+                        code="timeout",
+                        final=before == p.JobStatus.RUNNING,  # a retry would run it again
                     )
                 if future is not None:
                     with contextlib.suppress(TimeoutError):

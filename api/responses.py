@@ -86,7 +86,9 @@ def sync_response(record: dict[str, Any]) -> Response:
             record[p.JobField.RESULT], media_type="application/json", headers={"X-Job-ID": job_id}
         )
     if status == p.JobStatus.CANCELLED:
-        raise ServiceError(409, "the request was cancelled before it finished", code="cancelled")
+        raise ServiceError(
+            409, "the request was cancelled before it finished", code="cancelled", final=True
+        )
     raise job_error(record) or ServiceError(500, "the job failed", code="internal_error")
 
 

@@ -151,7 +151,13 @@ async def until_output(
             if await request.is_disconnected():
                 raise ClientGone()
             if time.monotonic() > deadline:
-                raise ServiceError(504, f"no output within {timeout:.0f}s", code="timeout")
+                record = await queue.read(job_id)
+                running = record is not None and (
+                    record[p.JobField.STATUS].decode() == p.JobStatus.RUNNING
+                )  # a retry would run it again (the route cancels it now)
+                raise ServiceError(
+                    504, f"no output within {timeout:.0f}s", code="timeout", final=running
+                )
             if await queue.read(job_id) is None:
                 raise _job_lost()
 
@@ -194,7 +200,9 @@ async def _ending(
     if status == p.JobStatus.SUCCEEDED and record is not None:
         return list(fmt.closing(record, entry_id))
     if status == p.JobStatus.CANCELLED:
-        error = ServiceError(409, "the request was cancelled before it finished", code="cancelled")
+        error = ServiceError(
+            409, "the request was cancelled before it finished", code="cancelled", final=True
+        )
     else:
         error = (job_error(record) if record else None) or ServiceError(
             500, "the job failed", code="internal_error"

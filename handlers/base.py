@@ -202,11 +202,13 @@ class SpeechModel(Protocol):
     """``/v1/audio/transcriptions`` and ``/translations``; optional: ``thread_safe``,
     ``max_parallelism``.
 
-    Two keyword parameters of ``transcribe`` are optional, and the worker passes them only
+    Three keyword parameters of ``transcribe`` are optional, and the worker passes them only
     when the signature names them: ``clip=(start_s, end_s)`` transcribes only that range,
     timestamps staying absolute (without it, long audio is not split across workers);
     ``on_segment(SpeechSegment)`` is called as each segment is ready (without it, a streamed
-    response gets its text at the end).
+    response gets its text at the end); ``vad={threshold, min_silence_ms, speech_pad_ms}``
+    tunes the voice activity detection (the request's ``chunking_strategy: server_vad``;
+    without it, the request's VAD settings are ignored).
     """
 
     family: Family  # Family.SPEECH
@@ -226,7 +228,8 @@ class SpeechModel(Protocol):
 
 
 def transcribe_accepts(handler: Any, parameter: str) -> bool:
-    """Whether the handler's ``transcribe`` takes the optional ``clip`` or ``on_segment``."""
+    """Whether the handler's ``transcribe`` takes the optional ``clip``, ``on_segment`` or
+    ``vad``."""
     try:
         return parameter in inspect.signature(handler.transcribe).parameters
     except (TypeError, ValueError):

@@ -188,11 +188,34 @@ def render_batch(record: dict[str, str]) -> dict[str, Any]:
         "failed": int(record.get("failed", 0)),
     }
     batch["metadata"] = loads(record["metadata"]) if record.get("metadata") else None
+    models = loads(record["models"]) if record.get("models") else []
+    # OpenAI's batches have one model; a batch here may mix several (named in file order).
+    batch["model"] = ", ".join(models) if models else None
+    input_tokens = int(record.get("input_tokens", 0))
+    output_tokens = int(record.get("output_tokens", 0))
+    batch["usage"] = {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
     return batch
 
 
+def line_tokens(body: dict[str, Any]) -> tuple[int, int]:
+    """(input, output) tokens of one response body's ``usage`` (chat: prompt + completion;
+    embeddings: prompt; rerank: total, all input)."""
+    usage = body.get("usage") or {}
+    output = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+    total = int(usage.get("total_tokens") or 0)
+    given = usage.get("prompt_tokens", usage.get("input_tokens"))
+    return (int(given) if given is not None else max(0, total - output)), output
+
+
 # KEYS: batch, done set, output list, error list. ARGV: part index, ok count, error count,
-# then the output lines, then the error lines. Records a part once; returns -1 for a duplicate
+# input tokens, output tokens (the usage of the output lines), then the output lines, then the
+# error lines. Records a part once; returns -1 for a duplicate
 # or a batch already final (or gone), else 1 when this was the last part to settle (the caller
 # finalizes), else 0.
 _FINAL_LUA = "{" + ", ".join(f"['{s}'] = true" for s in sorted(FINAL_STATUSES)) + "}"
@@ -203,8 +226,10 @@ if not status or final[status] then return -1 end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return -1 end
 local ok = tonumber(ARGV[2])
 local bad = tonumber(ARGV[3])
-for i = 4, 3 + ok do redis.call('RPUSH', KEYS[3], ARGV[i]) end
-for i = 4 + ok, 3 + ok + bad do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+for i = 6, 5 + ok do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+for i = 6 + ok, 5 + ok + bad do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+redis.call('HINCRBY', KEYS[1], 'input_tokens', tonumber(ARGV[4]))
+redis.call('HINCRBY', KEYS[1], 'output_tokens', tonumber(ARGV[5]))
 local ttl = redis.call('TTL', KEYS[1])
 if ttl > 0 then
   redis.call('EXPIRE', KEYS[2], ttl)

@@ -35,6 +35,12 @@ class ModelEntry(BaseModel):
     supports_structured_outputs: bool = False
     pooling: Literal["mean", "cls", "last_token"] | None = None
     max_length: int | None = Field(None, gt=0, description="Truncate inputs to this many tokens.")
+    matryoshka_dimensions: list[int] | None = Field(
+        None,
+        description="Embedding models trained for truncation (Matryoshka): the sizes the model "
+        "card names, ascending. `dimensions` from the smallest up to the full size is served; "
+        "without this key, `dimensions` is a 400 (a truncated vector of another model is noise).",
+    )
     defaults: dict[str, Any] = Field(default_factory=dict)
     owned_by: str | None = None
     # Where weights come from when not the hub cache.
@@ -60,6 +66,11 @@ class ModelEntry(BaseModel):
             self.name = self.hf_repo_id
         if self.local_dir and self.weights_package:
             raise ValueError("set at most one of local_dir and weights_package")
+        sizes = self.matryoshka_dimensions
+        if sizes is not None and (
+            not sizes or sizes != sorted(set(sizes)) or any(s <= 0 for s in sizes)
+        ):
+            raise ValueError("matryoshka_dimensions must be positive sizes, ascending, no repeats")
         return self
 
     @property
@@ -83,7 +94,9 @@ class ModelEntry(BaseModel):
 
     def handler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Handler(source, device, cache_dir=..., **kwargs)``."""
-        kwargs = self.model_dump(exclude={"handler", "options"}, exclude_none=True)
+        kwargs = self.model_dump(
+            exclude={"handler", "options", "matryoshka_dimensions"}, exclude_none=True
+        )
         kwargs.update(self.options)
         return kwargs
 

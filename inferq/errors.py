@@ -16,7 +16,13 @@ _TYPE_BY_STATUS = {
 
 
 class ServiceError(Exception):
-    """An error that reaches the client as ``{"error": {message, type, param, code}}``."""
+    """An error that reaches the client as ``{"error": {message, type, param, code}}``.
+
+    ``final``: the answer would be the same on a retry, or a retry would run minutes of work
+    again (a job that ran past its time limit, a cancelled job, a batch past cancelling). The
+    response then carries ``x-should-retry: false``, which the OpenAI SDKs obey instead of
+    retrying 409s and 5xx on their own.
+    """
 
     def __init__(
         self,
@@ -27,6 +33,7 @@ class ServiceError(Exception):
         param: str | None = None,
         type: str | None = None,
         headers: dict[str, str] | None = None,
+        final: bool = False,
     ):
         super().__init__(message)
         self.status = status
@@ -34,7 +41,13 @@ class ServiceError(Exception):
         self.code = code
         self.param = param
         self.type = type or _TYPE_BY_STATUS.get(status, "server_error")
-        self.headers = headers or {}
+        self.final = final
+        self._headers = dict(headers or {})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The response headers: the given ones, and ``x-should-retry: false`` if final."""
+        return {**self._headers, "x-should-retry": "false"} if self.final else self._headers
 
     def body(self) -> dict[str, Any]:
         return {
@@ -48,7 +61,8 @@ class ServiceError(Exception):
 
     def to_record(self) -> dict[str, Any]:
         """What a failed job stores: the HTTP status beside the error object."""
-        return {"status": self.status, **self.body()}
+        record = {"status": self.status, **self.body()}
+        return {**record, "final": True} if self.final else record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ServiceError:
@@ -59,6 +73,7 @@ class ServiceError(Exception):
             code=err.get("code"),
             param=err.get("param"),
             type=err.get("type"),
+            final=bool(record.get("final")),
         )
 
 

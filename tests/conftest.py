@@ -38,6 +38,9 @@ TINY_CHAT = "tiny-llama-chat"
 TINY_VL = "tiny-qwen3-vl"
 TEST_REDIS_BASE = "redis://127.0.0.1:6379"
 SESSION_LOCK_KEY = "inferq-tests:session"
+# How long a worker may take to load its models and announce them: SmolLM2 takes 30-90 s on
+# an idle 2-core CPU, several times that on a loaded one (a bound for a hang, not a timing).
+WORKER_START_SEC = 360
 
 
 def free_port() -> int:
@@ -136,6 +139,7 @@ def stack_catalog(tmp_path_factory, tiny_embedders, upstream_port) -> Path:
                 "handler": "handlers.embedding.HFEmbeddingModel",
                 "pooling": "last_token",
                 "local_dir": str(tiny_embedders["qwen2"]),
+                "matryoshka_dimensions": [8, 16, 32],  # as Qwen3-Embedding declares its sizes
             },
             {
                 "name": "crash-bert",
@@ -194,12 +198,14 @@ class Stack:
         self.procs.append(proc)
         client = redis.Redis.from_url(self.env["REDIS_URL"])
         member = f"worker@{socket.gethostname()}:{proc.pid}"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + WORKER_START_SEC
         while not all(client.zscore(workers_key(m), member) for m in models):
             if proc.poll() is not None:
                 raise RuntimeError(f"worker for {models} exited with {proc.returncode}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"worker for {models} did not announce itself in 120 s")
+                raise TimeoutError(
+                    f"worker for {models} did not announce itself in {WORKER_START_SEC} s"
+                )
             time.sleep(0.1)
         return proc
 

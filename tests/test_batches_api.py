@@ -127,6 +127,50 @@ def test_bad_lines_go_to_the_error_file(openai_client):
     assert len(_read_jsonl(openai_client, done.output_file_id)) == 3
 
 
+def test_batch_carries_model_usage_and_output_expiry(openai_client, stack):
+    """OpenAI's batch object: ``model``, ``usage`` summed over the output lines, and the
+    output files kept ``output_expires_after.seconds`` from their creation."""
+    lines = [
+        _embedding_line(i, [f"usage text {i}", "and a second one " * (i + 1)]) for i in range(6)
+    ]
+    lines[2]["body"]["input"] = ""  # a failed line counts no tokens
+    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/embeddings",
+        completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 7200},
+    )
+    done = _wait(openai_client, batch.id)
+    assert done.status == "completed", done
+    assert done.model == MINILM
+    output = _read_jsonl(openai_client, done.output_file_id)
+    prompt = sum(o["response"]["body"]["usage"]["prompt_tokens"] for o in output)
+    assert len(output) == 5 and prompt > 5 * 4
+    assert (done.usage.input_tokens, done.usage.output_tokens) == (prompt, 0)
+    assert done.usage.total_tokens == prompt
+    for file_id in (done.output_file_id, done.error_file_id):
+        kept = openai_client.files.retrieve(file_id)
+        assert kept.expires_at - kept.created_at == 7200
+    late = httpx.post(f"{stack.v1}/batches/{batch.id}/cancel")  # final: the SDKs must not retry
+    assert late.status_code == 409 and late.headers["x-should-retry"] == "false"
+    for bad in (
+        {"anchor": "created_at", "seconds": 60},
+        {"anchor": "last_active_at", "seconds": 7200},
+    ):
+        response = httpx.post(
+            f"{stack.v1}/batches",
+            json={
+                "input_file_id": upload.id,
+                "endpoint": "/v1/embeddings",
+                "completion_window": "24h",
+                "output_expires_after": bad,
+            },
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"].startswith("output_expires_after")
+
+
 def test_malformed_line_fails_validation_naming_the_line(openai_client):
     good = _jsonl([_embedding_line(0, ["ok"]), _embedding_line(1, ["ok"])])
     upload = openai_client.files.create(
@@ -269,6 +313,10 @@ def test_chat_batch_on_smollm2(smol_stack, openai_client):
     assert short["choices"][0]["finish_reason"] == "length"
     assert short["usage"]["completion_tokens"] == 5
     assert all(output[f"q{i}"]["body"]["choices"][0]["message"]["content"] for i in range(10))
+    assert done.model == SMOL
+    usages = [o["body"]["usage"] for o in output.values()]
+    assert done.usage.input_tokens == sum(u["prompt_tokens"] for u in usages)
+    assert done.usage.output_tokens == sum(u["completion_tokens"] for u in usages) > 12
     errors = {e["custom_id"]: e["response"] for e in _read_jsonl(openai_client, done.error_file_id)}
     assert {cid: e["status_code"] for cid, e in errors.items()} == {
         "two-choices": 400,

@@ -38,6 +38,11 @@ def test_shipped_catalog_has_the_seed_models_and_the_demo():
     assert by_handler["QwenVLChat"] == 4
     assert by_handler["WhisperASR"] == 10
     assert catalog.get("Qwen/Qwen3-Embedding-0.6B").pooling == "last_token"
+    # dimensions only where the model was trained for truncation (Matryoshka)
+    assert catalog.get("Qwen/Qwen3-Embedding-0.6B").matryoshka_dimensions == [32, 1024]
+    assert catalog.get("google/embeddinggemma-300m").matryoshka_dimensions == [128, 256, 512, 768]
+    assert catalog.get("BAAI/bge-m3").matryoshka_dimensions is None
+    assert "matryoshka_dimensions" not in catalog.get("Qwen/Qwen3-Embedding-4B").handler_kwargs()
     assert catalog.get("Qwen/Qwen3-4B-Instruct-2507").defaults["max_tokens"] == 512
     demo = catalog.get("sentence-transformers/all-MiniLM-L6-v2")
     weights = demo.weights_dir()
@@ -105,6 +110,14 @@ def test_yml_override_is_read_too(tmp_path):
         ({"name": "nameless-repo", "handler": EMBED}, ["nameless-repo", "hf_repo_id"]),
         ({"hf_repo_id": "org/x", "handler": EMBED, "poolin": "cls"}, ["org/x", "poolin"]),
         ({"hf_repo_id": "org/x", "handler": EMBED, "pooling": "max"}, ["org/x", "pooling"]),
+        (
+            {"hf_repo_id": "org/x", "handler": EMBED, "matryoshka_dimensions": [512, 256]},
+            ["org/x", "matryoshka_dimensions"],
+        ),
+        (
+            {"hf_repo_id": "org/x", "handler": EMBED, "matryoshka_dimensions": []},
+            ["org/x", "matryoshka_dimensions"],
+        ),
     ],
 )
 def test_bad_entry_names_the_entry_and_the_field(tmp_path, entry, names):

@@ -233,6 +233,9 @@ def test_a_job_past_its_time_limit_fails_with_timeout_and_frees_the_worker(stack
         )
         assert sync_timeout.status_code == 504
         assert sync_timeout.json()["error"]["code"] == "timeout"
+        # it ran for its whole limit: the SDKs must not run it again on their own
+        assert sync_timeout.headers["x-should-retry"] == "false"
+        assert "x-should-retry" not in response.headers
     finally:
         stop(worker)
 

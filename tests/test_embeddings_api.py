@@ -56,15 +56,41 @@ def test_base64_decodes_to_the_float_vector(openai_client, stack):
     np.testing.assert_array_equal(np.array(default.data[0].embedding, dtype=np.float32), decoded)
 
 
-def test_dimensions_truncates_and_renormalises(openai_client):
+def test_dimensions_truncates_and_renormalises_on_a_matryoshka_model(openai_client):
+    """tiny-qwen-last declares matryoshka_dimensions [8, 16, 32] in the test catalog."""
     text = "Matryoshka truncation keeps the leading dimensions."
-    full = np.array(openai_client.embeddings.create(model=MINILM, input=text).data[0].embedding)
-    short = np.array(
-        openai_client.embeddings.create(model=MINILM, input=text, dimensions=64).data[0].embedding
+    model = "tiny-qwen-last"
+    full = np.array(openai_client.embeddings.create(model=model, input=text).data[0].embedding)
+    for size in (8, 12):  # a trained size, and one between two of them
+        short = np.array(
+            openai_client.embeddings.create(model=model, input=text, dimensions=size)
+            .data[0]
+            .embedding
+        )
+        assert short.shape == (size,)
+        np.testing.assert_allclose(np.linalg.norm(short), 1.0, atol=1e-5)
+        np.testing.assert_allclose(short, full[:size] / np.linalg.norm(full[:size]), atol=1e-5)
+
+
+def test_dimensions_is_a_400_where_the_model_was_not_trained_for_it(openai_client, stack):
+    """MiniLM is not Matryoshka-trained: a truncated vector would be noise, so 400 (its own
+    size is fine); below a Matryoshka model's smallest trained size is a 400 too."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client.embeddings.create(model=MINILM, input="x", dimensions=64)
+    assert caught.value.body["param"] == "dimensions"
+    assert "Matryoshka" in caught.value.body["message"]
+    same = openai_client.embeddings.create(model=MINILM, input="x", dimensions=384)
+    assert len(same.data[0].embedding) == 384
+    response = httpx.post(
+        f"{stack.v1}/embeddings", json={"model": "tiny-qwen-last", "input": "x", "dimensions": 4}
     )
-    assert short.shape == (64,)
-    np.testing.assert_allclose(np.linalg.norm(short), 1.0, atol=1e-5)
-    np.testing.assert_allclose(short, full[:64] / np.linalg.norm(full[:64]), atol=1e-5)
+    _assert_openai_error(response, 400, "dimensions")
+
+
+def test_token_arrays_name_langchains_fix(stack):
+    response = httpx.post(f"{stack.v1}/embeddings", json={"model": MINILM, "input": [[1, 2, 3]]})
+    _assert_openai_error(response, 400, "input", "unsupported_input")
+    assert "check_embedding_ctx_length=False" in response.json()["error"]["message"]
 
 
 def test_every_pooling_mode_through_the_stack_matches_the_handler(openai_client, tiny_embedders):
@@ -98,6 +124,15 @@ def test_models_lists_served_models_with_capabilities(openai_client):
     assert minilm["dimensions"] == 384
     assert "text-embedding" in minilm["capabilities"]
     assert openai_client.models.retrieve(MINILM).id == MINILM
+
+
+def test_retrieving_a_catalog_model_without_a_worker_is_a_404(openai_client, stack):
+    """OpenAI's answer for a model it does not serve; the inference routes answer 503."""
+    with pytest.raises(openai.NotFoundError) as caught:
+        openai_client.models.retrieve("BAAI/bge-m3")
+    assert caught.value.body["code"] == "model_not_found"
+    assert "no worker" in caught.value.body["message"]
+    _assert_openai_error(httpx.get(f"{stack.v1}/models/no/such-model"), 404, "model")
 
 
 def _assert_openai_error(response: httpx.Response, status: int, param: str | None, code=None):

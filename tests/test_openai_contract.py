@@ -120,3 +120,26 @@ def test_workers_and_the_contract_never_import_api():
                     else []
                 )
                 assert not any(n == "api" or n.startswith("api.") for n in names), path
+
+
+def test_final_errors_tell_the_sdks_not_to_retry_even_after_a_job_record():
+    """``final`` is a property of the error: it survives the failed job's record (the worker
+    writes it, the API reads it back) and becomes ``x-should-retry: false``."""
+    final = ServiceError(504, "ran past its limit", code="timeout", headers={"A": "1"}, final=True)
+    assert final.headers == {"A": "1", "x-should-retry": "false"}
+    back = ServiceError.from_record(final.to_record())
+    assert back.final and back.headers["x-should-retry"] == "false"
+    assert back.body() == final.body()  # the client's error object is unchanged
+    plain = ServiceError.from_record(ServiceError(500, "boom").to_record())
+    assert not plain.final and "x-should-retry" not in plain.headers
+    assert "final" not in ServiceError(400, "x").to_record()
+
+
+def test_a_cancelled_sync_request_is_a_final_409():
+    from api.responses import sync_response
+    from inferq import protocol as p
+
+    record = {p.JobField.STATUS: b"cancelled", p.JobField.ID: b"job_1"}
+    with pytest.raises(ServiceError) as caught:
+        sync_response(record)
+    assert caught.value.status == 409 and caught.value.headers["x-should-retry"] == "false"

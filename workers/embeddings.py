@@ -11,7 +11,7 @@ import numpy as np
 
 from handlers.base import Cancelled
 from inferq import protocol as p
-from inferq.errors import bad_request
+from inferq.openai import embeddings as contract
 from inferq.openai.embeddings import EmbeddingJob, embeddings_body
 from workers.jobs import JobContext
 
@@ -26,12 +26,13 @@ def token_lengths(handler, texts: list[str]) -> list[int]:
 
 
 def check_dimensions(job: EmbeddingJob, model: LoadedModel) -> None:
-    dimensions, dim = job.dimensions, model.handler.dim
-    if dimensions is not None and dimensions > dim:
-        raise bad_request(
-            f"dimensions={dimensions} exceeds the {dim} dimensions of '{model.name}'",
-            param="dimensions",
-        )
+    """``dimensions`` only for a Matryoshka model, within its sizes (else a 400)."""
+    contract.check_dimensions(
+        job.dimensions,
+        model=model.name,
+        matryoshka=model.entry.matryoshka_dimensions,
+        full=model.handler.dim,
+    )
 
 
 def embed_texts(

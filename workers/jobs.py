@@ -157,6 +157,7 @@ class JobRuntime:
                     f"job was delivered {int(deliveries)} times without finishing "
                     "(its worker died each time); giving up",
                     code="poison_job",
+                    final=True,
                 ),
             )
             return
@@ -189,6 +190,7 @@ class JobRuntime:
                         504,
                         f"the job ran past its {limit:g} s limit and was stopped",
                         code="timeout",
+                        final=True,
                     ),
                 )
             else:

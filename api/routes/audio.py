@@ -94,8 +94,12 @@ class _TranscriptEvents:
         return event({"type": "transcript.text.delta", "delta": delta}, entry_id)
 
     def closing(self, record: dict[str, Any], entry_id: str) -> Iterable[Event]:
-        text = p.loads(record[p.JobField.RESULT])["text"]
-        return [event({"type": "transcript.text.done", "text": text}, entry_id)]
+        """The done event: the text, and the json body's ``usage`` (transcriptions)."""
+        body = p.loads(record[p.JobField.RESULT])
+        done = {"type": "transcript.text.done", "text": body["text"]}
+        if "usage" in body:
+            done["usage"] = body["usage"]
+        return [event(done, entry_id)]
 
 
 def _route(

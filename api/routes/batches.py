@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import FilesDep, OwnerDep
 from api.responses import json_response, list_response
@@ -15,6 +15,15 @@ from inferq.openai.common import Metadata, WireRequest
 router = APIRouter(tags=["batches"])
 
 
+class OutputExpiresAfter(BaseModel):
+    """When the output and error files expire, as OpenAI bounds it (1 hour to 30 days)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=30 * 86400)
+
+
 class BatchCreateRequest(WireRequest):
     model_config = ConfigDict(extra="forbid")
 
@@ -22,6 +31,7 @@ class BatchCreateRequest(WireRequest):
     endpoint: str
     completion_window: str = "24h"
     metadata: Metadata | None = None
+    output_expires_after: OutputExpiresAfter | None = None
 
 
 @router.post("/batches", summary="Create a batch")
@@ -31,6 +41,9 @@ async def create_batch(body: BatchCreateRequest, files: FilesDep, owner: OwnerDe
         endpoint=body.endpoint,
         completion_window=body.completion_window,
         metadata=body.metadata,
+        output_expires_after=(
+            body.output_expires_after.seconds if body.output_expires_after else None
+        ),
         owner=owner,
     )
     return json_response(batch)

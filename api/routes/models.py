@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.deps import QueueDep
-from inferq.errors import model_not_found, no_live_worker
+from inferq.errors import ServiceError, model_not_found
 from inferq.openai.models import ModelList, ModelObject
 
 router = APIRouter(tags=["models"])
@@ -41,8 +41,17 @@ async def list_models(queue: QueueDep, request: Request) -> ModelList:
 
 @router.get("/models/{model_id:path}", response_model=ModelObject, summary="Get a served model")
 async def get_model(model_id: str, queue: QueueDep, request: Request) -> ModelObject:
+    """A catalog model with no live worker is a 404 here, as OpenAI answers for a model it
+    does not serve (the inference routes answer 503 + Retry-After for it instead)."""
     entry = queue.entry(model_id)
+    if entry is None:
+        raise model_not_found(model_id)
     for model in await _served(queue, request):
         if model.id == entry.name:
             return model
-    raise no_live_worker(entry.name) if entry else model_not_found(model_id)
+    raise ServiceError(
+        404,
+        f"The model '{entry.name}' is in the catalog but no worker serving it is running.",
+        param="model",
+        code="model_not_found",
+    )

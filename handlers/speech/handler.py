@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from handlers.base import SpeechResult, SpeechSegment, SpeechWord
 from handlers.speech.request import SegmentCallback, SpeechRequest, prepare_request
+from handlers.speech.vad import VadParameters
 
 
 class SpeechHandler:
@@ -53,6 +54,7 @@ class SpeechHandler:
         cancel_event: threading.Event | None = None,
         on_segment: SegmentCallback | None = None,
         clip: tuple[float, float] | None = None,
+        vad: dict[str, float] | None = None,
     ) -> SpeechResult:
         request = prepare_request(
             audio_path,
@@ -67,7 +69,11 @@ class SpeechHandler:
         )
         return self._transcribe(
             dataclasses.replace(
-                request, prompt=prompt, cancel_event=cancel_event, on_segment=on_segment
+                request,
+                prompt=prompt,
+                vad=VadParameters(**vad) if vad else None,
+                cancel_event=cancel_event,
+                on_segment=on_segment,
             )
         )
 

@@ -66,7 +66,7 @@ def transcribe_windows(
 ) -> SpeechResult:
     """Run ``request`` through the pipeline with ``decode`` (see the module docstring)."""
     check_cancelled(request.cancel_event)
-    windows = speech_windows(request.audio)
+    windows = speech_windows(request.audio, request.vad)
     pending = deque(windows)
     known = list(windows)  # every window, sorted by start (tails are inserted)
     tails: set[Window] = set()

@@ -12,6 +12,7 @@ from handlers.base import InvalidInput, SpeechSegment
 from handlers.speech.audio import SAMPLE_RATE, decode_audio
 from handlers.speech.fallback import temperatures
 from handlers.speech.language import language_code
+from handlers.speech.vad import VadParameters
 
 SegmentCallback = Callable[[SpeechSegment], None]
 
@@ -26,6 +27,7 @@ class SpeechRequest:
     word_timestamps: bool
     temperatures: tuple[float, ...]
     prompt: str | None = None
+    vad: VadParameters | None = None  # None: the pipeline's own
     cancel_event: threading.Event | None = None
     on_segment: SegmentCallback | None = None  # called as each segment becomes final
 

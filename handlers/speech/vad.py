@@ -27,6 +27,17 @@ SPEECH_PAD_MS = 200
 
 
 @dataclass(frozen=True)
+class VadParameters:
+    """What a request may tune of the VAD (OpenAI's ``chunking_strategy: server_vad``):
+    the speech probability a frame needs, the pause that ends a region, the padding kept
+    around each region."""
+
+    threshold: float = 0.5
+    min_silence_ms: int = MIN_SILENCE_MS
+    speech_pad_ms: int = SPEECH_PAD_MS
+
+
+@dataclass(frozen=True)
 class Window:
     """A range of the request's audio, in samples: ``audio[start:end]``."""
 
@@ -42,16 +53,18 @@ class Window:
         return (self.end - self.start) / SAMPLE_RATE
 
 
-def speech_regions(audio: np.ndarray) -> list[tuple[int, int]]:
+def speech_regions(audio: np.ndarray, vad: VadParameters | None = None) -> list[tuple[int, int]]:
     """Speech as ``(start, end)`` sample ranges, each at most ``MAX_REGION_SECONDS`` long."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     if len(audio) == 0:
         return []
+    vad = vad or VadParameters()
     options = VadOptions(
+        threshold=vad.threshold,
         max_speech_duration_s=MAX_REGION_SECONDS,
-        min_silence_duration_ms=MIN_SILENCE_MS,
-        speech_pad_ms=SPEECH_PAD_MS,
+        min_silence_duration_ms=vad.min_silence_ms,
+        speech_pad_ms=vad.speech_pad_ms,
     )
     found = get_speech_timestamps(np.ascontiguousarray(audio, dtype=np.float32), options)
     regions: list[tuple[int, int]] = []
@@ -76,6 +89,6 @@ def merge_regions(
     return windows
 
 
-def speech_windows(audio: np.ndarray) -> list[Window]:
+def speech_windows(audio: np.ndarray, vad: VadParameters | None = None) -> list[Window]:
     """The windows to decode for ``audio`` (16 kHz mono): speech only, each at most 30 s."""
-    return merge_regions(speech_regions(audio))
+    return merge_regions(speech_regions(audio, vad))

@@ -10,6 +10,7 @@ models describe the small fields only; :func:`parse_form` validates them once th
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +24,35 @@ Granularity = Literal[TIMESTAMP_GRANULARITIES]
 
 # Form names that may repeat, and the other name some clients send them under.
 _LIST_FIELDS = {"timestamp_granularities[]": "timestamp_granularities", "include[]": "include"}
+# Object parameters, which clients flatten into bracketed names (``chunking_strategy[type]``).
+_OBJECT_FIELDS = ("chunking_strategy",)
+_BRACKETED = re.compile(r"^([a-z_]+)\[([a-z_]*|\d+)\]$")
+
+# OpenAI's server_vad defaults, for the fields a server_vad object leaves out.
+SERVER_VAD_DEFAULTS = {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 200}
+
+
+class ServerVad(BaseModel):
+    """``chunking_strategy: {"type": "server_vad", ...}``, mapped onto the speech pipeline's
+    voice activity detection (Silero VAD): ``threshold`` (speech probability of a frame),
+    ``silence_duration_ms`` (the pause that ends a speech region), ``prefix_padding_ms``
+    (audio kept before and after each region)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["server_vad"]
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    prefix_padding_ms: int | None = Field(None, ge=0, le=10_000)
+    silence_duration_ms: int | None = Field(None, ge=0, le=10_000)
+
+    def vad(self) -> dict[str, float]:
+        """The handlers' VAD parameters (``handlers.speech.vad.VadParameters``)."""
+        given = {**SERVER_VAD_DEFAULTS, **self.model_dump(exclude_none=True)}
+        return {
+            "threshold": given["threshold"],
+            "min_silence_ms": given["silence_duration_ms"],
+            "speech_pad_ms": given["prefix_padding_ms"],
+        }
 
 
 class TranslationForm(BaseModel):
@@ -38,10 +68,30 @@ class TranslationForm(BaseModel):
     metadata: Metadata | None = Field(
         None, description="job routes only: a JSON object of string values"
     )
-    # Sent by some OpenAI clients; nothing to do with Whisper models (accepted, ignored).
-    chunking_strategy: str | None = None
-    include: list[str] = Field(default_factory=list, alias="include[]")
+    chunking_strategy: Literal["auto"] | ServerVad | None = Field(
+        None,
+        description="'auto' (the pipeline's VAD) or a server_vad object (as JSON, or as "
+        "chunking_strategy[type], chunking_strategy[threshold], ... fields)",
+    )
+    # Accepted as OpenAI accepts it for whisper-1: no shipped Whisper handler returns token
+    # logprobs yet, so the response has none (OpenAI returns them for gpt-4o-transcribe only).
+    include: list[Literal["logprobs"]] = Field(default_factory=list, alias="include[]")
     user: str | None = None
+
+    @field_validator("chunking_strategy", mode="before")
+    @classmethod
+    def _object_as_json(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("not JSON") from None
+        return value
+
+    def vad(self) -> dict[str, float] | None:
+        """The VAD parameters the request asks for; None: the pipeline's own."""
+        strategy = self.chunking_strategy
+        return strategy.vad() if isinstance(strategy, ServerVad) else None
 
     @field_validator("stream", mode="before")
     @classmethod
@@ -72,11 +122,13 @@ class TranslationForm(BaseModel):
             "file": {"type": "string", "format": "binary", "title": "File"},
             **schema["properties"],
         }
-        schema["properties"]["metadata"] = {
-            "type": "string",
-            "title": "Metadata",
-            "description": cls.model_fields["metadata"].description,
-        }
+        for name in ("metadata", "chunking_strategy"):  # JSON objects, sent as strings
+            schema["properties"][name] = {
+                "type": "string",
+                "title": name.replace("_", " ").capitalize(),
+                "description": cls.model_fields[name].description,
+            }
+        schema.pop("$defs", None)
         schema["required"] = ["file", *schema.get("required", [])]
         return schema
 
@@ -98,8 +150,11 @@ _MESSAGES = {
     "stream": "invalid value for 'stream': expected true or false",
     "metadata": "metadata must be a JSON object of at most 16 string values (keys up to 64 "
     "characters, values up to 512)",
+    "include[]": "include may only hold 'logprobs'",
+    "chunking_strategy": "chunking_strategy must be 'auto' or an object {type: 'server_vad', "
+    "threshold (0-1), prefix_padding_ms, silence_duration_ms}",
 }
-_PARAMS = {"timestamp_granularities[]": "timestamp_granularities"}
+_PARAMS = {"timestamp_granularities[]": "timestamp_granularities", "include[]": "include"}
 
 
 def parse_form(
@@ -110,7 +165,7 @@ def parse_form(
     names = _form_names(form)
     data: dict[str, Any] = {}
     for name, values in fields.items():
-        key = names.get(name)
+        key, member = _form_key(names, name)
         if key is None:
             what = "transcriptions" if issubclass(form, TranscriptionForm) else "translations"
             raise bad_request(f"unknown parameter '{name}' for {what}", param=name)
@@ -118,7 +173,14 @@ def parse_form(
             data.setdefault(key, []).extend(v.strip() for v in values)
         elif len(values) > 1:
             raise bad_request(f"'{name}' was given more than once", param=name)
+        elif member is not None:  # one member of an object parameter
+            target = data.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise bad_request(f"'{key}' was given more than once", param=key)
+            target[member] = values[0].strip()
         elif value := values[0].strip():
+            if key in data:
+                raise bad_request(f"'{key}' was given more than once", param=key)
             data[key] = value
     try:
         parsed = form.model_validate(data)
@@ -126,6 +188,23 @@ def parse_form(
         raise _field_error(exc) from None
     _check_across(parsed)
     return parsed
+
+
+def _form_key(names: dict[str, str], name: str) -> tuple[str | None, str | None]:
+    """(the key a form name's values go under, the object member it sets or None): also
+    ``object[member]`` for object parameters and ``list[0]`` for repeatable ones, as
+    clients flatten them."""
+    if name in names:
+        return names[name], None
+    match = _BRACKETED.match(name)
+    if match is None:
+        return None, None
+    base, inner = match.groups()
+    if base in _OBJECT_FIELDS and base in names and inner and not inner.isdigit():
+        return base, inner
+    if inner.isdigit() and f"{base}[]" in names:
+        return names[f"{base}[]"], None
+    return None, None
 
 
 def _form_names(form: type[TranslationForm]) -> dict[str, str]:
@@ -150,3 +229,5 @@ def _check_across(form: TranslationForm) -> None:
         )
     if form.stream and form.response_format not in ("json", "text"):
         raise bad_request("stream=true works with response_format 'json' or 'text'", param="stream")
+    if "logprobs" in form.include and form.response_format != "json" and not form.stream:
+        raise bad_request("include[]=logprobs works with response_format 'json'", param="include")

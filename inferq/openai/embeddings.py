@@ -43,7 +43,9 @@ class EmbeddingRequest(WireRequest):
             raise bad_request("'input' must not be empty", param="input")
         if not all(isinstance(t, str) for t in items):
             raise bad_request(
-                "token arrays are not supported: send 'input' as a string or a list of strings",
+                "token arrays are not supported: send 'input' as a string or a list of strings "
+                "(LangChain's OpenAIEmbeddings sends token arrays by default: construct it with "
+                "check_embedding_ctx_length=False)",
                 param="input",
                 code="unsupported_input",
             )
@@ -71,6 +73,35 @@ class EmbeddingRequest(WireRequest):
             input=self.texts(max_inputs=max_inputs, max_chars=max_chars),
             encoding_format=self.encoding_format,
             dimensions=self.dimensions,
+        )
+
+
+def check_dimensions(
+    dimensions: int | None, *, model: str, matryoshka: list[int] | None, full: int | None
+) -> None:
+    """``dimensions`` is served only by a model trained for truncation (its catalog entry's
+    ``matryoshka_dimensions``), from its smallest trained size up to ``full`` (the model's
+    size, when known); asking a model for its own size is always fine. Else a 400."""
+    if dimensions is None or dimensions == full:
+        return
+    if full is not None and dimensions > full:
+        raise bad_request(
+            f"dimensions={dimensions} exceeds the {full} dimensions of '{model}'",
+            param="dimensions",
+        )
+    if not matryoshka:
+        raise bad_request(
+            f"model '{model}' was not trained for shortened embeddings (Matryoshka), so "
+            "'dimensions' is not supported: leave it out"
+            + (f" or send dimensions={full}" if full else ""),
+            param="dimensions",
+            code="unsupported_parameter",
+        )
+    if dimensions < matryoshka[0]:
+        raise bad_request(
+            f"dimensions={dimensions} is below the smallest size '{model}' was trained for "
+            f"({matryoshka[0]})",
+            param="dimensions",
         )
 
 

@@ -26,6 +26,9 @@ class TranscriptionJob(JobRequest):
     response_format: str = "json"
     timestamp_granularities: list[str] = Field(default_factory=list)
     stream: bool = False
+    # chunking_strategy server_vad as the handlers' VAD parameters (threshold,
+    # min_silence_ms, speech_pad_ms); None: the pipeline's own ("auto")
+    vad: dict[str, float] | None = None
 
     @property
     def granularity(self) -> str:

@@ -39,6 +39,8 @@ def transcribe(
         kwargs["on_segment"] = on_segment
     if clip is not None:
         kwargs["clip"] = clip
+    if job.vad and transcribe_accepts(handler, "vad"):
+        kwargs["vad"] = job.vad
     return handler.transcribe(str(path), **kwargs)
 
 

@@ -103,8 +103,9 @@ class Finalizer:
         if final != b.BatchStatus.COMPLETED:  # lines no runner got to go to the error file
             self._settle_unfinished(batch_id, record, parts)
         owner = record["owner"]
-        output_id = self._assemble(batch_id, parts, b.part_output_key, owner, "output")
-        error_id = self._assemble(batch_id, parts, b.part_errors_key, owner, "error")
+        ttl = int(record.get("output_expires_after") or self.settings.file_ttl_sec)
+        output_id = self._assemble(batch_id, parts, b.part_output_key, owner, "output", ttl)
+        error_id = self._assemble(batch_id, parts, b.part_errors_key, owner, "error", ttl)
         self.store.redis.hset(
             b.batch_key(batch_id),
             mapping={"output_file_id": output_id or "", "error_file_id": error_id or ""},
@@ -129,12 +130,15 @@ class Finalizer:
                 errors = [stopped_line(line["custom_id"], record) for line in lines]
                 self.store.settle(batch_id, index, [], errors)
 
-    def _assemble(self, batch_id: str, parts: int, key_of, owner: str, kind: str) -> str | None:
-        """Concatenate the parts' lines, in order, into a new file; None when there are none."""
+    def _assemble(
+        self, batch_id: str, parts: int, key_of, owner: str, kind: str, ttl: int
+    ) -> str | None:
+        """Concatenate the parts' lines, in order, into a new file kept ``ttl`` seconds; None
+        when there are none."""
         if not any(self.store.redis.exists(key_of(batch_id, i)) for i in range(parts)):
             return None
         file_id = b.new_file_id()
-        writer = self.store.blobs.writer(file_id, ttl=self.settings.file_ttl_sec)
+        writer = self.store.blobs.writer(file_id, ttl=ttl)
         for index in range(parts):
             key, start = key_of(batch_id, index), 0
             while page := self.store.redis.lrange(key, start, start + 99):
@@ -152,11 +156,11 @@ class Finalizer:
                 "created_at": now,
                 "filename": f"{batch_id}_{kind}.jsonl",
                 "purpose": "batch_output",
-                "expires_at": now + self.settings.file_ttl_sec,
+                "expires_at": now + ttl,
                 "owner": owner,
             },
         )
-        pipe.expire(b.file_key(file_id), self.settings.file_ttl_sec)
+        pipe.expire(b.file_key(file_id), ttl)
         pipe.zadd(b.files_index_key(owner), {file_id: int(p.now() * 1000)})
         pipe.execute()
         return file_id

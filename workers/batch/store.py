@@ -47,7 +47,11 @@ class BatchStore:
         return [orjson.loads(raw) for raw in raw_lines if raw.strip()]
 
     def settle(self, batch_id: str, index: int, outputs: list[bytes], errors: list[bytes]) -> bool:
-        """Record a part's lines (once, whoever gets there first); True if it was the last."""
+        """Record a part's lines (once, whoever gets there first); True if it was the last.
+        The batch's usage grows by the usage of the output lines."""
+        tokens = [b.line_tokens(orjson.loads(line)["response"]["body"]) for line in outputs]
+        input_tokens = sum(t[0] for t in tokens)
+        output_tokens = sum(t[1] for t in tokens)
         settled_last = self._record(
             keys=[
                 b.batch_key(batch_id),
@@ -55,7 +59,7 @@ class BatchStore:
                 b.part_output_key(batch_id, index),
                 b.part_errors_key(batch_id, index),
             ],
-            args=[index, len(outputs), len(errors), *outputs, *errors],
+            args=[index, len(outputs), len(errors), input_tokens, output_tokens, *outputs, *errors],
         )
         return settled_last == 1
 
