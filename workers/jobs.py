@@ -229,19 +229,6 @@ class JobRuntime:
             args += [name.value, value]
         return bool(self._finish(keys=[p.job_key(job_id), p.events_key(job_id)], args=args))
 
-    def renew_leases(self) -> None:
-        """Mark every delivery this worker holds as fresh, so no other worker takes it over.
-
-        kombu redelivers a message unacknowledged for longer than the visibility timeout; a
-        live worker's long job (or one waiting for a free thread) must not count as lost.
-        """
-        from celery.worker import state
-
-        held = [*state.active_requests, *state.reserved_requests]
-        tags = [r.message.delivery_tag for r in held if getattr(r, "message", None)]
-        if tags:
-            self.redis.zadd(p.UNACKED_INDEX_KEY, dict.fromkeys(tags, p.now()), xx=True)
-
     def cancel_running(self, job_id: str) -> bool:
         with self._lock:
             event = self.running.get(job_id)
