@@ -4,9 +4,14 @@ Used by the streamed sync routes (chat, audio) and by ``GET /v1/jobs/{id}/events
 route waits until the output starts (:func:`until_output`), so a request the worker rejects
 still gets a plain HTTP error; then :func:`relay` turns each output entry into an SSE event
 with the family's :class:`StreamFormat`, and the terminal status into its closing events (or an
-error event). A slow client loses nothing (the stream is kept with the job); output events
-carry their stream entry id, so ``GET /v1/jobs/{id}/events`` with ``Last-Event-ID`` resumes
-them. A client that disconnects cancels the job.
+error event). A job redelivered after its worker died resumes its output where the stream
+left it (``workers.events.Resume``); should the retry write something else, its ``restart``
+entry ends the relayed stream with a ``stream_restarted`` error (what was sent cannot be taken
+back), while ``/events`` readers get the entry itself and start their text over. A lost
+Redis ends a stream with a ``broker_unavailable`` error event. A slow client loses nothing
+(the stream is kept with the job); output events carry their stream entry id, so
+``GET /v1/jobs/{id}/events`` with ``Last-Event-ID`` resumes them. A client that disconnects
+cancels the job.
 """
 
 from __future__ import annotations
@@ -139,6 +144,15 @@ def _sse(events: AsyncIterator[dict[str, Any]], job_id: str) -> EventSourceRespo
     return EventSourceResponse(events, ping=PING_SEC, sep="\n", headers={"X-Job-ID": job_id})
 
 
+def _restarted() -> ServiceError:
+    return ServiceError(
+        502,
+        "the worker serving this stream died and the retry wrote a different answer; "
+        "the text streamed so far is void: send the request again",
+        code="stream_restarted",
+    )
+
+
 def _job_lost() -> ServiceError:
     return ServiceError(500, "the job expired before it finished", code="job_lost")
 
@@ -196,6 +210,9 @@ async def relay(
                 for item in await _ending(queue, job_id, status, entry_id, fmt):
                     yield item
                 return
+            if kind == p.EventType.RESTART:  # the text relayed so far cannot be unsent
+                yield event(_restarted().body())
+                return  # the job is cancelled: nobody reads the rest
             if (item := fmt.output(entry_id, kind, data)) is not None:
                 yield item
         finished = True  # the job vanished (expired) without a terminal entry

@@ -131,6 +131,10 @@ class EventType(StrEnum):
     PROGRESS = "progress"  # data: the job's progress object
     DELTA = "delta"  # data: {"content": <text>} (chat: generated text, in order)
     CHUNK = "chunk"  # data: an upstream chat.completion.chunk, verbatim (proxy models)
+    # data: {"discarded": <characters>}: the job was redelivered (its worker died) and the new
+    # run's output departs from what the stream already holds: drop the output read so far,
+    # the new run's output follows in full
+    RESTART = "restart"
 
 
 def event_fields(event: EventType, data: Any) -> dict[str, bytes | str]:

@@ -18,6 +18,7 @@ only appends to an in-memory queue.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import logging
@@ -241,6 +242,8 @@ def serve_chat(ctx: JobContext, model: LoadedModel) -> bytes:
     if model.upstream:
         return serve_proxy_chat(ctx, model)
     job = ChatJob.parse(ctx.request)
+    if job.seed is None:  # a redelivered job samples the same text again (workers.events.Resume)
+        job.seed = int.from_bytes(hashlib.blake2b(ctx.job_id.encode(), digest_size=7).digest())
     future = submit(
         job,
         model,

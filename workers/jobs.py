@@ -19,7 +19,7 @@ from inferq.errors import ServiceError, bad_request
 from inferq.logs import job_id_var, request_id_var
 from inferq.settings import Settings
 from workers import metrics
-from workers.events import EventPublisher, JobEvents
+from workers.events import EventPublisher, JobEvents, streamed_output
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,16 @@ class JobContext:
     kind: str
     cancel_event: threading.Event
     runtime: JobRuntime
+    deliveries: int = 1
     watch: CancelWatch = field(init=False)
     events: JobEvents = field(init=False)
 
     def __post_init__(self) -> None:
         self.watch = CancelWatch(self.runtime.redis, self.job_id, self.cancel_event)
-        self.events = JobEvents(self.runtime.publisher, self.job_id)
+        streamed, chunks = "", False
+        if self.deliveries > 1:  # a redelivery resumes what the stream already holds
+            streamed, chunks = streamed_output(self.runtime.redis, self.job_id)
+        self.events = JobEvents(self.runtime.publisher, self.job_id, streamed, chunks)
 
     @property
     def model(self) -> str:
@@ -170,11 +174,13 @@ class JobRuntime:
             kind=kind,
             cancel_event=cancel_event,
             runtime=self,
+            deliveries=int(deliveries),
         )
         log.info("job %s started (request_id=%s, delivery %s)", job_id, request_id, deliveries)
         try:
             try:
                 result = serve(ctx)
+                ctx.events.end()
             finally:
                 ctx.events.flush()  # the output is in the stream before the terminal status
         except Cancelled:
