@@ -33,6 +33,7 @@ from handlers.base import Cancelled
 from handlers.chat import ChatRequest
 from inferq import protocol as p
 from inferq.errors import ServiceError
+from inferq.limits import chat_char_limit, check_chat_chars
 from inferq.openai.chat import ChatJob, completion_body, token_biases
 from inferq.settings import Settings
 from workers.images import inline_remote_images
@@ -211,6 +212,8 @@ def submit(
         raise ServiceError(
             500, f"model '{model.name}' has no chat scheduler", code="internal_error"
         )
+    context = getattr(model.handler, "context_length", None)
+    check_chat_chars(job.messages, chat_char_limit(settings.max_chat_chars, context))
     messages = inline_remote_images(job.messages, settings) if job.remote_images else job.messages
     request = ChatRequest(
         messages=messages,
