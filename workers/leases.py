@@ -11,8 +11,10 @@ heartbeat a worker
   its name (``LEASES_KEY``, its expiry in ``LEASE_HOLDERS_KEY``: ``HEARTBEAT_TTL_SEC`` ahead);
 * **reaps** the holders whose expiry passed (a worker killed, OOM, its machine gone): one
   worker wins a short claim per dead holder and restores that holder's messages to the front
-  of their queues with kombu's own ``restore_by_tag`` (a WATCH transaction on ``unacked``: a
-  message already acknowledged or restored is not restored again). So a dead worker's jobs
+  of their queues as kombu's ``restore_by_tag`` does, in a WATCH transaction that restores
+  a message only if it is still unacknowledged and was last renewed by the dead holder (a
+  delivery tag survives redelivery: a message already restored and taken by a live worker,
+  or acknowledged, stays where it is). So a dead worker's jobs
   run elsewhere within about ``HEARTBEAT_TTL_SEC`` + one heartbeat, not after the visibility
   timeout (which stays as the fallback, e.g. for a message taken less than a heartbeat
   before the crash). A job run twice is harmless: ``START`` lets a ``running`` job start again
@@ -55,8 +57,8 @@ class Leases:
     def held_tags(self) -> list[str]:
         from celery.worker import state
 
-        held = [*state.active_requests, *state.reserved_requests]
-        return [r.message.delivery_tag for r in held if getattr(r, "message", None)]
+        held = [*state.active_requests, *state.reserved_requests]  # a running one is in both
+        return sorted({r.message.delivery_tag for r in held if getattr(r, "message", None)})
 
     def renew(self) -> None:
         """Mark the deliveries this worker holds as fresh and record them under its name."""
@@ -65,7 +67,7 @@ class Leases:
         pipe = self.redis.pipeline(transaction=False)
         if tags:
             pipe.zadd(p.UNACKED_INDEX_KEY, dict.fromkeys(tags, now), xx=True)
-            pipe.hset(LEASES_KEY, self.worker, p.dumps(tags))
+            pipe.hset(LEASES_KEY, self.worker, p.dumps({"at": now, "tags": tags}))
             pipe.zadd(LEASE_HOLDERS_KEY, {self.worker: now + self.settings.heartbeat_ttl_sec})
         else:
             pipe.hdel(LEASES_KEY, self.worker)
@@ -82,8 +84,8 @@ class Leases:
                 continue
             if not self.redis.set(reap_claim_key(holder), self.worker, nx=True, ex=REAP_CLAIM_SEC):
                 continue  # another worker is on it
-            tags = p.loads(self.redis.hget(LEASES_KEY, holder) or b"[]")
-            count = self._restore(tags)
+            lease = p.loads(self.redis.hget(LEASES_KEY, holder) or b"{}")
+            count = self._restore(lease.get("tags", []), lease.get("at", 0.0))
             restored += count
             pipe = self.redis.pipeline(transaction=True)
             pipe.hdel(LEASES_KEY, holder)
@@ -95,15 +97,32 @@ class Leases:
                 )
         return restored
 
-    def _restore(self, tags: list[str]) -> int:
+    def _restore(self, tags: list[str], renewed_at: float) -> int:
+        """Put back each message still held as the dead holder left it: in ``unacked`` and
+        last renewed by it (a delivery tag survives a redelivery, so a message already
+        restored and taken by a live worker has a newer time and stays where it is)."""
         if not tags:
             return 0
-        present = self.redis.hmget(p.UNACKED_KEY, tags)
-        waiting = [tag for tag, message in zip(tags, present, strict=True) if message]
-        if not waiting:
-            return 0
+        restored = 0
         with self.app.connection_for_write() as connection:
-            qos = connection.default_channel.qos
-            for tag in waiting:
-                qos.restore_by_tag(tag)
-        return len(waiting)
+            channel = connection.default_channel  # kombu's routing of a message to its list
+
+            for tag in tags:
+
+                def restore(pipe, tag=tag) -> bool:
+                    payload = pipe.hget(p.UNACKED_KEY, tag)
+                    delivered = pipe.zscore(p.UNACKED_INDEX_KEY, tag)
+                    if payload is None or delivered is None or delivered > renewed_at:
+                        return False
+                    message, exchange, routing_key = p.loads(payload)
+                    pipe.multi()
+                    pipe.zrem(p.UNACKED_INDEX_KEY, tag)
+                    pipe.hdel(p.UNACKED_KEY, tag)
+                    channel._do_restore_message(message, exchange, routing_key, pipe)
+                    return True
+
+                if self.redis.transaction(
+                    restore, p.UNACKED_KEY, p.UNACKED_INDEX_KEY, value_from_callable=True
+                ):
+                    restored += 1
+        return restored
