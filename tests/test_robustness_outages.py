@@ -1,7 +1,7 @@
 """Outages under running jobs (issue 12), on a stack of its own: a worker SIGKILLed mid-job
 hands its jobs on once its leases lapse (not after the visibility timeout), a chat stream
-whose worker is killed still carries one answer, and a stream whose Redis is killed ends with
-an error event."""
+whose worker is killed still carries one answer (a retry that departs from it restarts it),
+and a stream whose Redis is killed ends with an error event (last: it kills the Redis)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,62 @@ def test_a_chat_stream_whose_worker_dies_still_carries_one_answer(private, no_eo
     deltas = [json.loads(e["data"])["content"] for e in raw if e.get("event") == "delta"]
     assert "".join(deltas) == answer
     assert not [e for e in raw if e.get("event") == "restart"]
+
+
+def test_a_retry_that_departs_from_the_stream_restarts_it(redis_client):
+    """Worker side, on a real Redis: a redelivered run's output against what the stream holds
+    (retraced and continued; or departing, announced by a ``restart``, then in full)."""
+    from workers.events import EventPublisher, JobEvents, streamed_output
+
+    publisher = EventPublisher(redis_client)
+
+    def run(job_id: str, before: list[str], pieces: list[str]) -> list[tuple[str, str]]:
+        key = p.events_key(job_id)
+        redis_client.delete(key)
+        redis_client.xadd(key, p.event_fields(p.EventType.STATUS, {"status": "running"}))
+        for text in before:
+            redis_client.xadd(key, p.event_fields(p.EventType.DELTA, {"content": text}))
+        events = JobEvents(publisher, job_id, *streamed_output(redis_client, job_id))
+        for piece in pieces:
+            events.delta(piece)
+        events.end()
+        events.flush()
+        entries = redis_client.xrange(key)[1 + len(before) :]
+        return [(f[b"event"].decode(), json.loads(f[b"data"])) for _, f in entries]
+
+    def texts(entries):
+        return [d.get("content", d.get("discarded")) for _, d in entries]
+
+    assert texts(run("r1", ["Once ", "upon"], ["Once", " up", "on a", " time"])) == [" a", " time"]
+    departed = run("r2", ["Once ", "upon"], ["Once", " there"])
+    assert [kind for kind, _ in departed] == ["restart", "delta"]
+    assert texts(departed) == [9, "Once there"]
+    shorter = run("r3", ["Once ", "upon"], ["Once"])  # stopped inside the old text
+    assert texts(shorter) == [9, "Once"]
+
+
+def test_a_restart_entry_ends_a_relayed_stream_with_an_error(private, no_eos):
+    """The API side: a ``restart`` on the stream of a relayed chat (what a departing retry
+    writes) ends the SSE stream with ``stream_restarted``, and the job is cancelled."""
+    body = {
+        "model": SLOW_CHAT,
+        "messages": [{"role": "user", "content": "a story"}],
+        "max_tokens": 300,
+        "logit_bias": no_eos,
+        "stream": True,
+    }
+    data = []
+    with httpx.stream("POST", f"{private.v1}/chat/completions", json=body, timeout=60) as r:
+        job_id = r.headers["x-job-id"]
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                data.append(line[5:].strip())
+            if len(data) == 10:
+                private.redis.xadd(
+                    p.events_key(job_id), p.event_fields(p.EventType.RESTART, {"discarded": 9})
+                )
+    assert json.loads(data[-1])["error"]["code"] == "stream_restarted", data[-2:]
+    wait_for(lambda: private.redis.hget(p.job_key(job_id), "status") == b"cancelled", 10, "cancel")
 
 
 def test_a_stream_whose_redis_dies_ends_with_an_error_event(private, no_eos):
