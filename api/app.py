@@ -54,14 +54,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalog = catalog
     app.state.started_at = time.time()
     app.state.metrics = Metrics()
+    install_error_handlers(app)  # its catch-all middleware is the innermost
     # Outermost last: request id, then metrics (which see 401s too), then auth.
     app.add_middleware(
-        DeclaredSizeLimit, limits={"/v1/files": settings.max_file_bytes + UPLOAD_OVERHEAD}
+        DeclaredSizeLimit,
+        limits={
+            "/v1/files": (settings.max_file_bytes + UPLOAD_OVERHEAD, "file", "file_too_large"),
+            "/v1/chat/completions": (settings.max_chat_body_bytes, None, "request_too_large"),
+        },
     )
     app.add_middleware(APIKeyMiddleware, keys=api_keys)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)
-    install_error_handlers(app)
     app.include_router(router)
     app.include_router(metrics_router)
     return app

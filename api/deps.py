@@ -42,9 +42,13 @@ OwnerDep = Annotated[str, Depends(get_owner)]
 
 
 def get_submitter(
-    queue: QueueDep, settings: SettingsDep, owner: OwnerDep, request_id: RequestIdDep
+    request: Request,
+    queue: QueueDep,
+    settings: SettingsDep,
+    owner: OwnerDep,
+    request_id: RequestIdDep,
 ) -> Submitter:
-    return Submitter(queue, settings, owner, request_id)
+    return Submitter(queue, settings, owner, request_id, request)
 
 
 SubmitterDep = Annotated[Submitter, Depends(get_submitter)]

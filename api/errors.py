@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferq.errors import ServiceError, broker_unavailable
 from inferq.openai.common import validation_error
@@ -35,11 +36,16 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> Response
     return error_response(validation_error(exc.errors()))
 
 
-async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return error_response(
-        ServiceError(exc.status_code, str(exc.detail), code=code, headers=exc.headers)
-    )
+    message = str(exc.detail)
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
+        message = f"{request.method} is not allowed on {request.url.path}"
+        message += f"; use {allowed}" if allowed else ""
+    elif exc.status_code == 404 and message == "Not Found":
+        message = f"unknown URL: {request.method} {request.url.path}"
+    return error_response(ServiceError(exc.status_code, message, code=code, headers=exc.headers))
 
 
 async def _broker_error(_: Request, exc: Exception) -> Response:
@@ -66,9 +72,35 @@ async def _redis_reply(request: Request, exc: Exception) -> Response:
     raise exc  # any other error reply is a bug: the catch-all makes it a logged 500
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
-    log.exception("unhandled error")
-    return error_response(ServiceError(500, "internal server error", code="internal_error"))
+class UnexpectedErrors:
+    """An exception no handler took becomes a 500 error object, and the connection stays
+    usable. (An ``Exception`` handler runs in Starlette's ``ServerErrorMiddleware``, which
+    answers and then re-raises, and uvicorn closes a keep-alive connection whose app raised:
+    the client's next request on it was reset.) Once a response has started nothing can be
+    said any more: the error goes on and the connection is closed, as it must be."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error")
+            error = ServiceError(500, "internal server error", code="internal_error")
+            await error_response(error)(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -79,4 +111,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(redis.exceptions.TimeoutError, _broker_error)
     app.add_exception_handler(OperationalError, _broker_error)
     app.add_exception_handler(redis.exceptions.ResponseError, _redis_reply)
-    app.add_exception_handler(Exception, _unexpected)
+    # innermost of the middlewares: metrics and request ids see its 500s
+    app.add_middleware(UnexpectedErrors)

@@ -9,7 +9,7 @@ from typing import Any
 from api.queue import JobQueue
 from inferq import batches as b
 from inferq import protocol as p
-from inferq.blobs import AsyncBlobs, BlobTooLarge
+from inferq.blobs import AsyncBlobs
 from inferq.errors import ServiceError, bad_request
 
 
@@ -40,17 +40,11 @@ class FilesAndBatches:
 
     # --- files -------------------------------------------------------------------------------
 
-    async def create_file(
-        self, pieces: AsyncIterator[bytes], *, filename: str, purpose: str, owner: str
+    async def record_file(
+        self, file_id: str, *, size: int, filename: str, purpose: str, owner: str
     ) -> dict[str, Any]:
-        file_id = b.new_file_id()
+        """The record of an upload already stored as blob ``file_id`` (see api.routes.files)."""
         ttl = self.settings.file_ttl_sec
-        try:
-            size = await self.blobs.write(
-                file_id, pieces, ttl=ttl, limit=self.settings.max_file_bytes
-            )
-        except BlobTooLarge as exc:
-            raise too_large(exc.limit) from None
         now = int(p.now())
         record = {
             "id": file_id,

@@ -46,13 +46,14 @@ class DeclaredSizeLimit:
     too large for its route (FastAPI would parse, and spool, a whole multipart form before
     the route could look); a ``Content-Length`` that is not a number is a 400."""
 
-    def __init__(self, app: ASGIApp, limits: dict[str, int]):
+    def __init__(self, app: ASGIApp, limits: dict[str, tuple[int, str | None, str]]):
         self.app = app
-        self.limits = limits  # path -> largest body in bytes
+        self.limits = limits  # path -> (largest body in bytes, the error's param and code)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.limits.get(scope["path"]) if scope["type"] == "http" else None
-        if limit is not None and scope["method"] == "POST":
+        rule = self.limits.get(scope["path"]) if scope["type"] == "http" else None
+        if rule is not None and scope["method"] == "POST":
+            limit, param, code = rule
             declared = dict(scope["headers"]).get(b"content-length", b"")
             error = None
             if declared and not declared.isdigit():
@@ -61,8 +62,8 @@ class DeclaredSizeLimit:
                 error = ServiceError(
                     413,
                     f"the request body is larger than the {limit}-byte limit",
-                    param="file",
-                    code="file_too_large",
+                    param=param,
+                    code=code,
                 )
             if error is not None:
                 await error_response(error)(scope, receive, send)

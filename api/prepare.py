@@ -14,6 +14,7 @@ from typing import Any
 from api.queue import JobQueue
 from inferq import protocol as p
 from inferq.catalog import ModelEntry
+from inferq.limits import chat_char_limit, check_chat_chars
 from inferq.openai.chat import ChatCompletionRequest, check_chat_for_model, image_urls
 from inferq.openai.embeddings import EmbeddingRequest, check_dimensions
 from inferq.openai.rerank import RerankRequest
@@ -59,9 +60,13 @@ async def prepare_chat(
         return entry, body.proxied(model=entry.name, created=created).wire()
     request = body.normalized(max_stop=settings.chat_max_stop_sequences)
     request.model, request.created = entry.name, created
+    info = (await queue.model_infos(cached=True)).get(entry.name, {})
+    # far too much text for the model's context: refused here, never tokenised
+    check_chat_chars(
+        request.messages, chat_char_limit(settings.max_chat_chars, info.get("context_length"))
+    )
     capabilities = []
     if image_urls(request.messages):
-        info = (await queue.model_infos(cached=True)).get(entry.name, {})
         capabilities = info.get("capabilities", [])
     check_chat_for_model(
         request,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 POLL_FALLBACK_SEC = 1.0
 REDIS_POOL_SIZE = 64
 PRESENCE_CACHE_SEC = 1.0
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request waited for a job (the job is cancelled)."""
 
 
 class JobQueue:
@@ -255,8 +260,17 @@ class JobQueue:
                 self.settings.redis_wait_replicas,
             )
 
-    async def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
-        """Block (asynchronously) until the job is terminal; returns its record."""
+    async def wait(
+        self,
+        job_id: str,
+        timeout: float,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> dict[str, Any]:
+        """Block (asynchronously) until the job is terminal; returns its record.
+
+        ``gone`` (the request's ``is_disconnected``) is asked at every wake-up (at least once
+        per ``POLL_FALLBACK_SEC``): a client that went away has its job cancelled, and
+        :class:`ClientGone` is raised, so nobody's result is computed for nobody."""
         future = self._waiters.get(job_id)
         deadline = time.monotonic() + timeout
         try:
@@ -285,6 +299,9 @@ class JobQueue:
                     raise ServiceError(500, "the job expired before it finished", code="job_lost")
                 if record[p.JobField.STATUS].decode() in p.TERMINAL_STATUSES:
                     return record
+                if gone is not None and await gone():
+                    await self.cancel(job_id)
+                    raise ClientGone()
         finally:
             self._waiters.pop(job_id, None)
 

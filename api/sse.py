@@ -4,9 +4,14 @@ Used by the streamed sync routes (chat, audio) and by ``GET /v1/jobs/{id}/events
 route waits until the output starts (:func:`until_output`), so a request the worker rejects
 still gets a plain HTTP error; then :func:`relay` turns each output entry into an SSE event
 with the family's :class:`StreamFormat`, and the terminal status into its closing events (or an
-error event). A slow client loses nothing (the stream is kept with the job); output events
-carry their stream entry id, so ``GET /v1/jobs/{id}/events`` with ``Last-Event-ID`` resumes
-them. A client that disconnects cancels the job.
+error event). A job redelivered after its worker died resumes its output where the stream
+left it (``workers.events.Resume``); should the retry write something else, its ``restart``
+entry ends the relayed stream with a ``stream_restarted`` error (what was sent cannot be taken
+back), while ``/events`` readers get the entry itself and start their text over. A lost
+Redis ends a stream with a ``broker_unavailable`` error event. A slow client loses nothing
+(the stream is kept with the job); output events carry their stream entry id, so
+``GET /v1/jobs/{id}/events`` with ``Last-Event-ID`` resumes them. A client that disconnects
+cancels the job.
 """
 
 from __future__ import annotations
@@ -17,16 +22,21 @@ from typing import Any, Protocol
 
 import anyio
 import orjson
+import redis.exceptions
 from fastapi import Request, Response
 from sse_starlette import EventSourceResponse
 
-from api.queue import JobQueue
+from api.queue import ClientGone, JobQueue
 from api.responses import job_error, sync_response
 from inferq import protocol as p
-from inferq.errors import ServiceError
+from inferq.errors import ServiceError, broker_unavailable
 
 BLOCK_MS = 1000  # one XREAD waits at most this long before the job's status is re-checked
 PING_SEC = 15
+# Redis lost under a stream: reads are retried this long (a restart, a failover) before the
+# stream ends with an error event; a stream never just stops without an ending.
+RECONNECT_SEC = 5.0
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 Entry = tuple[str, str, bytes]  # (stream entry id, event type, data JSON)
 Event = dict[str, str]  # one SSE event for sse_starlette: data, and id where it has one
@@ -69,16 +79,19 @@ async def follow(queue: JobQueue, job_id: str, after: str = "0-0") -> AsyncItera
     If the stream has no entry for a while, the job is re-read: a job that is gone or already
     terminal (its terminal entry read before ``after``) ends the iteration."""
     cursor = after
+    lost_since: float | None = None
     while True:
-        entries = await queue.read_events(job_id, cursor, block_ms=BLOCK_MS)
-        if not entries:
-            record = await queue.read(job_id)
-            status = record[p.JobField.STATUS].decode() if record else None
-            if status in p.TERMINAL_STATUSES or record is None:
-                # One last look: the terminal entry may have landed after the read.
-                entries = await queue.read_events(job_id, cursor, block_ms=None)
-                if not entries:
-                    return
+        try:
+            entries = await _next_entries(queue, job_id, cursor)
+            lost_since = None
+        except REDIS_ERRORS:
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > RECONNECT_SEC:
+                raise
+            await anyio.sleep(0.25)
+            continue
+        if entries is None:
+            return
         for entry_id, kind, data in entries:
             cursor = entry_id
             yield entry_id, kind, data
@@ -86,12 +99,27 @@ async def follow(queue: JobQueue, job_id: str, after: str = "0-0") -> AsyncItera
                 return
 
 
+async def _next_entries(queue: JobQueue, job_id: str, cursor: str) -> list[Entry] | None:
+    """The next entries after ``cursor`` ([] if none came), None when the job is over."""
+    entries = await queue.read_events(job_id, cursor, block_ms=BLOCK_MS)
+    if not entries:
+        record = await queue.read(job_id)
+        status = record[p.JobField.STATUS].decode() if record else None
+        if status in p.TERMINAL_STATUSES or record is None:
+            # One last look: the terminal entry may have landed after the read.
+            return await queue.read_events(job_id, cursor, block_ms=None) or None
+    return entries
+
+
 def job_events_response(queue: JobQueue, job_id: str, after: str) -> EventSourceResponse:
     """The job's stream entries verbatim (``event`` is the entry's type)."""
 
     async def events() -> AsyncIterator[dict[str, Any]]:
-        async for entry_id, kind, data in follow(queue, job_id, after):
-            yield {"id": entry_id, "event": kind, "data": data.decode()}
+        try:
+            async for entry_id, kind, data in follow(queue, job_id, after):
+                yield {"id": entry_id, "event": kind, "data": data.decode()}
+        except REDIS_ERRORS:  # resumable later with Last-Event-ID
+            yield {"event": "error", "data": orjson.dumps(broker_unavailable().body()).decode()}
 
     return _sse(events(), job_id)
 
@@ -116,8 +144,13 @@ def _sse(events: AsyncIterator[dict[str, Any]], job_id: str) -> EventSourceRespo
     return EventSourceResponse(events, ping=PING_SEC, sep="\n", headers={"X-Job-ID": job_id})
 
 
-class ClientGone(Exception):
-    """The client disconnected while the route waited for the output to start."""
+def _restarted() -> ServiceError:
+    return ServiceError(
+        502,
+        "the worker serving this stream died and the retry wrote a different answer; "
+        "the text streamed so far is void: send the request again",
+        code="stream_restarted",
+    )
 
 
 def _job_lost() -> ServiceError:
@@ -183,10 +216,16 @@ async def relay(
                 for item in await _ending(queue, job_id, status, entry_id, fmt):
                     yield item
                 return
+            if kind == p.EventType.RESTART:  # the text relayed so far cannot be unsent
+                yield event(_restarted().body())
+                return  # the job is cancelled: nobody reads the rest
             if (item := fmt.output(entry_id, kind, data)) is not None:
                 yield item
         finished = True  # the job vanished (expired) without a terminal entry
         yield event(ServiceError(500, "the job was lost", code="job_lost").body())
+    except REDIS_ERRORS:
+        finished = True  # nothing to cancel it with; the stream ends with an error
+        yield event(broker_unavailable().body())
     finally:
         if not finished:  # the client went away: stop the job
             with anyio.CancelScope(shield=True):

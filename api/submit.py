@@ -5,13 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Response
+from fastapi import Request, Response
 
-from api.queue import JobQueue
+from api.queue import ClientGone, JobQueue
 from api.responses import json_response, render_job, sync_response
 from inferq import protocol as p
 from inferq.catalog import ModelEntry
 from inferq.settings import Settings
+
+
+def client_gone() -> Response:
+    """The answer to a client that left: nobody reads it (nginx's "client closed request")."""
+    return Response(status_code=499)
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,7 @@ class Submitter:
     settings: Settings
     owner: str
     request_id: str
+    request: Request | None = None  # the HTTP request, watched for a client that leaves
 
     async def start(
         self,
@@ -50,7 +56,16 @@ class Submitter:
     ) -> Response:
         """Run it as a sync job: its stored result (or error) is the response."""
         job_id = await self.start(endpoint, entry, request, kind=p.JobKind.SYNC)
-        return sync_response(await self.queue.wait(job_id, self.settings.sync_timeout_sec))
+        try:
+            return sync_response(await self.wait(job_id))
+        except ClientGone:
+            return client_gone()
+
+    async def wait(self, job_id: str) -> dict[str, Any]:
+        """The finished job's record; a client that disconnects meanwhile cancels the job
+        (raises :class:`api.queue.ClientGone`), as a streamed request's does."""
+        gone = self.request.is_disconnected if self.request is not None else None
+        return await self.queue.wait(job_id, self.settings.sync_timeout_sec, gone)
 
     async def accepted(self, job_id: str) -> Response:
         """``202`` with the job object of a job just submitted."""

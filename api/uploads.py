@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from api.files import too_large
@@ -136,8 +136,9 @@ async def receive_form(
     on_file_start: Callable[[dict[str, list[str]]], Awaitable[None]] | None = None,
 ) -> tuple[dict[str, list[str]], Upload]:
     """Read a multipart form; its file (if any) is stored as blob ``blob_id`` (expiring after
-    ``ttl``). Raises 413 past ``limit`` bytes of file, 400 for a malformed form; whatever
-    fails, nothing stays in the blob store."""
+    ``ttl``). Raises 413 past ``limit`` bytes of file, 400 for a malformed form or one cut
+    short (no closing boundary: the upload is incomplete); whatever fails, nothing stays in
+    the blob store."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise bad_request("the request must be multipart/form-data", param=None)
@@ -159,11 +160,17 @@ async def receive_form(
                         await on_file_start(state.fields)
                 if state.file_pieces:
                     yield state.take_pieces()
-            parser.finalize()
+            parser.finalize()  # checks nothing: a body cut short is caught below
         except FormParserError:
             raise bad_request("malformed multipart/form-data body", param=None) from None
         except ClientDisconnect:
             raise ServiceError(400, "the client went away during the upload") from None
+        if parser.state != MultipartState.END:  # the client stopped before the last boundary
+            raise bad_request(
+                "the multipart body ends before its closing boundary (truncated upload)",
+                param=None,
+                code="truncated_body",
+            )
         if state.file_pieces:
             yield state.take_pieces()
 

@@ -9,8 +9,11 @@ _TYPE_BY_STATUS = {
     401: "invalid_request_error",
     403: "invalid_request_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
     409: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
     429: "rate_limit_error",
 }
 

@@ -131,6 +131,10 @@ class EventType(StrEnum):
     PROGRESS = "progress"  # data: the job's progress object
     DELTA = "delta"  # data: {"content": <text>} (chat: generated text, in order)
     CHUNK = "chunk"  # data: an upstream chat.completion.chunk, verbatim (proxy models)
+    # data: {"discarded": <characters>}: the job was redelivered (its worker died) and the new
+    # run's output departs from what the stream already holds: drop the output read so far,
+    # the new run's output follows in full
+    RESTART = "restart"
 
 
 def event_fields(event: EventType, data: Any) -> dict[str, bytes | str]:
@@ -156,6 +160,7 @@ def workers_key(model: str) -> str:
 # kombu's Redis transport: sorted set of unacknowledged deliveries scored by delivery time. A
 # delivery older than the visibility timeout is handed to another worker; workers refresh the
 # score of the jobs they are running (a lease), so only a dead worker's jobs are redelivered.
+UNACKED_KEY = "unacked"  # kombu: delivery tag -> message, until acknowledged
 UNACKED_INDEX_KEY = "unacked_index"
 STATS_JOBS_KEY = f"{PREFIX}:stats:jobs"  # hash: "<endpoint>|<model>|<status>" -> finished jobs
 MODEL_INFO_KEY = f"{PREFIX}:model-info"  # hash: model name -> JSON info announced by workers

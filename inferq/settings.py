@@ -139,6 +139,17 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = Field(2048, description="Most texts in one embeddings request.")
     max_input_chars: int = Field(32768, description="Longest text accepted, in characters.")
     max_rerank_documents: int = Field(1000, description="Most documents in one rerank request.")
+    max_chat_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        description="Largest POST /v1/chat/completions body (images included): a declared "
+        "Content-Length past it is a 413 before the body is read.",
+    )
+    max_chat_chars: int = Field(
+        0,
+        description="Most characters of message text in one chat request (400 "
+        "context_length_exceeded, before tokenising). 0: the model's context length times 64 "
+        "(no token is longer), or 4 000 000 when its workers did not announce a context.",
+    )
     max_job_inputs: int = Field(100_000, description="Most texts in one embeddings job (/v1/jobs).")
     # Files and batches
     max_file_bytes: int = Field(200 * 1024 * 1024, description="Largest file upload (413 past it).")

@@ -1,10 +1,11 @@
-"""A test-only embedding handler that can be slow or kill its worker, for crash-safety tests."""
+"""Test-only handlers that are slow or kill their worker, for crash-safety tests."""
 
 from __future__ import annotations
 
 import os
 import time
 
+from handlers.chat import TextChatModel
 from handlers.embedding import HFEmbeddingModel
 
 
@@ -21,3 +22,16 @@ class CrashingEmbedder(HFEmbeddingModel):
             os._exit(137)
         time.sleep(self.slow_seconds)
         return super().embed_batch(texts)
+
+
+class SlowChat(TextChatModel):
+    """``TextChatModel`` that sleeps ``step_seconds`` per forward pass, so a generation lasts
+    long enough to kill its worker (or its Redis) in the middle of it."""
+
+    def __init__(self, *args, step_seconds: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step_seconds = step_seconds
+
+    def _forward(self, inputs, cache):
+        time.sleep(self.step_seconds)
+        return super()._forward(inputs, cache)

@@ -18,6 +18,7 @@ only appends to an in-memory queue.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import logging
@@ -32,6 +33,7 @@ from handlers.base import Cancelled
 from handlers.chat import ChatRequest
 from inferq import protocol as p
 from inferq.errors import ServiceError
+from inferq.limits import chat_char_limit, check_chat_chars
 from inferq.openai.chat import ChatJob, completion_body, token_biases
 from inferq.settings import Settings
 from workers.images import inline_remote_images
@@ -210,6 +212,8 @@ def submit(
         raise ServiceError(
             500, f"model '{model.name}' has no chat scheduler", code="internal_error"
         )
+    context = getattr(model.handler, "context_length", None)
+    check_chat_chars(job.messages, chat_char_limit(settings.max_chat_chars, context))
     messages = inline_remote_images(job.messages, settings) if job.remote_images else job.messages
     request = ChatRequest(
         messages=messages,
@@ -241,6 +245,8 @@ def serve_chat(ctx: JobContext, model: LoadedModel) -> bytes:
     if model.upstream:
         return serve_proxy_chat(ctx, model)
     job = ChatJob.parse(ctx.request)
+    if job.seed is None:  # a redelivered job samples the same text again (workers.events.Resume)
+        job.seed = int.from_bytes(hashlib.blake2b(ctx.job_id.encode(), digest_size=7).digest())
     future = submit(
         job,
         model,

@@ -63,21 +63,94 @@ class EventPublisher:
                 self._cond.notify_all()
 
 
-class JobEvents:
-    """One job's writer: ``delta``/``chunk`` from any thread, ``flush`` before finishing."""
+def streamed_output(client: redis.Redis, job_id: str) -> tuple[str, bool]:
+    """What earlier deliveries of a job put on its stream: the text of the ``delta`` entries
+    since the last ``restart``, and whether it also holds ``chunk`` entries (which a new run
+    cannot reproduce)."""
+    text: list[str] = []
+    chunks = False
+    for _, fields in client.xrange(p.events_key(job_id)):
+        kind = fields.get(b"event", b"").decode()
+        if kind == p.EventType.RESTART:
+            text, chunks = [], False
+        elif kind == p.EventType.DELTA:
+            text.append(p.loads(fields[b"data"])["content"])
+        elif kind == p.EventType.CHUNK:
+            chunks = True
+    return "".join(text), chunks
 
-    def __init__(self, events: EventPublisher, job_id: str):
+
+class Resume:
+    """A redelivered job's output against what its earlier run already streamed.
+
+    A generation that repeats itself (greedy, or seeded: chat jobs always are) is held back
+    while it retraces the streamed text and continues from its end, so a reader sees one
+    answer. One that departs from it is announced by a ``restart`` entry and then written in
+    full from its beginning."""
+
+    def __init__(self, streamed: str):
+        self.streamed = streamed
+        self.fresh = ""
+
+    def feed(self, text: str) -> tuple[bool, str, bool]:
+        """(restart first?, the text to write, settled?) for the new run's next text."""
+        self.fresh += text
+        if self.fresh.startswith(self.streamed):
+            return False, self.fresh[len(self.streamed) :], True
+        if self.streamed.startswith(self.fresh):
+            return False, "", False  # still retracing
+        return True, self.fresh, True
+
+
+class JobEvents:
+    """One job's writer: ``delta``/``chunk`` from any thread, ``flush`` before finishing.
+
+    ``streamed`` is the output an earlier delivery of the job already wrote (see
+    :class:`Resume`); ``chunks`` says it holds upstream chunks, which are never retraced."""
+
+    def __init__(
+        self, events: EventPublisher, job_id: str, streamed: str = "", chunks: bool = False
+    ):
         self.events = events
         self.job_id = job_id
         self.last = 0
+        self._resume = Resume(streamed) if streamed else None
+        self._streamed = len(streamed)
+        self._restart_on_chunk = chunks
+        self._lock = threading.Lock()
 
     def delta(self, text: str) -> None:
         """New output text (a chat token, a transcribed segment)."""
+        if self._resume is not None:
+            with self._lock:
+                restart, text, settled = self._resume.feed(text)
+                if settled:
+                    self._resume = None
+                if restart:
+                    self._restart()
+                if not text:
+                    return
         self.last = self.events.publish(self.job_id, p.EventType.DELTA, {"content": text})
 
     def chunk(self, data: str) -> None:
         """An upstream proxy's stream chunk, verbatim."""
+        if self._restart_on_chunk or self._resume is not None:
+            self._restart_on_chunk, self._resume = False, None
+            self._restart()
         self.last = self.events.publish(self.job_id, p.EventType.CHUNK, data, raw=True)
+
+    def end(self) -> None:
+        """The job's output is complete: if it stopped while still retracing the earlier
+        run's text (shorter than what was streamed), the stream restarts with it."""
+        if self._resume is not None:
+            fresh, self._resume = self._resume.fresh, None
+            self._restart()
+            if fresh:
+                self.last = self.events.publish(self.job_id, p.EventType.DELTA, {"content": fresh})
+
+    def _restart(self) -> None:
+        data = {"discarded": self._streamed}
+        self.last = self.events.publish(self.job_id, p.EventType.RESTART, data)
 
     def progress(self, stored: dict[str, Any], event: dict[str, Any] | None = None) -> None:
         """The job's progress (kept in its hash) and its event (``stored`` unless given),

@@ -20,7 +20,7 @@ from inferq.logs import job_id_var, request_id_var
 from inferq.redisconn import redis_client
 from inferq.settings import Settings
 from workers import metrics
-from workers.events import EventPublisher, JobEvents
+from workers.events import EventPublisher, JobEvents, streamed_output
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,16 @@ class JobContext:
     kind: str
     cancel_event: threading.Event
     runtime: JobRuntime
+    deliveries: int = 1
     watch: CancelWatch = field(init=False)
     events: JobEvents = field(init=False)
 
     def __post_init__(self) -> None:
         self.watch = CancelWatch(self.runtime.redis, self.job_id, self.cancel_event)
-        self.events = JobEvents(self.runtime.publisher, self.job_id)
+        streamed, chunks = "", False
+        if self.deliveries > 1:  # a redelivery resumes what the stream already holds
+            streamed, chunks = streamed_output(self.runtime.redis, self.job_id)
+        self.events = JobEvents(self.runtime.publisher, self.job_id, streamed, chunks)
 
     @property
     def model(self) -> str:
@@ -175,11 +179,13 @@ class JobRuntime:
             kind=kind,
             cancel_event=cancel_event,
             runtime=self,
+            deliveries=int(deliveries),
         )
         log.info("job %s started (request_id=%s, delivery %s)", job_id, request_id, deliveries)
         try:
             try:
                 result = serve(ctx)
+                ctx.events.end()
             finally:
                 ctx.events.flush()  # the output is in the stream before the terminal status
         except Cancelled:
@@ -234,19 +240,6 @@ class JobRuntime:
         for name, value in (fields or {}).items():
             args += [name.value, value]
         return bool(self._finish(keys=[p.job_key(job_id), p.events_key(job_id)], args=args))
-
-    def renew_leases(self) -> None:
-        """Mark every delivery this worker holds as fresh, so no other worker takes it over.
-
-        kombu redelivers a message unacknowledged for longer than the visibility timeout; a
-        live worker's long job (or one waiting for a free thread) must not count as lost.
-        """
-        from celery.worker import state
-
-        held = [*state.active_requests, *state.reserved_requests]
-        tags = [r.message.delivery_tag for r in held if getattr(r, "message", None)]
-        if tags:
-            self.redis.zadd(p.UNACKED_INDEX_KEY, dict.fromkeys(tags, p.now()), xx=True)
 
     def cancel_running(self, job_id: str) -> bool:
         with self._lock:

@@ -30,6 +30,7 @@ class Heartbeat:
         self.worker = worker
         self.infos = infos
         self._stop = threading.Event()
+        self._left = threading.Event()  # out of the presence sets (shutting down)
         # Orders a beat's ZADD against stop()'s ZREM: a beat in flight when the worker stops
         # would otherwise put it back in the pool after it left.
         self._presence_lock = threading.Lock()
@@ -45,17 +46,19 @@ class Heartbeat:
 
     def beat(self) -> None:
         with self._presence_lock:
-            if self._stop.is_set():
-                return
-            now = p.now()
-            pipe = self.redis.pipeline(transaction=False)
-            for model in self.infos:
-                key = p.workers_key(model)
-                pipe.zadd(key, {self.worker: now + self.settings.heartbeat_ttl_sec})
-                pipe.zremrangebyscore(key, "-inf", now)
-            pipe.execute()
+            if not self._left.is_set():
+                self._announce()
         if self.on_beat is not None:
             self.on_beat()
+
+    def _announce(self) -> None:
+        now = p.now()
+        pipe = self.redis.pipeline(transaction=False)
+        for model in self.infos:
+            key = p.workers_key(model)
+            pipe.zadd(key, {self.worker: now + self.settings.heartbeat_ttl_sec})
+            pipe.zremrangebyscore(key, "-inf", now)
+        pipe.execute()
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval_sec):
@@ -65,9 +68,11 @@ class Heartbeat:
                 log.warning("heartbeat failed: %s", exc)
 
     def stop(self) -> None:
-        """Leave the pool at once, so the API stops routing new requests here."""
+        """Leave the pool at once, so the API stops routing new requests here. The beats go
+        on without announcing (``on_beat`` renews the leases of the jobs being finished) until
+        the process exits."""
         with self._presence_lock:
-            self._stop.set()
+            self._left.set()
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 for model in self.infos:

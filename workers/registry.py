@@ -80,6 +80,8 @@ def describe(handler: Any, entry: ModelEntry) -> dict[str, Any]:
         info["dimensions"] = int(dim)
     if (max_length := optional(handler, "max_length")) is not None:
         info["max_input_tokens"] = int(max_length)
+    if (context := getattr(handler, "context_length", None)) is not None:
+        info["context_length"] = int(context)  # bounds a chat request's text in the API
     return info
 
 

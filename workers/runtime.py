@@ -20,6 +20,7 @@ from workers import metrics
 from workers.audio.service import AudioService
 from workers.batch.runner import BatchRunner
 from workers.jobs import JobRuntime
+from workers.leases import Leases
 from workers.presence import CancelListener, Heartbeat
 from workers.registry import ModelRegistry
 from workers.watchdog import ConsumerWatchdog
@@ -42,6 +43,7 @@ class WorkerRuntime:
             worker_name=lambda: self.name,
         )
         self._background: list = []
+        self.leases: Leases | None = None
 
     @cached_property
     def catalog(self) -> Catalog:
@@ -58,6 +60,7 @@ class WorkerRuntime:
 
     def start_background(self, worker_name: str, controller=None) -> None:
         self.name = worker_name
+        self.leases = Leases(self.jobs.redis, self.settings, self.app, worker_name)
         infos = {name: loaded.info for name, loaded in self.registry.models.items()}
         heartbeat = Heartbeat(
             self.jobs.redis, self.settings, worker_name, infos, on_beat=self._on_beat
@@ -73,8 +76,10 @@ class WorkerRuntime:
             self._background.append(watchdog)
 
     def _on_beat(self) -> None:
-        """Every heartbeat: renew the leases of running jobs, finish batches whose time is up."""
-        self.jobs.renew_leases()
+        """Every heartbeat: renew the leases of running jobs, hand back a dead worker's ones,
+        finish batches whose time is up."""
+        self.leases.renew()
+        self.leases.reap()
         try:
             self.batches.sweep()
         except RedisError:

@@ -22,9 +22,10 @@ from fastapi import APIRouter, Request, Response
 
 from api.audio_form import FORMS, delete_upload, receive
 from api.deps import SubmitterDep
+from api.queue import ClientGone
 from api.responses import sync_response
 from api.sse import Event, event, stream_response
-from api.submit import Submitter
+from api.submit import Submitter, client_gone
 from inferq import audio as a
 from inferq import protocol as p
 
@@ -56,7 +57,10 @@ async def _sync(submit: Submitter, request: Request, endpoint: p.Endpoint) -> Re
     timeout = submit.settings.sync_timeout_sec
     if job_request["stream"]:
         return await stream_response(submit.queue, job_id, request, timeout, _TranscriptEvents())
-    record = await submit.queue.wait(job_id, timeout)
+    try:
+        record = await submit.wait(job_id)
+    except ClientGone:
+        return client_gone()
     return audio_response(record, job_request["response_format"])
 
 

@@ -4,40 +4,82 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+import anyio
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import FilesDep, OwnerDep
 from api.responses import attachment, json_response, list_response
-from inferq.batches import render_file
+from api.uploads import receive_form
+from inferq.batches import new_file_id, render_file
 from inferq.errors import bad_request
 
 router = APIRouter(tags=["files"])
 
 PURPOSES = ("batch", "user_data", "assistants", "fine-tune", "vision", "evals")
-READ_BYTES = 1 << 20
 
 
-@router.post("/files", summary="Upload a file")
-async def upload_file(
-    request: Request,
-    files: FilesDep,
-    owner: OwnerDep,
-    file: Annotated[UploadFile, File()],
-    purpose: Annotated[Literal[PURPOSES], Form()],
-):
-    # a declared Content-Length past the limit was a 413 before the form was read
-    # (api.middleware.DeclaredSizeLimit); an undeclared size is checked as the blob fills
-    if len((await request.form()).getlist("file")) > 1:  # the parsed form, cached by Starlette
-        raise bad_request("send one 'file' part per upload", param="file")
+UPLOAD_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "file": {"type": "string", "format": "binary", "title": "File"},
+        "purpose": {"type": "string", "enum": list(PURPOSES), "title": "Purpose"},
+    },
+    "required": ["file", "purpose"],
+}
 
-    async def pieces():
-        while piece := await file.read(READ_BYTES):
-            yield piece
 
-    created = await files.create_file(
-        pieces(), filename=file.filename or "upload", purpose=purpose, owner=owner
+def _purpose(fields: dict[str, list[str]]) -> str:
+    values = fields.get("purpose") or []
+    if not values:
+        raise bad_request("missing required parameter 'purpose'", param="purpose")
+    if len(values) > 1 or values[0] not in PURPOSES:
+        raise bad_request(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose")
+    return values[0]
+
+
+@router.post(
+    "/files",
+    summary="Upload a file",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": UPLOAD_SCHEMA}},
+        }
+    },
+)
+async def upload_file(request: Request, files: FilesDep, owner: OwnerDep):
+    """The file is streamed into the blob store as it arrives (:func:`api.uploads.receive_form`:
+    a 413 past ``MAX_FILE_BYTES``, a 400 for a form cut short); the record is written only
+    once the whole form has been read."""
+
+    async def on_file_start(fields: dict[str, list[str]]) -> None:
+        if "purpose" in fields:  # checked before any byte is stored
+            _purpose(fields)
+
+    file_id = new_file_id()
+    fields, upload = await receive_form(
+        request,
+        files.blobs,
+        file_id,
+        limit=files.settings.max_file_bytes,
+        ttl=files.settings.file_ttl_sec,
+        on_file_start=on_file_start,
     )
+    try:
+        if not upload.present:
+            raise bad_request("missing required parameter 'file'", param="file")
+        created = await files.record_file(
+            file_id,
+            size=upload.size,
+            filename=upload.filename or "upload",
+            purpose=_purpose(fields),
+            owner=owner,
+        )
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await files.blobs.delete(file_id)
+        raise
     return json_response(created)
 
 

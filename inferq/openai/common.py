@@ -121,13 +121,16 @@ def validation_error(errors: Sequence[dict[str, Any]], *, under: str = "") -> Se
         location = [under, *location]
     param = ".".join(location[:2]) if under else (location[0] if location else None)
     where = ".".join(location)
+    code = "invalid_value"
     if first.get("type") == "json_invalid":
-        param, message = None, "the request body is not valid JSON"
+        param, message, code = None, "the request body is not valid JSON", "invalid_json"
+    elif first.get("type") == "missing" and not location:  # no body at all
+        param, message, code = None, "the request body is empty: send a JSON object", "invalid_json"
     elif first.get("type") == "missing":
         message = f"missing required parameter '{where}'"
     else:
         message = f"invalid value for '{where}': {first.get('msg')}" if where else first["msg"]
-    return ServiceError(400, message, param=param, code="invalid_value")
+    return ServiceError(400, message, param=param, code=code)
 
 
 def validated(schema: type[M], body: Any, *, under: str = "") -> M:
