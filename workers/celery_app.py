@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery, signals
+from redis import RedisError
 
 from inferq.catalog import load_catalog
 from inferq.protocol import celery_config
@@ -59,6 +60,19 @@ def _announce(sender=None, **_: object) -> None:
     runtime.start(settings, app).start_background(
         name, controller=getattr(sender, "controller", None)
     )
+
+
+@signals.task_received.connect
+def _lease(request=None, **_: object) -> None:
+    """Record a new delivery's lease at once, not at the next heartbeat (workers.leases)."""
+    leases = runtime.start(settings, app).leases
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    if leases is None or tag is None:
+        return
+    try:
+        leases.renew(extra=tag)
+    except RedisError as exc:  # the heartbeat records it soon enough
+        log.warning("could not record a lease: %s", exc)
 
 
 @signals.worker_shutting_down.connect

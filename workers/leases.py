@@ -20,8 +20,10 @@ heartbeat a worker
   before the crash). A job run twice is harmless: ``START`` lets a ``running`` job start again
   and ``FINISH`` writes one result.
 
-A worker shutting down warmly leaves the presence sets at once but keeps renewing its leases
-until it exits, so the jobs it is finishing are not handed to others.
+A message is also recorded the moment it is received (``task_received``), so a worker killed
+right after taking a job, before its next heartbeat, still has it handed on. A worker shutting
+down warmly leaves the presence sets at once but keeps renewing its leases until it exits, so
+the jobs it is finishing are not handed to others.
 """
 
 from __future__ import annotations
@@ -60,9 +62,12 @@ class Leases:
         held = [*state.active_requests, *state.reserved_requests]  # a running one is in both
         return sorted({r.message.delivery_tag for r in held if getattr(r, "message", None)})
 
-    def renew(self) -> None:
-        """Mark the deliveries this worker holds as fresh and record them under its name."""
+    def renew(self, extra: str | None = None) -> None:
+        """Mark the deliveries this worker holds (and ``extra``, one just received) as fresh
+        and record them under its name."""
         tags = self.held_tags()
+        if extra is not None and extra not in tags:
+            tags.append(extra)
         now = p.now()
         pipe = self.redis.pipeline(transaction=False)
         if tags:
