@@ -65,14 +65,12 @@ async def prepare_chat(
     check_chat_chars(
         request.messages, chat_char_limit(settings.max_chat_chars, info.get("context_length"))
     )
-    capabilities = []
-    if image_urls(request.messages):
-        capabilities = info.get("capabilities", [])
     check_chat_for_model(
         request,
         model=entry.name,
-        structured_outputs=entry.supports_structured_outputs,
-        capabilities=capabilities,
+        structured_outputs=entry.structured_outputs(info),
+        tool_parser=entry.tool_parser,
+        capabilities=info.get("capabilities", []),
         settings=settings,
     )
     return entry, request.wire()
