@@ -109,7 +109,7 @@ def test_text_without_calls_is_content_and_a_broken_call_stays_text():
 
 def test_only_calls_have_no_content_and_blank_text_before_them_is_not_content():
     text = '\n\n<tool_call>\n{"name": "add", "arguments": {"a": true, "b": true}}\n</tool_call>'
-    texts, calls, (content, final) = stream("hermes", chars(text))
+    texts, _, (content, final) = stream("hermes", chars(text))
     assert texts == [] and content == "" and [c["function"]["name"] for c in final] == ["add"]
 
 
@@ -181,10 +181,11 @@ def test_templates_without_tools_get_the_parsers_text():
     assert messages[0]["role"] == "system" and "get_weather" in messages[0]["content"]
     assert messages[2] == {
         "role": "assistant",
-        "content": '<tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</tool_call>',
+        "content": '<tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+        "</tool_call>",
     }
     assert messages[3]["role"] == "user"
-    assert "<tool_response>\n22 degrees and sunny\n</tool_response>" == messages[3]["content"]
+    assert messages[3]["content"] == "<tool_response>\n22 degrees and sunny\n</tool_response>"
 
 
 def test_templates_with_tools_get_them_with_arguments_as_objects():
