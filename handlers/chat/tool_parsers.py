@@ -70,6 +70,10 @@ def call_schema(functions: list[dict[str, Any]], key: str) -> dict[str, Any]:
     options = []
     for function in functions:
         parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        if "properties" in parameters and "additionalProperties" not in parameters:
+            # Only the declared arguments (as OpenAI's strict mode): small models otherwise
+            # pad a forced call with made-up keys until max_tokens cuts it.
+            parameters = {**parameters, "additionalProperties": False}
         options.append(
             {
                 "type": "object",

@@ -286,3 +286,14 @@ def test_json_schema_without_a_schema_is_any_json_object(qwen):
         response_format={"type": "json_schema", "json_schema": {"name": "any"}},
     )
     assert generation.text == "{"  # the grammar allows only an object's opening
+
+
+def test_forced_arguments_are_only_the_declared_ones():
+    from handlers.chat.tool_parsers import call_schema
+
+    loose = {"type": "object", "properties": {"city": {"type": "string"}}}
+    schema = call_schema([{"name": "f", "parameters": loose}], "arguments")
+    assert schema["properties"]["arguments"]["additionalProperties"] is False
+    open_ended = {**loose, "additionalProperties": True}
+    schema = call_schema([{"name": "f", "parameters": open_ended}], "arguments")
+    assert schema["properties"]["arguments"]["additionalProperties"] is True
