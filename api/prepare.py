@@ -15,7 +15,7 @@ from api.queue import JobQueue
 from inferq import protocol as p
 from inferq.catalog import ModelEntry
 from inferq.limits import chat_char_limit, check_chat_chars
-from inferq.openai.chat import ChatCompletionRequest, check_chat_for_model, image_urls
+from inferq.openai.chat import ChatCompletionRequest, check_chat_for_model
 from inferq.openai.embeddings import EmbeddingRequest, check_dimensions
 from inferq.openai.rerank import RerankRequest
 from inferq.settings import Settings
