@@ -15,7 +15,7 @@ from api.queue import JobQueue
 from inferq import protocol as p
 from inferq.catalog import ModelEntry
 from inferq.limits import chat_char_limit, check_chat_chars
-from inferq.openai.chat import ChatCompletionRequest, check_chat_for_model, image_urls
+from inferq.openai.chat import ChatCompletionRequest, check_chat_for_model
 from inferq.openai.embeddings import EmbeddingRequest, check_dimensions
 from inferq.openai.rerank import RerankRequest
 from inferq.settings import Settings
@@ -65,14 +65,12 @@ async def prepare_chat(
     check_chat_chars(
         request.messages, chat_char_limit(settings.max_chat_chars, info.get("context_length"))
     )
-    capabilities = []
-    if image_urls(request.messages):
-        capabilities = info.get("capabilities", [])
     check_chat_for_model(
         request,
         model=entry.name,
-        structured_outputs=entry.supports_structured_outputs,
-        capabilities=capabilities,
+        structured_outputs=entry.structured_outputs(info),
+        tool_parser=entry.tool_parser,
+        capabilities=info.get("capabilities", []),
         settings=settings,
     )
     return entry, request.wire()

@@ -59,7 +59,10 @@ class ChatGeneration:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: Literal["stop", "length"] = "stop"
+    finish_reason: Literal["stop", "length", "tool_calls"] = "stop"
+    # OpenAI tool_calls objects ({id, type, function{name, arguments}}); ``text`` is then the
+    # content before them ("" when none).
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass

@@ -32,7 +32,12 @@ class ModelEntry(BaseModel):
     hf_repo_id: str
     handler: str
     description: str | None = None
-    supports_structured_outputs: bool = False
+    # None: decided by the worker at load (true when the constrained decoder accepts the
+    # tokenizer); false turns response_format and forced tool calls off.
+    supports_structured_outputs: bool | None = None
+    tool_parser: Literal["hermes", "smollm2", "llama3_json"] | None = Field(
+        None, description="How the model writes tool calls (handlers/chat/tool_parsers.py)."
+    )
     pooling: Literal["mean", "cls", "last_token"] | None = None
     max_length: int | None = Field(None, gt=0, description="Truncate inputs to this many tokens.")
     matryoshka_dimensions: list[int] | None = Field(
@@ -91,6 +96,13 @@ class ModelEntry(BaseModel):
                 )
             return Path(next(iter(spec.submodule_search_locations))) / sub
         return None
+
+    def structured_outputs(self, info: dict[str, Any]) -> bool:
+        """Whether the model follows response_format: the entry's word, else what its worker
+        announced (``info`` from model-info)."""
+        if self.supports_structured_outputs is not None:
+            return self.supports_structured_outputs
+        return bool(info.get("structured_outputs", True))
 
     def handler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Handler(source, device, cache_dir=..., **kwargs)``."""

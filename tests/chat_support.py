@@ -29,7 +29,7 @@ PROXY_TIMEOUT_SEC = 2.0
 
 def chat_entries(upstream_port: int) -> list[dict[str, Any]]:
     """Entries the stack's catalog gets for the chat tests (tiny models are built if needed)."""
-    from tests.tiny.chat import tiny_llama_chat_dir, tiny_qwen3_vl_dir
+    from tests.tiny.chat import tiny_llama_chat_dir, tiny_qwen2_tools_dir, tiny_qwen3_vl_dir
 
     upstream = f"http://127.0.0.1:{upstream_port}/v1"
     proxy = {
@@ -44,6 +44,14 @@ def chat_entries(upstream_port: int) -> list[dict[str, Any]]:
             "hf_repo_id": "inferq-tests/tiny-llama-chat",
             "handler": "handlers.chat.TextChatModel",
             "local_dir": str(tiny_llama_chat_dir()),
+            "defaults": {"max_tokens": 16},
+        },
+        {  # a Qwen 2.5 tool-calling template (tests/test_chat_tools.py starts its worker)
+            "name": "tiny-qwen-tools",
+            "hf_repo_id": "inferq-tests/tiny-qwen-tools",
+            "handler": "handlers.chat.TextChatModel",
+            "local_dir": str(tiny_qwen2_tools_dir()),
+            "tool_parser": "hermes",
             "defaults": {"max_tokens": 16},
         },
         {

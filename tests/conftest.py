@@ -260,7 +260,7 @@ def smol_stack(stack) -> Stack:
 def openai_client(stack):
     import openai
 
-    return openai.OpenAI(base_url=stack.v1, api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=stack.v1, api_key="unused", max_retries=0, timeout=600)
 
 
 @pytest.fixture(scope="session")

@@ -286,7 +286,12 @@ def test_chat_batch_on_smollm2(smol_stack, openai_client):
         *(_chat_line(f"q{i}", f"Name a colour, number {i}.", max_tokens=12) for i in range(10)),
         _chat_line("two-choices", capital, n=2),
         _chat_line("streamed", capital, stream=True),
-        _chat_line("tools", capital, tools=[{"type": "function", "function": {"name": "f"}}]),
+        _chat_line(  # a tool_choice naming no tool
+            "tools",
+            capital,
+            tools=[{"type": "function", "function": {"name": "f"}}],
+            tool_choice={"type": "function", "function": {"name": "g"}},
+        ),
     ]
     upload = openai_client.files.create(file=("chat.jsonl", _jsonl(lines)), purpose="batch")
     batch = openai_client.batches.create(
@@ -326,7 +331,7 @@ def test_chat_batch_on_smollm2(smol_stack, openai_client):
     assert {cid: e["body"]["error"]["param"] for cid, e in errors.items()} == {
         "two-choices": "n",
         "streamed": "stream",
-        "tools": "tools",
+        "tools": "tool_choice",
     }
 
 

@@ -289,14 +289,21 @@ def test_vision_request_with_a_data_uri_image(client, stack):
     ("extra", "param"),
     [
         ({"n": 2}, "n"),
+        # tiny-llama-chat's entry names no tool_parser
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),  # no tools
+        ({"functions": [{"name": "f"}]}, "functions"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages"),
-        ({"messages": [{"role": "tool", "content": "1", "tool_call_id": "x"}]}, "messages"),
+        ({"messages": [{"role": "tool", "content": "1"}]}, "messages"),  # no tool_call_id
         ({"temperature": 3}, "temperature"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"max_tokens": 0}, "max_tokens"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": 1}}},
+            "response_format",
+        ),
         ({"logprobs": True}, "logprobs"),
         ({"logit_bias": {"eos": -100}}, "logit_bias"),
         ({"logit_bias": {"7": 101}}, "logit_bias"),

@@ -205,6 +205,7 @@ def submit(
     cancel_event: threading.Event,
     priority: int,
     on_text: Callable[[str], None] | None = None,
+    on_tool_calls: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Future:
     """Queue ``job`` in the model's scheduler (remote images fetched first); the future gives
     the :class:`handlers.base.ChatGeneration`. Used by jobs and batch lines alike."""
@@ -220,6 +221,10 @@ def submit(
         cancel_event=cancel_event,
         on_text=on_text,
         response_format=job.response_format,
+        tools=job.tools,
+        tool_choice=job.tool_choice,
+        parallel_tool_calls=job.parallel_tool_calls,
+        on_tool_calls=on_tool_calls,
         **generation_params(job, model.handler.generation_defaults, settings),
     )
     return model.batcher.submit(request, priority=priority)
@@ -237,6 +242,7 @@ def completion(job: ChatJob, model: LoadedModel, generation, job_id: str) -> dic
         generation.finish_reason,
         generation.prompt_tokens,
         generation.completion_tokens,
+        tool_calls=generation.tool_calls,
     )
 
 
@@ -254,5 +260,6 @@ def serve_chat(ctx: JobContext, model: LoadedModel) -> bytes:
         cancel_event=ctx.cancel_event,
         priority=ctx.priority,
         on_text=ctx.events.delta,
+        on_tool_calls=ctx.events.tool_calls,
     )
     return p.dumps(completion(job, model, ctx.wait(future), ctx.job_id))

@@ -132,6 +132,10 @@ class JobEvents:
                     return
         self.last = self.events.publish(self.job_id, p.EventType.DELTA, {"content": text})
 
+    def tool_calls(self, calls: list[dict[str, Any]]) -> None:
+        """New tool calls of a chat completion (OpenAI's ``delta.tool_calls`` entries)."""
+        self.last = self.events.publish(self.job_id, p.EventType.DELTA, {"tool_calls": calls})
+
     def chunk(self, data: str) -> None:
         """An upstream proxy's stream chunk, verbatim."""
         if self._restart_on_chunk or self._resume is not None:

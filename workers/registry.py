@@ -78,6 +78,8 @@ def describe(handler: Any, entry: ModelEntry) -> dict[str, Any]:
     }
     if (dim := getattr(handler, "dim", None)) is not None:
         info["dimensions"] = int(dim)
+    if (structured := getattr(handler, "supports_structured_outputs", None)) is not None:
+        info["structured_outputs"] = bool(structured)
     if (max_length := optional(handler, "max_length")) is not None:
         info["max_input_tokens"] = int(max_length)
     if (context := getattr(handler, "context_length", None)) is not None:

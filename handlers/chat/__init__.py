@@ -13,7 +13,8 @@ per-request control inside one batch:
 * text is streamed as it is decoded, holding back a possible partial stop string and
   incomplete UTF-8, so the concatenated deltas equal the final text;
 * ``response_format`` (JSON object / JSON schema) is enforced by constrained decoding
-  (:mod:`handlers.chat.structured`) for models whose entry sets ``supports_structured_outputs``.
+  (:mod:`handlers.chat.structured`) for models whose tokenizer llguidance accepts, and
+  ``tools`` are rendered, forced and parsed per model family (:mod:`handlers.chat.tools`).
 
 :meth:`ChatHandler.generate_batch` runs a static batch to completion. The worker's scheduler
 uses :class:`ChatBatch` directly for **continuous batching**: between two decoding steps new
@@ -25,20 +26,22 @@ positions for Qwen-VL images), so a request gives the same greedy output alone o
 
 The modules, by what they do:
 
-==============  ==============================================================================
-``request``     :class:`ChatRequest` (one completion's parameters), its validation, the prompt
-``prompts``     chat templates and OpenAI message content
-``images``      ``data:`` image URIs to ``PIL`` images
-``sampling``    the next token: logit bias, grammar mask, temperature, top-p
-``text``        incremental detokenization, stop strings, streamed deltas
-``row``         one request's decoding state inside a batch
-``kv_cache``    KV-cache surgery: select, merge and trim rows
-``batch``       :class:`ChatBatch`, the step-level running batch
-``handler``     :class:`ChatHandler`, the base class: loading, admission, the hooks
-``text_model``  :class:`TextChatModel`
-``qwen_vl``     :class:`QwenVLChat`
-``structured``  ``response_format`` by constrained decoding (llguidance)
-==============  ==============================================================================
+================  ============================================================================
+``request``       :class:`ChatRequest` (one completion's parameters), its validation, the prompt
+``prompts``       chat templates and OpenAI message content
+``images``        ``data:`` image URIs to ``PIL`` images
+``sampling``      the next token: logit bias, grammar mask, temperature, top-p
+``text``          incremental detokenization, stop strings, streamed deltas
+``row``           one request's decoding state inside a batch
+``kv_cache``      KV-cache surgery: select, merge and trim rows
+``batch``         :class:`ChatBatch`, the step-level running batch
+``handler``       :class:`ChatHandler`, the base class: loading, admission, the hooks
+``text_model``    :class:`TextChatModel`
+``qwen_vl``       :class:`QwenVLChat`
+``structured``    ``response_format`` by constrained decoding (llguidance)
+``tools``         tool calling: prompts, forced calls, the streamed split of content and calls
+``tool_parsers``  the per-family call formats named by the entry's ``tool_parser``
+================  ============================================================================
 
 Catalog entries name the handlers as ``handlers.chat.TextChatModel`` and
 ``handlers.chat.QwenVLChat``; those paths are re-exported here and stay.

@@ -8,6 +8,7 @@ vision and position hooks. The decoding itself runs in :class:`~handlers.chat.ba
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,16 @@ from handlers.chat.row import Row
 from handlers.chat.sampling import Sampler
 from handlers.chat.structured import StructuredOutputs
 from handlers.chat.text import TextStream
+from handlers.chat.tools import (
+    ToolCallStream,
+    forced_functions,
+    parser_named,
+    template_text,
+    tool_prompt,
+)
 from inferq.openai.chat import STRUCTURED_OUTPUTS_UNSUPPORTED
+
+log = logging.getLogger(__name__)
 
 
 def dtype_for(torch_dtype: str | None, device: torch.device):
@@ -75,7 +85,8 @@ class ChatHandler:
         name: str | None = None,
         hf_repo_id: str | None = None,
         defaults: dict[str, Any] | None = None,
-        supports_structured_outputs: bool = False,
+        supports_structured_outputs: bool | None = None,
+        tool_parser: str | None = None,
         torch_dtype: str | None = None,
         revision: str | None = None,
         context_length: int | None = None,
@@ -86,7 +97,9 @@ class ChatHandler:
         self.name = name or hf_repo_id or self.source
         self.device = torch.device(resolve_device(str(device)))
         self.generation_defaults = dict(defaults or {})
-        self.supports_structured_outputs = bool(supports_structured_outputs)
+        # None: decided at load (True when llguidance accepts the tokenizer)
+        self.supports_structured_outputs = supports_structured_outputs
+        self.tool_parser = parser_named(tool_parser)
         self.max_batch_size = (
             self.default_max_batch_size if max_batch_size is None else max_batch_size
         )
@@ -128,14 +141,31 @@ class ChatHandler:
         self._logits_to_keep = "logits_to_keep" in forward_params
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.structured_outputs = None
-        if self.supports_structured_outputs:
-            self.structured_outputs = StructuredOutputs(
-                tokenizer, self.vocab_size, self.eos_token_ids
-            )
-            self.structured_outputs.warm_up()
+        if self.supports_structured_outputs is not False:
+            structured = StructuredOutputs(tokenizer, self.vocab_size, self.eos_token_ids)
+            try:
+                structured.warm_up()
+            except Exception as exc:
+                if self.supports_structured_outputs:  # the entry asked for it: a load error
+                    raise
+                log.warning("%s: no structured outputs (llguidance: %s)", self.name, exc)
+            else:
+                self.structured_outputs = structured
+        self.supports_structured_outputs = self.structured_outputs is not None
 
     def _constraint_for(self, request: ChatRequest):
-        """The decoding constraint of a request's ``response_format`` (None for plain text)."""
+        """The decoding constraint of a request: a forced tool call (``tool_choice`` required
+        or named), else its ``response_format`` (None for plain text)."""
+        functions = forced_functions(request.tools, request.tool_choice)
+        if functions is not None:
+            if self.structured_outputs is None or self.tool_parser is None:
+                raise InvalidInput(
+                    f"model '{self.name}' cannot force tool calls (tool_choice)",
+                    param="tool_choice",
+                    code=STRUCTURED_OUTPUTS_UNSUPPORTED,
+                )
+            grammar = self.tool_parser.grammar(functions, parallel=request.parallel_tool_calls)
+            return self.structured_outputs.lark_constraint(grammar, param="tools")
         response_format = request.response_format
         if not response_format or response_format.get("type") in (None, "text"):
             return None
@@ -202,7 +232,19 @@ class ChatHandler:
     def _admit(self, request: ChatRequest) -> tuple[Row, EncodedPrompt]:
         """Validate and tokenize one request (raises :class:`InvalidInput`)."""
         validate_request(request, vocab_size=self.vocab_size)
-        prompt = self._encode(request.messages, add_generation_prompt=True)
+        calls = None  # the output is parsed for tool calls unless tool_choice is none
+        if request.tools and request.tool_choice != "none":
+            if self.tool_parser is None:
+                raise InvalidInput(
+                    f"model '{self.name}' has no tool_parser in its catalog entry",
+                    param="tools",
+                    code="unsupported_parameter",
+                )
+            calls = ToolCallStream(self.tool_parser, request.on_text, request.on_tool_calls)
+        messages, tools = tool_prompt(
+            list(request.messages), request.tools, self.tool_parser, template_text(self.tokenizer)
+        )
+        prompt = self._encode(messages, add_generation_prompt=True, tools=tools)
         prompt_tokens = len(prompt.input_ids)
         if prompt_tokens >= self.context_length:
             raise InvalidInput(
@@ -216,8 +258,9 @@ class ChatHandler:
             prompt_tokens=prompt_tokens,
             max_new_tokens=min(request.max_new_tokens, self.context_length - prompt_tokens),
             sampler=Sampler(request, self.device, self._constraint_for(request)),
-            stream=TextStream(self.decode, request.stop, request.on_text),
+            stream=TextStream(self.decode, request.stop, calls.feed if calls else request.on_text),
             eos_token_ids=self.eos_token_ids,
+            tools=calls,
         )
         return row, prompt
 
@@ -236,8 +279,13 @@ class ChatHandler:
         raise NotImplementedError
 
     def _encode(
-        self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
     ) -> EncodedPrompt:
+        """Token ids (and vision tensors) of the prompt; ``tools`` go to the chat template."""
         raise NotImplementedError
 
     def _collate_vision(self, encoded: list[EncodedPrompt]) -> dict[str, torch.Tensor]:

@@ -32,12 +32,17 @@ CHATML_VL_TEMPLATE = (
 
 
 def render(
-    tokenizer, messages: list[dict[str, Any]], template: str | None, add_generation_prompt: bool
+    tokenizer,
+    messages: list[dict[str, Any]],
+    template: str | None,
+    add_generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
     """The prompt text of ``messages`` (a template error is the client's: a 400)."""
     try:
         return tokenizer.apply_chat_template(
             messages,
+            tools=tools,
             chat_template=template,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,

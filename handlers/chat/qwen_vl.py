@@ -65,7 +65,11 @@ class QwenVLChat(ChatHandler):
         return model, tokenizer
 
     def _encode(
-        self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
     ) -> EncodedPrompt:
         converted, images = [], []
         for message in messages:
@@ -86,7 +90,7 @@ class QwenVLChat(ChatHandler):
             raise InvalidInput(
                 f"at most {self.max_images_per_request} images per request", param="messages"
             )
-        prompt = render(self.tokenizer, converted, None, add_generation_prompt)
+        prompt = render(self.tokenizer, converted, None, add_generation_prompt, tools)
         if prompt.count(self.image_token) != len(images):
             raise InvalidInput(
                 "the number of image placeholders does not match the images", param="messages"

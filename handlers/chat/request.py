@@ -28,6 +28,12 @@ class ChatRequest:
     on_text: OnText | None = None
     response_format: dict[str, Any] | None = None
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit (OpenAI's)
+    # Tool calling (see handlers.chat.tools): OpenAI ``tools`` entries, ``tool_choice``
+    # (none | auto | required | {"type": "function", "function": {"name": ...}}).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool = True
+    on_tool_calls: Callable[[list[dict[str, Any]]], None] | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ class Row:
     completion_tokens: int = 0
     result: ChatGeneration | Exception | None = None
     key: Any = None  # the caller's handle for this request (see ChatBatch)
+    tools: Any = None  # a handlers.chat.tools.ToolCallStream when the output is parsed for calls
 
     @property
     def done(self) -> bool:
@@ -61,9 +62,13 @@ class Row:
 
     def _finish(self, reason: Literal["stop", "length"], *, flush: bool = True) -> None:
         text = self.stream.finish(flush=flush)
+        tool_calls = None
+        if self.tools is not None:
+            text, tool_calls = self.tools.finish()
         self.result = ChatGeneration(
             text=text,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
-            finish_reason=reason,
+            finish_reason="tool_calls" if tool_calls else reason,
+            tool_calls=tool_calls or None,
         )

@@ -90,7 +90,8 @@ class StructuredOutputs:
             schema: Any = {"type": "object"}
         elif kind == "json_schema":
             spec = response_format.get("json_schema")
-            schema = spec.get("schema") if isinstance(spec, dict) else None
+            # Without a schema, any JSON object (as OpenAI's json_object).
+            schema = spec.get("schema", {"type": "object"}) if isinstance(spec, dict) else None
             if not isinstance(schema, dict):
                 raise InvalidInput(
                     "response_format.json_schema.schema must be a JSON schema object",
@@ -107,9 +108,22 @@ class StructuredOutputs:
             grammar = LLMatcher.grammar_from_json_schema(schema, defaults=_COMPILE_OPTIONS)
         except ValueError as exc:
             raise InvalidInput(f"invalid JSON schema: {exc}", param="response_format") from exc
+        return self.grammar_constraint(grammar, param="response_format")
+
+    def lark_constraint(self, lark: str, *, param: str) -> JsonConstraint:
+        """The constraint of a llguidance Lark grammar (tool calls embed JSON schemas)."""
+        from llguidance import LLMatcher
+
+        try:
+            grammar = LLMatcher.grammar_from_lark(lark)
+        except ValueError as exc:
+            raise InvalidInput(f"invalid JSON schema: {exc}", param=param) from exc
+        return self.grammar_constraint(grammar, param=param)
+
+    def grammar_constraint(self, grammar: str, *, param: str) -> JsonConstraint:
+        from llguidance import LLMatcher
+
         matcher = LLMatcher(self._lltokenizer(), grammar, log_level=0)
         if matcher.is_error():
-            raise InvalidInput(
-                f"unsupported JSON schema: {matcher.get_error()}", param="response_format"
-            )
+            raise InvalidInput(f"unsupported JSON schema: {matcher.get_error()}", param=param)
         return JsonConstraint(matcher, self.vocab_size)

@@ -45,7 +45,11 @@ class TextChatModel(ChatHandler):
         return model, tokenizer
 
     def _encode(
-        self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
     ) -> EncodedPrompt:
         flat = []
         for message in messages:
@@ -58,5 +62,5 @@ class TextChatModel(ChatHandler):
                     )
                 texts.append(str(part.get("text", "")))
             flat.append({**message, "content": "\n".join(texts)})
-        prompt = render(self.tokenizer, flat, None, add_generation_prompt)
+        prompt = render(self.tokenizer, flat, None, add_generation_prompt, tools)
         return EncodedPrompt(self.tokenizer.encode(prompt, add_special_tokens=False))

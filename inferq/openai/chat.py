@@ -13,6 +13,7 @@ from inferq import protocol as p
 from inferq.errors import bad_request
 from inferq.images import remote_image_problem
 from inferq.openai.common import COUNT_MAX, INT64_MAX, INT64_MIN, JobRequest, WireRequest, usage
+from inferq.openai.tools import check_tools_for_model, normalized_tools, tool_history_message
 from inferq.settings import Settings
 
 # The error code of a response_format the model cannot follow (OpenAI's code for a parameter
@@ -35,6 +36,10 @@ class ChatJob(JobRequest):
     response_format: dict[str, Any] | None = None
     user: str | None = None
     remote_images: bool = False  # some image_url is http(s): the worker fetches it
+    # Tool calling (inferq.openai.tools): checked tools, tool_choice (auto when tools are sent).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
 
 
 class ProxyChatJob(JobRequest):
@@ -73,6 +78,7 @@ class ChatCompletionRequest(WireRequest):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
@@ -99,16 +105,14 @@ class ChatCompletionRequest(WireRequest):
                 param="n",
                 code="unsupported_value",
             )
-        if (
-            self.tools
-            or self.tool_choice not in (None, "none")
-            or self.model_extra.get("functions")
-        ):
-            raise bad_request(
-                "tool calling is not supported by local models (only by upstream proxy models)",
-                param="tools",
-                code="unsupported_parameter",
-            )
+        for legacy in ("functions", "function_call"):
+            if self.model_extra.get(legacy):
+                raise bad_request(
+                    f"'{legacy}' is deprecated: send tools and tool_choice",
+                    param=legacy,
+                    code="unsupported_parameter",
+                )
+        tools, tool_choice = normalized_tools(self.tools, self.tool_choice)
         if self.logprobs:
             raise bad_request(
                 "logprobs are not supported by local models",
@@ -134,7 +138,7 @@ class ChatCompletionRequest(WireRequest):
             )
         if kind == "json_schema":
             spec = self.response_format.get("json_schema")
-            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
                 raise bad_request(
                     "response_format.json_schema.schema must be a JSON schema object",
                     param="response_format",
@@ -150,6 +154,9 @@ class ChatCompletionRequest(WireRequest):
             logit_bias=self.logit_bias or None,
             response_format=self.response_format if kind != "text" else None,
             user=self.user,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=self.parallel_tool_calls is not False,
         )
 
 
@@ -199,11 +206,13 @@ def check_chat_for_model(
     structured_outputs: bool,
     capabilities: list[str],
     settings: Settings,
+    tool_parser: str | None = None,
 ) -> None:
     """A normalized chat request against what its local model can do (400 naming the field);
     marks requests whose images the worker has to fetch (``remote_images``)."""
     if job.response_format and not structured_outputs:
         raise structured_outputs_unsupported(model)
+    check_tools_for_model(job, model=model, tool_parser=tool_parser, constrained=structured_outputs)
     urls = image_urls(job.messages)
     if not urls:
         return
@@ -223,12 +232,14 @@ def _chat_message(index: int, message: dict[str, Any]) -> dict[str, Any]:
     role = message.get("role")
     if not isinstance(role, str):
         raise bad_request(f"{where}: role must be a string (got {role!r})", param="messages")
-    if role in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
+    if role == "function" or message.get("function_call"):
         raise bad_request(
-            f"{where}: tool messages and tool calls are not supported by local models",
+            f"{where}: function messages are deprecated: use role 'tool' and tool_calls",
             param="messages",
             code="unsupported_parameter",
         )
+    if role == "tool" or message.get("tool_calls"):
+        return tool_history_message(where, message)
     if role not in CHAT_ROLES:
         raise bad_request(
             f"{where}: role must be one of system, developer, user, assistant (got {role!r})",
@@ -271,8 +282,13 @@ def completion_body(
     finish_reason: str,
     prompt_tokens: int,
     completion_tokens: int,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` object; its ``id`` is the job's (``chatcmpl-...``)."""
+    """A ``chat.completion`` object; its ``id`` is the job's (``chatcmpl-...``). With
+    ``tool_calls``, ``content`` is the text before them or null."""
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if tool_calls:
+        message.update(content=text or None, tool_calls=tool_calls)
     return {
         "id": p.completion_id(job_id),
         "object": "chat.completion",
@@ -282,7 +298,7 @@ def completion_body(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }

@@ -129,7 +129,9 @@ def test_bad_response_formats_are_invalid_input(llama):
     with pytest.raises(InvalidInput) as caught:
         solo(llama, PROMPTS[0], 4, response_format={"type": "yaml"})
     assert caught.value.param == "response_format"
-    plain = TextChatModel(str(tiny_llama_chat_dir()), "cpu", name="plain")
+    plain = TextChatModel(
+        str(tiny_llama_chat_dir()), "cpu", name="plain", supports_structured_outputs=False
+    )
     with pytest.raises(InvalidInput) as caught:
         solo(plain, PROMPTS[0], 4, response_format={"type": "json_object"})
     assert caught.value.param == "response_format"

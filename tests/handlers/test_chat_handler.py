@@ -53,7 +53,7 @@ def test_name_defaults_to_the_repo_id():
     handler = TextChatModel(str(tiny_llama_chat_dir()), "cpu", hf_repo_id="org/model")
     assert handler.name == "org/model"
     assert handler.generation_defaults == {}
-    assert handler.supports_structured_outputs is False
+    assert handler.supports_structured_outputs is True  # decided at load: llguidance takes it
 
 
 def test_loading_is_offline_only(tmp_path):

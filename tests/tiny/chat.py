@@ -138,3 +138,42 @@ def tiny_llama_chat_dir() -> Path:
 
 def tiny_qwen3_vl_dir() -> Path:
     return cached_build("qwen3-vl-chat", _build_qwen3_vl)
+
+
+# Qwen 2.5's chat template (tools in the system turn, calls in <tool_call> tags, tool results
+# as user turns in <tool_response> tags), with a short default system message.
+QWEN25_TOOLS_TEMPLATE = (Path(__file__).parent / "qwen25_tools.jinja").read_text()
+
+
+def _build_qwen2_tools(path: Path) -> None:
+    """A tiny Qwen2 causal LM whose tokenizer carries Qwen 2.5's tool-calling template."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = _chat_tokenizer(CHAT_SPECIAL_TOKENS)
+    tokenizer.chat_template = QWEN25_TOOLS_TEMPLATE
+    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+    _silence_special_tokens(model.lm_head, tokenizer, CHAT_SPECIAL_TOKENS)
+    model.generation_config = GenerationConfig(
+        eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def tiny_qwen2_tools_dir() -> Path:
+    return cached_build("qwen2-tools-chat", _build_qwen2_tools)

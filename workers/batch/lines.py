@@ -141,7 +141,8 @@ class ChatLines(BatchLines):
         check_chat_for_model(
             job,
             model=model.name,
-            structured_outputs=model.entry.supports_structured_outputs,
+            structured_outputs=model.entry.structured_outputs(model.info),
+            tool_parser=model.entry.tool_parser,
             capabilities=model.info.get("capabilities", []),
             settings=self.settings,
         )

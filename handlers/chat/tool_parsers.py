@@ -1,0 +1,242 @@
+"""Tool-call formats per model family: finding, parsing and constraining the model's calls.
+
+A catalog entry names its family's format with ``tool_parser``:
+
+=================  ==========================================================================
+``hermes``         Qwen 2.5/3, Hermes: one ``<tool_call>\\n{"name": ..., "arguments": {...}}
+                   \\n</tool_call>`` block per call (what the Qwen chat templates ask for)
+``smollm2``        SmolLM2-Instruct: ``<tool_call>[{"name": ..., "arguments": {...}}, ...]
+                   </tool_call>``, one JSON list of calls (its function-calling training format)
+``llama3_json``    Llama 3.1-3.3: the whole answer is ``{"name": ..., "parameters": {...}}``
+                   (several joined by ``; ``), as the Llama 3 templates ask for
+=================  ==========================================================================
+
+Each parser says where a call starts in the generated text (:meth:`ToolParser.call_start`),
+how much of a text's end could still become that start (:meth:`ToolParser.held_back`, for
+streaming), parses the calls (:meth:`ToolParser.parse`, lenient: a block that is not a JSON
+call is skipped), writes the llguidance grammar that forces calls (``tool_choice`` required or
+a named function), and, for chat templates that ignore ``tools``, the system prompt and the
+history text in its format. Pure text: no torch, no tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class ParsedCall:
+    name: str
+    arguments: str  # JSON text of the arguments object
+
+
+def _call_of(value: Any, key: str) -> ParsedCall | None:
+    """A ``{"name": ..., "arguments"|"parameters": {...}}`` object as a call (else None)."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    arguments = value.get(key, value.get("arguments", value.get("parameters", {})))
+    if isinstance(arguments, str):  # some models write the arguments as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return None
+    if not isinstance(arguments, dict):
+        return None
+    return ParsedCall(value["name"], json.dumps(arguments, ensure_ascii=False))
+
+
+def _calls_of(value: Any, key: str) -> list[ParsedCall]:
+    items = value if isinstance(value, list) else [value]
+    return [call for item in items if (call := _call_of(item, key)) is not None]
+
+
+def _call_json(call: ParsedCall, key: str = "arguments") -> str:
+    return f'{{"name": {json.dumps(call.name)}, "{key}": {call.arguments}}}'
+
+
+def _longest_partial(text: str, marker: str) -> int:
+    """Length of the longest end of ``text`` that is a proper prefix of ``marker``."""
+    for size in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:size]):
+            return size
+    return 0
+
+
+def call_schema(functions: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """A JSON schema for one call of any of ``functions`` (``{name, <key>: parameters}``)."""
+    options = []
+    for function in functions:
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        if "properties" in parameters and "additionalProperties" not in parameters:
+            # Only the declared arguments (as OpenAI's strict mode): small models otherwise
+            # pad a forced call with made-up keys until max_tokens cuts it.
+            parameters = {**parameters, "additionalProperties": False}
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, key: parameters},
+                "required": ["name", key],
+                "additionalProperties": False,
+            }
+        )
+    schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
+    return {**schema, "x-guidance": {"whitespace_flexible": False}}
+
+
+class ToolParser:
+    """The ``hermes`` format (also the base of the others)."""
+
+    name: ClassVar[str] = "hermes"
+    open: ClassVar[str] = "<tool_call>"
+    close: ClassVar[str] = "</tool_call>"
+    arguments_key: ClassVar[str] = "arguments"
+
+    def call_start(self, text: str) -> int | None:
+        """Where the first call starts in ``text`` (None: no call so far)."""
+        start = text.find(self.open)
+        return None if start < 0 else start
+
+    def held_back(self, text: str) -> int:
+        """How many characters at the end of ``text`` could still begin a call."""
+        return _longest_partial(text, self.open)
+
+    def parse(self, text: str, *, final: bool = True) -> tuple[str | None, list[ParsedCall]]:
+        """``(content before the calls or None, calls)``; without ``final``, only calls whose
+        block is closed. No calls: ``(text, [])``."""
+        start = self.call_start(text)
+        if start is None:
+            return text, []
+        calls: list[ParsedCall] = []
+        pos = start
+        while (begin := text.find(self.open, pos)) >= 0:
+            body_start = begin + len(self.open)
+            end = text.find(self.close, body_start)
+            if end < 0:
+                if final:
+                    calls += self._block(text[body_start:])
+                break
+            calls += self._block(text[body_start:end])
+            pos = end + len(self.close)
+        if not calls and final:
+            return text, []
+        content = text[:start]
+        return (content if content.strip() else None), calls
+
+    def _block(self, body: str) -> list[ParsedCall]:
+        try:
+            return _calls_of(json.loads(body), self.arguments_key)
+        except ValueError:
+            return []
+
+    def grammar(self, functions: list[dict[str, Any]], *, parallel: bool) -> str:
+        """A llguidance Lark grammar that admits only well-formed calls of ``functions``."""
+        rest = ' ("\\n" block)*' if parallel else ""
+        return (
+            f"start: block{rest}\n"
+            f'block: "{self.open}\\n" call "\\n{self.close}"\n'
+            f"call: %json {json.dumps(call_schema(functions, self.arguments_key))}\n"
+        )
+
+    def system_prompt(self, tools: list[dict[str, Any]]) -> str:
+        """Tool instructions for a chat template that ignores ``tools`` (Qwen 2.5's wording)."""
+        listed = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
+        return (
+            "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n"
+            f"<tools>\n{listed}\n</tools>\n\n"
+            "For each function call, return a json object with function name and arguments "
+            "within <tool_call></tool_call> XML tags:\n"
+            '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+        )
+
+    def format_calls(self, calls: list[ParsedCall]) -> str:
+        """Calls in this format (assistant history for templates that ignore ``tool_calls``)."""
+        return "\n".join(f"{self.open}\n{_call_json(c)}\n{self.close}" for c in calls)
+
+
+class SmolLM2Parser(ToolParser):
+    """SmolLM2-Instruct: one ``<tool_call>[...]</tool_call>`` list of calls."""
+
+    name: ClassVar[str] = "smollm2"
+
+    def grammar(self, functions: list[dict[str, Any]], *, parallel: bool) -> str:
+        rest = ' ("," call)*' if parallel else ""
+        return (
+            f'start: "{self.open}[" call{rest} "]{self.close}"\n'
+            f"call: %json {json.dumps(call_schema(functions, self.arguments_key))}\n"
+        )
+
+    def system_prompt(self, tools: list[dict[str, Any]]) -> str:
+        """SmolLM2's function-calling prompt (from its model card)."""
+        listed = json.dumps([tool["function"] for tool in tools], ensure_ascii=False)
+        return (
+            "You are an expert in composing functions. You are given a question and a set of "
+            "possible functions. Based on the question, you will need to make one or more "
+            "function/tool calls to achieve the purpose.\n\n"
+            f"You have access to the following tools:\n<tools>{listed}</tools>\n\n"
+            "The output MUST strictly adhere to the following format, and NO other text MUST "
+            "be included.\n<tool_call>[\n"
+            '{"name": "func_name1", "arguments": {"argument1": "value1"}},\n'
+            "... (more tool calls as required)\n]</tool_call>"
+        )
+
+    def format_calls(self, calls: list[ParsedCall]) -> str:
+        items = ", ".join(_call_json(c) for c in calls)
+        return f"{self.open}[{items}]{self.close}"
+
+
+class Llama3JsonParser(ToolParser):
+    """Llama 3.x: the answer is the JSON call(s) itself, ``; ``-separated."""
+
+    name: ClassVar[str] = "llama3_json"
+    arguments_key: ClassVar[str] = "parameters"
+    _lead = re.compile(r"\s*(<\|python_tag\|>)?\s*")
+
+    def call_start(self, text: str) -> int | None:
+        lead = self._lead.match(text).end()
+        return 0 if text[lead : lead + 1] == "{" else None
+
+    def held_back(self, text: str) -> int:
+        # Only the opening of the answer can start a call: hold it while it is blank.
+        return len(text) if not text.strip() else 0
+
+    def parse(self, text: str, *, final: bool = True) -> tuple[str | None, list[ParsedCall]]:
+        if not final or self.call_start(text) is None:
+            return text, []
+        decoder = json.JSONDecoder()
+        pos, calls = self._lead.match(text).end(), []
+        while pos < len(text):
+            try:
+                value, pos = decoder.raw_decode(text, pos)
+            except ValueError:
+                break
+            calls += _calls_of(value, self.arguments_key)
+            pos = re.compile(r"\s*;?\s*").match(text, pos).end()
+        return (None, calls) if calls else (text, [])
+
+    def grammar(self, functions: list[dict[str, Any]], *, parallel: bool) -> str:
+        rest = ' ("; " call)*' if parallel else ""
+        return (
+            f"start: call{rest}\n"
+            f"call: %json {json.dumps(call_schema(functions, self.arguments_key))}\n"
+        )
+
+    def system_prompt(self, tools: list[dict[str, Any]]) -> str:
+        listed = "\n\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
+        return (
+            "Given the following functions, please respond with a JSON for a function call "
+            "with its proper arguments that best answers the given prompt.\n\n"
+            'Respond in the format {"name": function name, "parameters": dictionary of '
+            f"argument name and its value}}. Do not use variables.\n\n{listed}"
+        )
+
+    def format_calls(self, calls: list[ParsedCall]) -> str:
+        return "; ".join(_call_json(c, "parameters") for c in calls)
+
+
+TOOL_PARSERS: dict[str, ToolParser] = {
+    parser.name: parser for parser in (ToolParser(), SmolLM2Parser(), Llama3JsonParser())
+}
