@@ -14,7 +14,14 @@ speech).
     1 worker using every core;
 (d) the same with 1 worker pinned to one core (``taskset -c 0``), and
 (e) with 2 workers pinned to a core each (``taskset -c 0`` / ``taskset -c 1``): the job's
-    parts are shared by both. (e) / (d) is the scaling from a second worker.
+    parts are shared by both. (e) / (d) is the scaling from a second worker;
+(f) sixteen different 20-second files sent to the sync route of the 1-worker stack of (c),
+    one after another, then all at once: at once, the worker's window batcher decodes the
+    windows of all sixteen requests together (goal: all done in <= 0.5 x the sequential
+    time, WER unchanged). Its ceiling on the machine is measured in process: the same
+    windows decoded by the handler in batches of 8 vs one by one.
+
+The issue names these (a) = our (b), (b) = our (c), (c) = our (f), (d) = our (e) / (d).
 
 Each worker's CTranslate2 uses as many threads as it has cores (``cpu_threads`` through a
 catalog override); the API and Redis are not pinned.
@@ -23,7 +30,6 @@ catalog override); the API and Redis are not pinned.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,62 +42,10 @@ import httpx
 import redis
 import yaml
 
+from bench.audio_batching import batching_ceiling, sixteen_at_once
+from bench.audio_common import MODEL, SENTENCES, build_audio, figures
 from inferq import audio as a
 from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
-
-MODEL = "Systran/faster-whisper-tiny.en"
-SECONDS = 600.0
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "A journey of a thousand miles begins with a single step.",
-    "Every morning the baker opens his shop at six o'clock.",
-    "The weather today is cloudy with a chance of rain in the afternoon.",
-    "Please remember to close the window before you leave the house.",
-    "Our team will meet on Thursday to review the quarterly budget.",
-    "The museum downtown has a new exhibition about ancient Egypt.",
-    "He forgot his umbrella at the station and got wet on the way home.",
-]
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
-
-
-def recall(reference: list[str], text: str) -> float:
-    found = Counter(words(text))
-    expected = Counter(reference)
-    return sum(min(n, found[w]) for w, n in expected.items()) / sum(expected.values())
-
-
-def build_audio(folder: Path, seconds: float = SECONDS) -> tuple[Path, float, list[str]]:
-    """Sentences by espeak-ng in turn, 0.5-1.3 s pauses, as 16 kHz mono WAV."""
-    import wave
-
-    import numpy as np
-
-    from handlers.speech.audio import decode_audio
-
-    clips = []
-    for i, sentence in enumerate(SENTENCES):
-        path = folder / f"s{i}.wav"
-        subprocess.run(["espeak-ng", "-w", str(path), sentence], check=True, capture_output=True)
-        clips.append(decode_audio(path))
-    rng = np.random.default_rng(0)
-    pieces, reference, total, i = [], [], 0, 0
-    while total < seconds * 16000:
-        pause = np.zeros(int(rng.uniform(0.5, 1.3) * 16000), np.float32)
-        pieces += [clips[i % len(clips)], pause]
-        reference += words(SENTENCES[i % len(clips)])
-        total += len(clips[i % len(clips)]) + len(pause)
-        i += 1
-    audio = np.concatenate(pieces)
-    out = folder / "speech-10min.wav"
-    with wave.open(str(out), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return out, len(audio) / 16000, reference
 
 
 def in_process(path: Path, duration: float, reference: list[str], threads: int) -> dict:
@@ -114,20 +68,8 @@ def in_process(path: Path, duration: float, reference: list[str], threads: int) 
     batched_wall = time.perf_counter() - started
     return {
         "threads": threads,
-        "handler": _figures(duration, handler_wall, reference, whole.text),
-        "batched": _figures(duration, batched_wall, reference, batched_text),
-    }
-
-
-def _figures(duration: float, wall: float, reference: list[str], text: str) -> dict:
-    import jiwer
-
-    return {
-        "wall_s": round(wall, 2),
-        "x_real_time": round(duration / wall, 2),
-        "rtf": round(wall / duration, 4),
-        "word_recall": round(recall(reference, text), 4),
-        "wer": round(jiwer.wer(" ".join(reference), " ".join(words(text))), 4),
+        "handler": figures(duration, handler_wall, reference, whole.text),
+        "batched": figures(duration, batched_wall, reference, batched_text),
     }
 
 
@@ -233,9 +175,12 @@ def through_stack(
                     "pinning": [f"taskset -c {c}" if c else "none" for c in pins],
                     "cpu_threads_per_worker": threads,
                     "parts": job["progress"]["chunks_total"] if job["progress"] else 1,
-                    **_figures(duration, wall, reference, job["result"]["text"]),
+                    **figures(duration, wall, reference, job["result"]["text"]),
                 }
                 print(f"  {name}: {results[name]}", flush=True)
+                if name == "c_1_worker_all_cores":
+                    results["f_16_sync_requests"] = sixteen_at_once(base, folder)
+                    print(f"  f_16_sync_requests: {results['f_16_sync_requests']}", flush=True)
             finally:
                 for proc in workers:
                     stop(proc)
@@ -257,12 +202,15 @@ def run() -> dict:
         print(f"  audio: {duration:.1f} s, {len(reference)} words", flush=True)
         local = in_process(path, duration, reference, threads=cores)
         print(f"  in process: {local}", flush=True)
+        ceiling = batching_ceiling(folder, cores)
+        print(f"  batching ceiling: {ceiling}", flush=True)
         stack = through_stack(path, duration, reference, folder, cores)
     result = {
         "audio": {"seconds": round(duration, 1), "words": len(reference), "model": MODEL},
         "cores": cores,
         "load_average_at_start_and_end": [round(x, 2) for x in (*load_at_start, *os.getloadavg())],
         "a_b_in_process": local,
+        "f_batching_ceiling": ceiling,
         "stack": stack,
     }
     one = stack.get("c_1_worker_all_cores")
@@ -307,6 +255,20 @@ def report(result: dict) -> str:
         lines.append(f"(c) / (a) = {result['c_over_a']:.3f}")
     if "e_over_d" in result:
         lines.append(f"(e) / (d) = {result['e_over_d']:.3f}  [goal >= 1.7]")
+    if "f_16_sync_requests" in stack:
+        f = stack["f_16_sync_requests"]
+        lines.append(line("(f) 16 x 20 s sync, one after another", f["sequential"]))
+        lines.append(line("(f) 16 x 20 s sync, all at once", f["at_once"]))
+        lines.append(
+            f"(f) at once / one after another, wall time = {f['at_once_over_sequential_time']:.3f}"
+            f"  [goal <= 0.5]; {f['same_text']}/{f['files']} transcripts identical"
+        )
+    if "f_batching_ceiling" in result:
+        c = result["f_batching_ceiling"]
+        lines.append(
+            f"(f) ceiling, in process: their {c['windows']} windows in batches of 8 / one by one,"
+            f" time = {c['batch_8_over_batch_1_time']:.3f}"
+        )
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -211,7 +211,9 @@ class SpeechModel(Protocol):
     ``on_segment(SpeechSegment)`` is called as each segment is ready (without it, a streamed
     response gets its text at the end); ``vad={threshold, min_silence_ms, speech_pad_ms}``
     tunes the voice activity detection (the request's ``chunking_strategy: server_vad``;
-    without it, the request's VAD settings are ignored).
+    without it, the request's VAD settings are ignored). ``window_submit``: see
+    :class:`WindowBatchingSpeechModel` (without it, the worker runs one ``transcribe`` at a
+    time per model, or ``max_parallelism`` when ``thread_safe``).
     """
 
     family: Family  # Family.SPEECH
@@ -230,9 +232,46 @@ class SpeechModel(Protocol):
     ) -> SpeechResult: ...
 
 
+@runtime_checkable
+class WindowBatchingSpeechModel(SpeechModel, Protocol):
+    """Optional: a speech model whose windows of *many* requests share batches (both Whisper
+    handlers). The worker recognises it by ``decode_windows`` and a ``window_submit``
+    parameter of ``transcribe``, and then:
+
+    * calls ``transcribe(..., window_submit=submit)`` in the job thread **without** holding
+      the model: the handler decodes the audio, finds the speech and plans its windows there,
+      and hands every window it needs decoded to ``submit(key, windows) -> list[Future]``
+      (one future per window, resolving to what ``decode_windows`` returned for it, raising
+      the batch's exception, or :class:`Cancelled` once the request's ``cancel_event`` is set);
+    * runs one window batcher thread per model, the only thread that touches the model: it
+      calls ``decode_windows(key, windows, cancel_event)`` with up to ``batch_size`` windows
+      that share one ``key`` (hashable: whatever must be equal for windows to be decoded
+      together, such as task, language, temperature, prompt), gathered from every request in
+      flight, the most urgent first (a sync request's windows before a job's, a bulk job's
+      filling the rest). ``cancel_event`` is set once every request in the batch is cancelled.
+
+    Windows and outputs are opaque to the worker (the handler's own types).
+    """
+
+    batch_size: int
+
+    def decode_windows(
+        self, key: Hashable, windows: list[Any], cancel_event: threading.Event | None = None
+    ) -> list[Any]:
+        """One batched pass over ``windows`` (equal ``key``): one output per window."""
+        ...
+
+
+def batches_windows(handler: Any) -> bool:
+    """Whether the worker may batch this speech handler's windows across requests."""
+    return callable(getattr(handler, "decode_windows", None)) and transcribe_accepts(
+        handler, "window_submit"
+    )
+
+
 def transcribe_accepts(handler: Any, parameter: str) -> bool:
     """Whether the handler's ``transcribe`` takes the optional ``clip``, ``on_segment`` or
-    ``vad``."""
+    ``vad`` or ``window_submit``."""
     try:
         return parameter in inspect.signature(handler.transcribe).parameters
     except (TypeError, ValueError):

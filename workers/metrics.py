@@ -34,6 +34,18 @@ BATCH_SIZE = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+SPEECH_BATCH_WINDOWS = Histogram(
+    "inferq_worker_speech_batch_windows",
+    "Windows per batch of a speech model's window batcher.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32),
+)
+SPEECH_BATCH_REQUESTS = Histogram(
+    "inferq_worker_speech_batch_requests",
+    "Requests (sync requests, jobs, parts of long jobs) whose windows shared one speech batch.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32),
+)
 TOKENS = Counter(
     "inferq_worker_tokens_total",
     "Tokens processed (kind 'padded': the batcher's passes counted with their padding).",

@@ -2,7 +2,10 @@
 
 Both handlers run one speech pipeline (:mod:`~handlers.speech.pipeline`): decoded audio, Silero
 VAD windows of at most 30 s (:mod:`~handlers.speech.vad`), windows decoded in batches,
-segments clamped into their windows. They share the request semantics:
+segments clamped into their windows. Both implement ``decode_windows`` (one batched pass over
+windows of one or many requests with equal :class:`~handlers.speech.pipeline.WindowOptions`),
+so a worker decodes the windows of concurrent requests together
+(:class:`handlers.base.WindowBatchingSpeechModel`). They share the request semantics:
 
 * ``language``: ISO-639-1 code or English name; ``None`` detects it (multilingual models,
   from the first 30 s window) or means ``"en"`` (English-only ``.en`` models, which reject

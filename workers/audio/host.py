@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from inferq.openai.transcripts import TranscriptionJob
     from inferq.settings import Settings
+    from workers.audio.batcher import WindowBatcher
     from workers.audio.gate import ModelGate
     from workers.audio.local_copy import LocalAudio
     from workers.audio.scripts import Scripts
@@ -28,6 +29,8 @@ class AudioHost(Protocol):
     def worker_name(self) -> str: ...
 
     def gate(self, model: LoadedModel) -> ModelGate: ...
+
+    def batcher(self, model: LoadedModel) -> WindowBatcher | None: ...
 
     def pull_parts(
         self,

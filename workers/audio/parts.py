@@ -15,6 +15,7 @@ from inferq import protocol as p
 from inferq.blobs import Blobs
 from inferq.errors import ServiceError
 from inferq.openai.transcripts import TranscriptionJob
+from workers.audio.batcher import Submitter, WindowBatcher
 from workers.audio.transcribe import part_result, transcribe
 from workers.jobs import CancelWatch, as_service_error
 
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
     from workers.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
+
+# Parts of one job decoded at once on one worker (window batcher). Two keep the model busy
+# (one part's audio is decoded and its windows found while the other's are decoded) and
+# fill batches with other requests' windows; more would put every part of a job in one
+# long batch: progress would come only at the end, and a cancelled job's batch (CTranslate2
+# cannot stop mid-batch) would hold the model longer.
+MAX_PARTS_IN_FLIGHT = 2
+HUNGRY_POLL_SEC = 0.05
 
 
 class Puller:
@@ -61,15 +70,50 @@ class Puller:
             except ServiceError:
                 return  # the upload is gone: the job is over
             with contextlib.suppress(Cancelled):
+                batcher = service.batcher(self.model)
+                if batcher is not None:
+                    self._run_batched(batcher, path)
+                    return
                 while not self.check():
                     with service.gate(self.model).hold(self.priority, self.check):
-                        claim = service.scripts.claim
-                        index = int(claim(keys=self.claim_keys, args=[self.worker]))
+                        index = self._claim()
                         if index < 0:
                             return
                         self._run_part(index, path)
 
-    def _run_part(self, index: int, path: Path) -> None:
+    def _claim(self) -> int:
+        return int(self.service.scripts.claim(keys=self.claim_keys, args=[self.worker]))
+
+    def _run_batched(self, batcher: WindowBatcher, path: Path) -> None:
+        """Parts in threads of their own, their windows decoded by the model's window batcher
+        with every other request's: the next part is claimed when this job has none in
+        flight, or fewer than ``MAX_PARTS_IN_FLIGHT`` and the batcher is hungry (nothing
+        being prepared, less than a batch pending), so a worker takes parts as fast as its
+        model can use them, no faster."""
+        running: list[threading.Thread] = []
+        try:
+            while not self.check():
+                running = [thread for thread in running if thread.is_alive()]
+                if len(running) >= MAX_PARTS_IN_FLIGHT or (running and not batcher.hungry()):
+                    time.sleep(HUNGRY_POLL_SEC)
+                    continue
+                index = self._claim()
+                if index < 0:
+                    return
+                submitter = batcher.submitter(self.priority, self.cancel_event)
+                thread = threading.Thread(
+                    target=self._run_part,
+                    args=(index, path, submitter),
+                    name=f"audio-part-{self.job_id[-8:]}-{index}",
+                    daemon=True,
+                )
+                thread.start()
+                running.append(thread)
+        finally:
+            for thread in running:
+                thread.join()
+
+    def _run_part(self, index: int, path: Path, submitter: Submitter | None = None) -> None:
         start, end = self.ranges[index]
         started = time.perf_counter()
         try:
@@ -80,6 +124,7 @@ class Puller:
                 cancel_event=self.cancel_event,
                 on_segment=lambda _segment: self.check(),
                 clip=(start, end),
+                window_submit=submitter.submit if submitter is not None else None,
             )
             field, value = "r", p.dumps(part_result(result))
         except InvalidInput as exc:
@@ -90,10 +135,15 @@ class Puller:
             else:
                 field, value = "f", p.dumps(as_service_error(exc).to_record())
         except Cancelled:
+            if submitter is not None:
+                return  # a part thread of its own: the puller sees the cancel too
             raise
         except Exception as exc:
             log.exception("job %s: part %d failed", self.job_id, index)
             field, value = "f", p.dumps(as_service_error(exc).to_record())
+        finally:
+            if submitter is not None:
+                submitter.close()
         settled = self.service.scripts.record(
             keys=[self.parts_key, p.job_key(self.job_id)], args=[index, self.worker, value, field]
         )

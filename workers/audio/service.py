@@ -10,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handlers.base import SpeechSegment, transcribe_accepts
+from handlers.base import SpeechSegment, batches_windows, transcribe_accepts
 from inferq import audio as a
 from inferq import protocol as p
 from inferq.blobs import Blobs
 from inferq.openai.transcripts import TranscriptionJob
 from inferq.settings import Settings
+from workers.audio.batcher import WindowBatcher
 from workers.audio.coordinator import Coordinator
 from workers.audio.gate import ModelGate, ModelGates
 from workers.audio.local_copy import LocalAudio
@@ -62,12 +63,24 @@ class AudioService:
         self.local = LocalAudio()
         self.scripts = Scripts(self.redis)
         self._gates = ModelGates()
+        self._batchers: dict[str, WindowBatcher | None] = {}
+        self._batchers_lock = threading.Lock()
         self._pullers: set[str] = set()  # jobs with a puller thread on this worker
         self._pullers_lock = threading.Lock()
         atexit.register(self.local.cleanup)
 
     def gate(self, model: LoadedModel) -> ModelGate:
         return self._gates.of(model.name, model.handler)
+
+    def batcher(self, model: LoadedModel) -> WindowBatcher | None:
+        """The model's window batcher (made on first use), or None for a handler that does
+        not batch windows across requests (it is called behind the gate instead)."""
+        with self._batchers_lock:
+            if model.name not in self._batchers:
+                handler = model.handler
+                made = WindowBatcher(handler, model.name) if batches_windows(handler) else None
+                self._batchers[model.name] = made
+            return self._batchers[model.name]
 
     # -- Celery task bodies -----------------------------------------------------------------
 
@@ -139,10 +152,25 @@ class AudioService:
                 ctx.report_progress(stored, {**stored, "segments": shown[-1:]})
             ctx.is_cancelled()
 
-        with self.gate(model).hold(ctx.priority, ctx.is_cancelled):
-            result = transcribe(
-                model, path, job, cancel_event=ctx.cancel_event, on_segment=on_segment
-            )
+        batcher = self.batcher(model)
+        if batcher is not None:  # the job thread plans; the batcher decodes with others
+            submitter = batcher.submitter(ctx.priority, ctx.cancel_event)
+            try:
+                result = transcribe(
+                    model,
+                    path,
+                    job,
+                    cancel_event=ctx.cancel_event,
+                    on_segment=on_segment,
+                    window_submit=submitter.submit,
+                )
+            finally:
+                submitter.close()
+        else:
+            with self.gate(model).hold(ctx.priority, ctx.is_cancelled):
+                result = transcribe(
+                    model, path, job, cancel_event=ctx.cancel_event, on_segment=on_segment
+                )
         return render_body(
             job,
             language=result.language,

