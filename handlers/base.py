@@ -60,6 +60,10 @@ class ChatGeneration:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: Literal["stop", "length"] = "stop"
+    # With ``logprobs`` requested: one compact entry per content token (handlers.chat.logprobs:
+    # ``[token, logprob, bytes|None, [[token, logprob, bytes|None], ...]]``).
+    logprobs: list[list[Any]] | None = None
+    prompt_logprobs: list[list[Any]] | None = None  # the prompt's tokens (``echo``)
 
 
 @dataclass
