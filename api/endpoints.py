@@ -13,12 +13,19 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from api.prepare import Prepared, prepare_chat, prepare_embeddings, prepare_rerank
+from api.prepare import (
+    Prepared,
+    prepare_chat,
+    prepare_completions,
+    prepare_embeddings,
+    prepare_rerank,
+)
 from api.queue import JobQueue
 from api.responses import parse_body
 from inferq.errors import bad_request
 from inferq.openai.audio import TranscriptionForm, TranslationForm
 from inferq.openai.chat import ChatCompletionRequest
+from inferq.openai.completions import CompletionRequest
 from inferq.openai.embeddings import EmbeddingRequest
 from inferq.openai.rerank import RerankRequest
 from inferq.protocol import Endpoint
@@ -51,6 +58,7 @@ ENDPOINTS: dict[Endpoint, EndpointSpec] = {
     Endpoint.EMBEDDINGS: EndpointSpec(EmbeddingRequest, prepare_embeddings),
     Endpoint.RERANK: EndpointSpec(RerankRequest, prepare_rerank),
     Endpoint.CHAT: EndpointSpec(ChatCompletionRequest, prepare_chat),
+    Endpoint.COMPLETIONS: EndpointSpec(CompletionRequest, prepare_completions),
     Endpoint.AUDIO_TRANSCRIPTIONS: EndpointSpec(TranscriptionForm, None),
     Endpoint.AUDIO_TRANSLATIONS: EndpointSpec(TranslationForm, None),
 }

@@ -14,8 +14,10 @@ from typing import Any
 from api.queue import JobQueue
 from inferq import protocol as p
 from inferq.catalog import ModelEntry
+from inferq.errors import bad_request
 from inferq.limits import chat_char_limit, check_chat_chars
 from inferq.openai.chat import ChatCompletionRequest, check_chat_for_model
+from inferq.openai.completions import CompletionRequest
 from inferq.openai.embeddings import EmbeddingRequest, check_dimensions
 from inferq.openai.rerank import RerankRequest
 from inferq.settings import Settings
@@ -73,4 +75,24 @@ async def prepare_chat(
         capabilities=info.get("capabilities", []),
         settings=settings,
     )
+    return entry, request.wire()
+
+
+async def prepare_completions(
+    body: CompletionRequest, queue: JobQueue, settings: Settings, *, job: bool
+) -> Prepared:
+    """A text completion: an upstream proxy gets the body as it came (not streamed)."""
+    entry = await queue.require_served(body.model, p.Endpoint.COMPLETIONS)
+    created = int(time.time())
+    if entry.is_proxy:
+        if body.stream:
+            raise bad_request(
+                "streamed /v1/completions are not forwarded to upstream models",
+                param="stream",
+                code="unsupported_value",
+            )
+        forwarded = {"model": entry.name, "created": created, "upstream_body": body.upstream_body()}
+        return entry, forwarded
+    request = body.normalized(max_stop=settings.chat_max_stop_sequences)
+    request.model, request.created = entry.name, created
     return entry, request.wire()

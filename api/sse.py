@@ -9,8 +9,11 @@ left it (``workers.events.Resume``); should the retry write something else, its 
 entry ends the relayed stream with a ``stream_restarted`` error (what was sent cannot be taken
 back), while ``/events`` readers get the entry itself and start their text over. A lost
 Redis ends a stream with a ``broker_unavailable`` error event. A slow client loses nothing
-(the stream is kept with the job); output events carry their stream entry id, so
-``GET /v1/jobs/{id}/events`` with ``Last-Event-ID`` resumes them. A client that disconnects
+(the stream is kept with the job); output events carry their stream entry id on
+``GET /v1/jobs/{id}/events``, where ``Last-Event-ID`` resumes them. The OpenAI-compatible
+streamed routes send no ``id:`` lines, as OpenAI does: the official Python client's SSE decoder
+keeps the last id and turns every later keep-alive comment into an event with empty data, which
+it fails to parse (any stream longer than ``PING_SEC`` broke). A client that disconnects
 cancels the job.
 """
 
@@ -137,7 +140,7 @@ async def stream_response(
         with anyio.CancelScope(shield=True):
             await queue.cancel(job_id)
         raise
-    return _sse(relay(queue, job_id, head, cursor, fmt), job_id)
+    return _sse(relay(queue, job_id, head, cursor, fmt, ids=False), job_id)
 
 
 def _sse(events: AsyncIterator[dict[str, Any]], job_id: str) -> EventSourceResponse:
@@ -196,9 +199,16 @@ async def until_output(
 
 
 async def relay(
-    queue: JobQueue, job_id: str, head: list[Entry], cursor: str, fmt: StreamFormat
+    queue: JobQueue,
+    job_id: str,
+    head: list[Entry],
+    cursor: str,
+    fmt: StreamFormat,
+    *,
+    ids: bool = True,
 ) -> AsyncIterator[Event]:
-    """``head`` then the entries after ``cursor`` as SSE events, up to the job's end."""
+    """``head`` then the entries after ``cursor`` as SSE events, up to the job's end
+    (without ``ids``, output events carry no ``id:`` line)."""
     finished = False
 
     async def entries() -> AsyncIterator[Entry]:
@@ -220,6 +230,8 @@ async def relay(
                 yield event(_restarted().body())
                 return  # the job is cancelled: nobody reads the rest
             if (item := fmt.output(entry_id, kind, data)) is not None:
+                if not ids:
+                    item.pop("id", None)
                 yield item
         finished = True  # the job vanished (expired) without a terminal entry
         yield event(ServiceError(500, "the job was lost", code="job_lost").body())

@@ -63,6 +63,10 @@ class ChatGeneration:
     # OpenAI tool_calls objects ({id, type, function{name, arguments}}); ``text`` is then the
     # content before them ("" when none).
     tool_calls: list[dict[str, Any]] | None = None
+    # With ``logprobs`` requested: one compact entry per content token (handlers.chat.logprobs:
+    # ``[token, logprob, bytes|None, [[token, logprob, bytes|None], ...]]``).
+    logprobs: list[list[Any]] | None = None
+    prompt_logprobs: list[list[Any]] | None = None  # the prompt's tokens (``echo``)
 
 
 @dataclass

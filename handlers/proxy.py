@@ -138,10 +138,15 @@ class _OpenAIProxy:
 
 
 class OpenAIChatProxyModel(_OpenAIProxy):
-    """``/v1/chat/completions`` forwarded to an OpenAI-compatible upstream."""
+    """``/v1/chat/completions`` (and ``/v1/completions``, not streamed) forwarded to an
+    OpenAI-compatible upstream."""
 
     family: ClassVar[Family] = Family.CHAT
-    capabilities: ClassVar[list[str]] = ["chat-completion"]
+    capabilities: ClassVar[list[str]] = ["chat-completion", "text-completion"]
+
+    def completions(self, body: dict[str, Any]) -> bytes:
+        """The upstream's ``text_completion`` (JSON bytes) for a body sent as it came."""
+        return self._post("completions", {**body, "stream": False})
 
     def chat(
         self,

@@ -33,7 +33,7 @@ TASK_PLAN = "inferq.batch.plan"
 TASK_RUNNER = "inferq.batch.runner"
 TASK_FINALIZE = "inferq.batch.finalize"
 
-BATCH_ENDPOINTS = (Endpoint.EMBEDDINGS, Endpoint.CHAT, Endpoint.RERANK)
+BATCH_ENDPOINTS = (Endpoint.EMBEDDINGS, Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RERANK)
 
 
 class BatchStatus(StrEnum):

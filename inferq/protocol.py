@@ -39,6 +39,7 @@ class Endpoint(StrEnum):
     EMBEDDINGS = "/v1/embeddings"
     RERANK = "/v1/rerank"
     CHAT = "/v1/chat/completions"
+    COMPLETIONS = "/v1/completions"
     AUDIO_TRANSCRIPTIONS = "/v1/audio/transcriptions"
     AUDIO_TRANSLATIONS = "/v1/audio/translations"
 
@@ -48,6 +49,7 @@ ENDPOINT_CAPABILITY = {
     Endpoint.EMBEDDINGS: "text-embedding",
     Endpoint.RERANK: "rerank",
     Endpoint.CHAT: "chat-completion",
+    Endpoint.COMPLETIONS: "text-completion",
     Endpoint.AUDIO_TRANSCRIPTIONS: "audio-transcription",
     Endpoint.AUDIO_TRANSLATIONS: "audio-translation",
 }
@@ -57,6 +59,7 @@ TASK_NAMES = {
     Endpoint.EMBEDDINGS: "inferq.embeddings",
     Endpoint.RERANK: "inferq.rerank",
     Endpoint.CHAT: "inferq.chat",
+    Endpoint.COMPLETIONS: "inferq.completions",
     Endpoint.AUDIO_TRANSCRIPTIONS: "inferq.audio.transcriptions",
     Endpoint.AUDIO_TRANSLATIONS: "inferq.audio.translations",
 }
@@ -129,7 +132,9 @@ def events_key(job_id: str) -> str:
 class EventType(StrEnum):
     STATUS = "status"  # data: {"status": <JobStatus>}
     PROGRESS = "progress"  # data: the job's progress object
-    DELTA = "delta"  # data: {"content": <text>} (chat: generated text, in order)
+    # data: {"content": <text>} (chat: generated text, in order), plus "index" (the choice,
+    # when n > 1 and not 0) and "logprobs" (compact per-token entries) when they apply
+    DELTA = "delta"
     CHUNK = "chunk"  # data: an upstream chat.completion.chunk, verbatim (proxy models)
     # data: {"discarded": <characters>}: the job was redelivered (its worker died) and the new
     # run's output departs from what the stream already holds: drop the output read so far,

@@ -139,6 +139,28 @@ def _fake_upstream_app():
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        if request.headers.get("authorization") != f"Bearer {UPSTREAM_KEY}":
+            return error(401, "bad upstream key")
+        body = await request.json()
+        app.state.bodies.append(body)
+        return {
+            "id": "cmpl-upstream",
+            "object": "text_completion",
+            "created": 1700000000,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "text": f"echo:{body['model']}",
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+        }
+
     @app.get("/images/{name}")
     async def image(name: str):
         if name == "redirect":

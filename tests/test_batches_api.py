@@ -284,7 +284,8 @@ def test_chat_batch_on_smollm2(smol_stack, openai_client):
         _chat_line("capital", capital, max_tokens=20),
         _chat_line("short", "Count from one to twenty.", max_tokens=5),
         *(_chat_line(f"q{i}", f"Name a colour, number {i}.", max_tokens=12) for i in range(10)),
-        _chat_line("two-choices", capital, n=2),
+        _chat_line("two-choices", capital, n=2, max_tokens=12),
+        _chat_line("unknown", capital, frobnicate=1),
         _chat_line("streamed", capital, stream=True),
         _chat_line(  # a tool_choice naming no tool
             "tools",
@@ -299,12 +300,15 @@ def test_chat_batch_on_smollm2(smol_stack, openai_client):
     )
     done = _wait(openai_client, batch.id, timeout=300)
     assert done.status == "completed", done
-    assert (done.request_counts.total, done.request_counts.completed) == (15, 12)
+    assert (done.request_counts.total, done.request_counts.completed) == (16, 13)
     assert done.request_counts.failed == 3
     output = {
         o["custom_id"]: o["response"] for o in _read_jsonl(openai_client, done.output_file_id)
     }
-    assert set(output) == {"capital", "short", *(f"q{i}" for i in range(10))}
+    assert set(output) == {"capital", "short", "two-choices", *(f"q{i}" for i in range(10))}
+    two = output["two-choices"]["body"]["choices"]
+    assert [c["index"] for c in two] == [0, 1]
+    assert two[0]["message"]["content"] == two[1]["message"]["content"]  # temperature 0
     answer = output["capital"]["body"]
     assert output["capital"]["status_code"] == 200
     assert answer["object"] == "chat.completion"
@@ -324,12 +328,12 @@ def test_chat_batch_on_smollm2(smol_stack, openai_client):
     assert done.usage.output_tokens == sum(u["completion_tokens"] for u in usages) > 12
     errors = {e["custom_id"]: e["response"] for e in _read_jsonl(openai_client, done.error_file_id)}
     assert {cid: e["status_code"] for cid, e in errors.items()} == {
-        "two-choices": 400,
+        "unknown": 400,
         "streamed": 400,
         "tools": 400,
     }
     assert {cid: e["body"]["error"]["param"] for cid, e in errors.items()} == {
-        "two-choices": "n",
+        "unknown": "frobnicate",
         "streamed": "stream",
         "tools": "tool_choice",
     }

@@ -288,7 +288,9 @@ def test_vision_request_with_a_data_uri_image(client, stack):
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 129}, "n"),
+        ({"frobnicate": 1}, "frobnicate"),
+        ({"verbosity": "low"}, "verbosity"),
         # tiny-llama-chat's entry names no tool_parser
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
         ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools"),
@@ -304,7 +306,10 @@ def test_vision_request_with_a_data_uri_image(client, stack):
             {"response_format": {"type": "json_schema", "json_schema": {"schema": 1}}},
             "response_format",
         ),
-        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"top_k": -2}, "top_k"),
         ({"logit_bias": {"eos": -100}}, "logit_bias"),
         ({"logit_bias": {"7": 101}}, "logit_bias"),
         ({"logit_bias": {"7": "much"}}, "logit_bias"),
@@ -320,7 +325,7 @@ def test_bad_chat_requests_are_400s_naming_the_field(chat_stack, extra, param):
 
 def test_openai_client_sees_typed_errors_for_chat(client):
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=TINY, messages=CAPITAL, n=2)
+        client.chat.completions.create(model=TINY, messages=CAPITAL, n=0)
     assert caught.value.body["param"] == "n"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no/such-model", messages=CAPITAL)

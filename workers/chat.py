@@ -35,6 +35,9 @@ from inferq import protocol as p
 from inferq.errors import ServiceError
 from inferq.limits import chat_char_limit, check_chat_chars
 from inferq.openai.chat import ChatJob, completion_body, token_biases
+from inferq.openai.common import usage
+from inferq.openai.logprobs import chat_logprobs
+from inferq.openai.sampling import choice_seed
 from inferq.settings import Settings
 from workers.images import inline_remote_images
 from workers.jobs import JobContext
@@ -194,7 +197,31 @@ def generation_params(job: ChatJob, defaults: dict[str, Any], settings: Settings
         "stop": list(stop) if stop else None,
         "seed": job.seed,
         "logit_bias": token_biases(job.logit_bias),
+        "logprobs": job.logprobs,
+        **job.sampling_extensions(),
     }
+
+
+def gather(futures: list[Future]) -> Future:
+    """One future for several: the list of their results, or the first exception."""
+    combined: Future = Future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def done(future: Future) -> None:
+        with lock:
+            if combined.done():
+                return
+            if future.exception() is not None:
+                combined.set_exception(future.exception())
+                return
+            left[0] -= 1
+            if not left[0]:
+                combined.set_result([f.result() for f in futures])
+
+    for future in futures:
+        future.add_done_callback(done)
+    return combined
 
 
 def submit(
@@ -204,11 +231,12 @@ def submit(
     *,
     cancel_event: threading.Event,
     priority: int,
-    on_text: Callable[[str], None] | None = None,
-    on_tool_calls: Callable[[list[dict[str, Any]]], None] | None = None,
+    on_text: Callable[..., None] | None = None,
+    on_tool_calls: Callable[..., None] | None = None,
 ) -> Future:
     """Queue ``job`` in the model's scheduler (remote images fetched first); the future gives
-    the :class:`handlers.base.ChatGeneration`. Used by jobs and batch lines alike."""
+    the list of its ``n`` choices' :class:`handlers.base.ChatGeneration`. Used by jobs and
+    batch lines alike. ``on_text(text, logprobs=None, index=0)`` gets each choice's deltas."""
     if model.batcher is None:
         raise ServiceError(
             500, f"model '{model.name}' has no chat scheduler", code="internal_error"
@@ -216,34 +244,89 @@ def submit(
     context = getattr(model.handler, "context_length", None)
     check_chat_chars(job.messages, chat_char_limit(settings.max_chat_chars, context))
     messages = inline_remote_images(job.messages, settings) if job.remote_images else job.messages
-    request = ChatRequest(
+    params = generation_params(job, model.handler.generation_defaults, settings)
+    return submit_choices(
+        model.batcher,
+        job.n,
+        on_text,
+        priority,
         messages=messages,
         cancel_event=cancel_event,
-        on_text=on_text,
         response_format=job.response_format,
         tools=job.tools,
         tool_choice=job.tool_choice,
         parallel_tool_calls=job.parallel_tool_calls,
         on_tool_calls=on_tool_calls,
-        **generation_params(job, model.handler.generation_defaults, settings),
+        **params,
     )
-    return model.batcher.submit(request, priority=priority)
 
 
-def completion(job: ChatJob, model: LoadedModel, generation, job_id: str) -> dict[str, Any]:
-    """The ``chat.completion`` body of a finished generation (``id`` from ``job_id``)."""
-    if isinstance(generation, Cancelled):  # pragma: no cover - futures raise it instead
-        raise generation
-    return completion_body(
-        job_id,
-        model.name,
-        job.created or int(time.time()),
-        generation.text,
-        generation.finish_reason,
-        generation.prompt_tokens,
-        generation.completion_tokens,
-        tool_calls=generation.tool_calls,
+def submit_choices(batcher, n: int, on_text, priority: int, **request: Any) -> Future:
+    """``n`` rows for one request, submitted together (so they are prefilled in one pass
+    when there is room), each with its own seed (:func:`choice_seed`) and choice index."""
+    futures = []
+    for index in range(n):
+        choice_text = None
+        if on_text is not None:
+            choice_text = on_text if index == 0 else _indexed(on_text, index)
+        on_calls = request.get("on_tool_calls")
+        if on_calls is not None and index:
+            on_calls = _indexed_calls(on_calls, index)
+        row = ChatRequest(
+            **{
+                **request,
+                "seed": choice_seed(request.get("seed"), index),
+                "on_tool_calls": on_calls,
+            },
+            on_text=choice_text,
+        )
+        futures.append(batcher.submit(row, priority=priority))
+    return gather(futures)
+
+
+def _indexed(on_text: Callable[..., None], index: int) -> Callable[..., None]:
+    return lambda text, logprobs=None: on_text(text, logprobs, index=index)
+
+
+def _indexed_calls(on_tool_calls: Callable[..., None], index: int) -> Callable[..., None]:
+    return lambda calls: on_tool_calls(calls, index=index)
+
+
+def completion(job: ChatJob, model: LoadedModel, generations, job_id: str) -> dict[str, Any]:
+    """The ``chat.completion`` body of finished generations, one per choice (``id`` from
+    ``job_id``); usage counts the prompt once and every choice's tokens, as OpenAI does."""
+    if not isinstance(generations, list):
+        generations = [generations]
+    created = job.created or int(time.time())
+    bodies = []
+    for generation in generations:
+        if isinstance(generation, Cancelled):  # pragma: no cover - futures raise it instead
+            raise generation
+        bodies.append(
+            completion_body(
+                job_id,
+                model.name,
+                created,
+                generation.text,
+                generation.finish_reason,
+                generation.prompt_tokens,
+                generation.completion_tokens,
+                tool_calls=generation.tool_calls,
+            )
+        )
+    body = bodies[0]
+    body["choices"] = [
+        {
+            **other["choices"][0],
+            "index": index,
+            "logprobs": chat_logprobs(generation.logprobs if job.logprobs is not None else None),
+        }
+        for index, (other, generation) in enumerate(zip(bodies, generations, strict=True))
+    ]
+    body["usage"] = usage(
+        generations[0].prompt_tokens, sum(g.completion_tokens for g in generations)
     )
+    return body
 
 
 def serve_chat(ctx: JobContext, model: LoadedModel) -> bytes:

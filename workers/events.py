@@ -119,22 +119,37 @@ class JobEvents:
         self._restart_on_chunk = chunks
         self._lock = threading.Lock()
 
-    def delta(self, text: str) -> None:
-        """New output text (a chat token, a transcribed segment)."""
+    def delta(self, text: str, logprobs: list | None = None, *, index: int = 0) -> None:
+        """New output text (a chat token, a transcribed segment); for chat, the compact
+        logprobs of its tokens when they were asked for, and the choice ``index`` (``n``)."""
         if self._resume is not None:
             with self._lock:
-                restart, text, settled = self._resume.feed(text)
-                if settled:
+                if index or logprobs is not None:
+                    # n > 1 or logprobs: an earlier delivery's output is not retraced by text
                     self._resume = None
-                if restart:
                     self._restart()
-                if not text:
-                    return
-        self.last = self.events.publish(self.job_id, p.EventType.DELTA, {"content": text})
+                else:
+                    restart, text, settled = self._resume.feed(text)
+                    if settled:
+                        self._resume = None
+                    if restart:
+                        self._restart()
+                    if not text:
+                        return
+        data: dict[str, Any] = {"content": text}
+        if index:
+            data["index"] = index
+        if logprobs is not None:
+            data["logprobs"] = logprobs
+        self.last = self.events.publish(self.job_id, p.EventType.DELTA, data)
 
-    def tool_calls(self, calls: list[dict[str, Any]]) -> None:
-        """New tool calls of a chat completion (OpenAI's ``delta.tool_calls`` entries)."""
-        self.last = self.events.publish(self.job_id, p.EventType.DELTA, {"tool_calls": calls})
+    def tool_calls(self, calls: list[dict[str, Any]], *, index: int = 0) -> None:
+        """New tool calls of a chat completion (OpenAI's ``delta.tool_calls`` entries) of
+        choice ``index``."""
+        data: dict[str, Any] = {"tool_calls": calls}
+        if index:
+            data["index"] = index
+        self.last = self.events.publish(self.job_id, p.EventType.DELTA, data)
 
     def chunk(self, data: str) -> None:
         """An upstream proxy's stream chunk, verbatim."""

@@ -8,6 +8,7 @@ from inferq.protocol import TASK_NAMES, Endpoint
 from workers import runtime
 from workers.celery_app import app
 from workers.chat import serve_chat
+from workers.completions import serve_completions
 from workers.embeddings import serve_embeddings
 from workers.jobs import JobContext
 from workers.rerank import serve_rerank
@@ -33,6 +34,11 @@ def _serve_embeddings(ctx: JobContext, model) -> bytes:
 @app.task(name=TASK_NAMES[Endpoint.CHAT], acks_late=True, reject_on_worker_lost=True)
 def chat(job_id: str) -> None:
     runtime.current().jobs.run(job_id, lambda ctx: serve_chat(ctx, _model_of(ctx)))
+
+
+@app.task(name=TASK_NAMES[Endpoint.COMPLETIONS], acks_late=True, reject_on_worker_lost=True)
+def completions(job_id: str) -> None:
+    runtime.current().jobs.run(job_id, lambda ctx: serve_completions(ctx, _model_of(ctx)))
 
 
 @app.task(name=TASK_NAMES[Endpoint.RERANK], acks_late=True, reject_on_worker_lost=True)

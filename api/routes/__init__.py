@@ -6,6 +6,7 @@ from api.routes import (
     audio,
     batches,
     chat,
+    completions,
     embeddings,
     events,
     files,
@@ -22,6 +23,7 @@ router.include_router(embeddings.router, prefix="/v1")
 router.include_router(jobs.router, prefix="/v1")
 router.include_router(events.router, prefix="/v1")
 router.include_router(chat.router, prefix="/v1")
+router.include_router(completions.router, prefix="/v1")
 router.include_router(rerank.router)
 router.include_router(files.router, prefix="/v1")
 router.include_router(batches.router, prefix="/v1")

@@ -34,7 +34,12 @@ async def create_chat_completion(
         p.Endpoint.CHAT, entry, job_request, kind=p.JobKind.SYNC, wait=False
     )
     chunks = _ChatStream(
-        job_id, entry.name, job_request["created"], body.include_usage, proxy=entry.is_proxy
+        job_id,
+        entry.name,
+        job_request["created"],
+        body.include_usage,
+        proxy=entry.is_proxy,
+        n=body.n or 1,
     )
     return await stream_response(
         submit.queue, job_id, request, submit.settings.sync_timeout_sec, chunks
@@ -47,12 +52,15 @@ class _ChatStream(ChunkFormat):
 
     output_events = (p.EventType.DELTA, p.EventType.CHUNK)
 
-    def __init__(self, job_id: str, model: str, created: int, include_usage: bool, *, proxy: bool):
+    def __init__(
+        self, job_id: str, model: str, created: int, include_usage: bool, *, proxy: bool, n: int
+    ):
         super().__init__(job_id, model, created, include_usage)
         self.proxy = proxy
+        self.n = n
 
     def opening(self) -> Iterable[Event]:
-        return [] if self.proxy else [{"data": self.role()}]
+        return [] if self.proxy else [{"data": self.role(i)} for i in range(self.n)]
 
     def output(self, entry_id: str, event: str, data: bytes) -> Event | None:
         if event == p.EventType.DELTA:
@@ -64,7 +72,8 @@ class _ChatStream(ChunkFormat):
     def closing(self, record: dict[str, Any], entry_id: str) -> Iterable[Event]:
         if not self.proxy:
             result = p.loads(record[p.JobField.RESULT])
-            yield {"data": self.finish(result["choices"][0]["finish_reason"])}
+            for choice in result["choices"]:
+                yield {"data": self.finish(choice["finish_reason"], choice["index"])}
             if self.include_usage:
                 yield {"data": self.usage(result["usage"])}
         yield {"data": "[DONE]"}

@@ -30,7 +30,9 @@ class BatchModel(Protocol):
 
     def _step_positions(self, next_positions: torch.Tensor) -> torch.Tensor: ...
 
-    def _forward(self, inputs: dict[str, Any], cache: Any) -> tuple[torch.Tensor, Any]: ...
+    def _forward(
+        self, inputs: dict[str, Any], cache: Any, *, every_position: bool = False
+    ) -> tuple[torch.Tensor, Any]: ...
 
 
 class ChatBatch:
@@ -118,7 +120,17 @@ class ChatBatch:
             "attention_mask": mask,
             "position_ids": position_ids,
         }
-        logits, cache = handler._forward(inputs, None)
+        wanted = [row.wants_prompt_logprobs for row in rows]
+        if any(wanted):  # echo with logprobs: every prompt position's logits
+            every, cache = handler._forward(inputs, None, every_position=True)
+            for i, row in enumerate(rows):
+                if wanted[i]:
+                    start = width - len(encoded[i].input_ids)
+                    row.logprobs.record_prompt(every[i, start:], input_ids[i, start:])
+            logits = every[:, -1, :]
+            del every
+        else:
+            logits, cache = handler._forward(inputs, None)
         tokens = self._pick(rows, logits)
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
         return cache, mask, tokens, next_positions

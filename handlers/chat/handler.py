@@ -19,6 +19,7 @@ import torch
 from handlers.base import ChatGeneration, Family, InvalidInput, resolve_device
 from handlers.chat.batch import ChatBatch
 from handlers.chat.kv_cache import output_cache
+from handlers.chat.logprobs import LogprobRecorder, TokenBytes
 from handlers.chat.request import ChatRequest, EncodedPrompt, validate_request
 from handlers.chat.row import Row
 from handlers.chat.sampling import Sampler
@@ -152,6 +153,9 @@ class ChatHandler:
             else:
                 self.structured_outputs = structured
         self.supports_structured_outputs = self.structured_outputs is not None
+        self.token_bytes = TokenBytes(
+            tokenizer, self.vocab_size, self.eos_token_ids, shared=self.structured_outputs
+        )
 
     def _constraint_for(self, request: ChatRequest):
         """The decoding constraint of a request: a forced tool call (``tool_choice`` required
@@ -233,43 +237,59 @@ class ChatHandler:
         """Validate and tokenize one request (raises :class:`InvalidInput`)."""
         validate_request(request, vocab_size=self.vocab_size)
         calls = None  # the output is parsed for tool calls unless tool_choice is none
-        if request.tools and request.tool_choice != "none":
-            if self.tool_parser is None:
-                raise InvalidInput(
-                    f"model '{self.name}' has no tool_parser in its catalog entry",
-                    param="tools",
-                    code="unsupported_parameter",
-                )
-            calls = ToolCallStream(self.tool_parser, request.on_text, request.on_tool_calls)
-        messages, tools = tool_prompt(
-            list(request.messages), request.tools, self.tool_parser, template_text(self.tokenizer)
-        )
-        prompt = self._encode(messages, add_generation_prompt=True, tools=tools)
+        if request.prompt is not None:
+            prompt = self._encode_raw(request.prompt)
+        else:
+            if request.tools and request.tool_choice != "none":
+                if self.tool_parser is None:
+                    raise InvalidInput(
+                        f"model '{self.name}' has no tool_parser in its catalog entry",
+                        param="tools",
+                        code="unsupported_parameter",
+                    )
+                calls = ToolCallStream(self.tool_parser, request.on_text, request.on_tool_calls)
+            messages, tools = tool_prompt(
+                list(request.messages),
+                request.tools,
+                self.tool_parser,
+                template_text(self.tokenizer),
+            )
+            prompt = self._encode(messages, add_generation_prompt=True, tools=tools)
         prompt_tokens = len(prompt.input_ids)
         if prompt_tokens >= self.context_length:
             raise InvalidInput(
                 f"the prompt has {prompt_tokens} tokens; this model's context is "
                 f"{self.context_length} tokens",
-                param="messages",
+                param="messages" if request.prompt is None else "prompt",
                 code="context_length_exceeded",
             )
         row = Row(
             request,
             prompt_tokens=prompt_tokens,
             max_new_tokens=min(request.max_new_tokens, self.context_length - prompt_tokens),
-            sampler=Sampler(request, self.device, self._constraint_for(request)),
+            sampler=Sampler(request, self.device, self._constraint_for(request), prompt.input_ids),
             stream=TextStream(self.decode, request.stop, calls.feed if calls else request.on_text),
             eos_token_ids=self.eos_token_ids,
             tools=calls,
+            logprobs=(
+                LogprobRecorder(self.token_bytes, request.logprobs)
+                if request.logprobs is not None
+                else None
+            ),
         )
         return row, prompt
 
-    def _forward(self, inputs: dict[str, Any], cache: Any) -> tuple[torch.Tensor, Any]:
-        """One forward pass; returns the last position's logits (float32) and the cache."""
+    def _forward(
+        self, inputs: dict[str, Any], cache: Any, *, every_position: bool = False
+    ) -> tuple[torch.Tensor, Any]:
+        """One forward pass; returns the last position's logits (float32) and the cache
+        (with ``every_position``, the logits of every position: prompt logprobs)."""
         forward = {**inputs, "use_cache": True, self._cache_kwarg: cache}
-        if self._logits_to_keep:
+        if self._logits_to_keep and not every_position:
             forward["logits_to_keep"] = 1
         output = self.model(**forward)
+        if every_position:
+            return output.logits.float(), output_cache(output)
         return output.logits[:, -1, :].float(), output_cache(output)
 
     # -- model-family hooks -------------------------------------------------------------------
@@ -287,6 +307,13 @@ class ChatHandler:
     ) -> EncodedPrompt:
         """Token ids (and vision tensors) of the prompt; ``tools`` go to the chat template."""
         raise NotImplementedError
+
+    def _encode_raw(self, prompt: str) -> EncodedPrompt:
+        """A ``/v1/completions`` prompt: tokenized as it is (the tokenizer's special tokens
+        such as BOS added, as vLLM does), no chat template."""
+        if not prompt:
+            raise InvalidInput("the prompt must not be empty", param="prompt")
+        return EncodedPrompt(self.tokenizer(prompt).input_ids)
 
     def _collate_vision(self, encoded: list[EncodedPrompt]) -> dict[str, torch.Tensor]:
         return {}

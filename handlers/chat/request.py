@@ -11,7 +11,9 @@ import torch
 
 from handlers.base import InvalidInput
 
-OnText = Callable[[str], None]
+# ``on_text(delta)``; with ``logprobs`` requested, ``on_text(delta, entries)`` where
+# ``entries`` are the compact logprobs of the tokens behind ``delta`` (see .logprobs).
+OnText = Callable[..., None]
 
 
 @dataclass
@@ -34,6 +36,19 @@ class ChatRequest:
     tool_choice: Any = None
     parallel_tool_calls: bool = True
     on_tool_calls: Callable[[list[dict[str, Any]]], None] | None = None
+    # Sampling extensions (OpenAI's penalties; vLLM's top_k, min_p, repetition_penalty).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    top_k: int = 0  # 0 (or -1): all tokens
+    min_p: float = 0.0
+    # None: no logprobs; k >= 0: each token's logprob and the k most likely alternatives.
+    logprobs: int | None = None
+    # A raw prompt (``/v1/completions``): tokenized as it is, no chat template; ``messages``
+    # is then ignored.
+    prompt: str | None = None
+    # With ``logprobs``: also the prompt tokens' logprobs (``echo``; the first has none).
+    prompt_logprobs: bool = False
 
 
 @dataclass
@@ -46,7 +61,7 @@ class EncodedPrompt:
 
 def validate_request(request: ChatRequest, *, vocab_size: int) -> None:
     """Raise :class:`InvalidInput` naming the first parameter the model cannot take."""
-    if not request.messages:
+    if request.prompt is None and not request.messages:
         raise InvalidInput("messages must not be empty", param="messages")
     if request.max_new_tokens is None or request.max_new_tokens < 1:
         raise InvalidInput("max_tokens must be at least 1", param="max_tokens")
@@ -56,6 +71,7 @@ def validate_request(request: ChatRequest, *, vocab_size: int) -> None:
         raise InvalidInput("top_p must be between 0 and 1", param="top_p")
     if request.stop is not None and not all(isinstance(s, str) for s in request.stop):
         raise InvalidInput("stop must be a list of strings", param="stop")
+    _validate_extensions(request)
     for token, bias in (request.logit_bias or {}).items():
         if not 0 <= token < vocab_size:
             raise InvalidInput(
@@ -64,3 +80,17 @@ def validate_request(request: ChatRequest, *, vocab_size: int) -> None:
             )
         if not -100 <= bias <= 100:
             raise InvalidInput("logit_bias values must be between -100 and 100", param="logit_bias")
+
+
+def _validate_extensions(request: ChatRequest) -> None:
+    for name in ("presence_penalty", "frequency_penalty"):
+        if not -2 <= getattr(request, name) <= 2:
+            raise InvalidInput(f"{name} must be between -2 and 2", param=name)
+    if not 0 < request.repetition_penalty <= 2:
+        raise InvalidInput("repetition_penalty must be in (0, 2]", param="repetition_penalty")
+    if request.top_k < -1:
+        raise InvalidInput("top_k must be -1, 0 (all tokens) or a positive count", param="top_k")
+    if not 0 <= request.min_p <= 1:
+        raise InvalidInput("min_p must be between 0 and 1", param="min_p")
+    if request.logprobs is not None and not 0 <= request.logprobs <= 20:
+        raise InvalidInput("top_logprobs must be between 0 and 20", param="top_logprobs")

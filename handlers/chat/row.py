@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from handlers.base import ChatGeneration
+from handlers.chat.logprobs import LogprobRecorder
 from handlers.chat.request import ChatRequest
 from handlers.chat.sampling import Sampler
 from handlers.chat.text import TextStream
@@ -25,13 +26,28 @@ class Row:
     result: ChatGeneration | Exception | None = None
     key: Any = None  # the caller's handle for this request (see ChatBatch)
     tools: Any = None  # a handlers.chat.tools.ToolCallStream when the output is parsed for calls
+    logprobs: LogprobRecorder | None = None  # when the request asks for logprobs
+
+    def __post_init__(self) -> None:
+        on_text = self.stream.on_text
+        if self.logprobs is not None and on_text is not None:
+            # Each delta carries the logprobs of the tokens decoded since the last one.
+            recorder = self.logprobs
+            self.stream.on_text = lambda text: on_text(text, recorder.take())
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.logprobs is not None and self.request.prompt_logprobs
 
     @property
     def done(self) -> bool:
         return self.result is not None
 
     def pick(self, logits, greedy_token: int) -> int:
-        return self.sampler.pick(logits, greedy_token)
+        token = self.sampler.pick(logits, greedy_token)
+        if self.logprobs is not None:
+            self.logprobs.record(logits, token)
+        return token
 
     def cancel_requested(self) -> bool:
         event = self.request.cancel_event
@@ -43,7 +59,10 @@ class Row:
     def append(self, token: int) -> None:
         """Account for one generated token; may finish the row (stop, EOS or length)."""
         self.completion_tokens += 1
+        self.sampler.observe(token)
         if token in self.eos_token_ids:
+            if self.logprobs is not None:
+                self.logprobs.discard_last()
             self._finish("stop")
             return
         constraint = self.sampler.constraint
@@ -65,10 +84,18 @@ class Row:
         tool_calls = None
         if self.tools is not None:
             text, tool_calls = self.tools.finish()
+        logprobs = None
+        if self.logprobs is not None:
+            logprobs = self.logprobs.entries
+            rest = self.logprobs.take()
+            if rest and self.request.on_text is not None:
+                self.request.on_text("", rest)  # tokens whose text was cut or held back
         self.result = ChatGeneration(
             text=text,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             finish_reason="tool_calls" if tool_calls else reason,
             tool_calls=tool_calls or None,
+            logprobs=logprobs,
+            prompt_logprobs=self.logprobs.prompt if self.logprobs is not None else None,
         )

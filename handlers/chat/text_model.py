@@ -20,7 +20,7 @@ class TextChatModel(ChatHandler):
     """
 
     family: ClassVar[Family] = Family.CHAT
-    capabilities: ClassVar[list[str]] = ["chat-completion"]
+    capabilities: ClassVar[list[str]] = ["chat-completion", "text-completion"]
     default_max_batch_size: ClassVar[int] = 16
 
     def _load(

@@ -133,7 +133,7 @@ class ToolCallStream:
     def __init__(
         self,
         parser: ToolParser,
-        on_text: Callable[[str], None] | None = None,
+        on_text: Callable[..., None] | None = None,
         on_tool_calls: OnToolCalls | None = None,
     ):
         self.parser = parser
@@ -143,8 +143,13 @@ class ToolCallStream:
         self.emitted = 0  # characters of text passed to on_text
         self.start: int | None = None  # where the first call starts, once seen
         self.ids: list[str] = []  # ids of the calls reported so far
+        # With logprobs requested: the entries of tokens whose text is not passed on yet
+        # (they go with the next content delta; a call's tokens are not content).
+        self.logprobs: list | None = None
 
-    def feed(self, delta: str) -> None:
+    def feed(self, delta: str, logprobs: list | None = None) -> None:
+        if logprobs is not None:
+            self.logprobs = (self.logprobs or []) + logprobs
         self.text += delta
         if self.start is None:
             self.start = self.parser.call_start(self.text)
@@ -169,8 +174,13 @@ class ToolCallStream:
         if upto <= self.emitted or not (force or self.text[:upto].strip()):
             return
         delta, self.emitted = self.text[self.emitted : upto], upto
-        if self.on_text is not None:
+        if self.on_text is None:
+            return
+        if self.logprobs is None:
             self.on_text(delta)
+        else:
+            entries, self.logprobs = self.logprobs, []
+            self.on_text(delta, entries)
 
     def _report(self, calls: list[ParsedCall]) -> list[dict[str, Any]]:
         """The calls as OpenAI objects, reporting the new ones (same ids every time)."""

@@ -13,6 +13,8 @@ from inferq import protocol as p
 from inferq.errors import bad_request
 from inferq.images import remote_image_problem
 from inferq.openai.common import COUNT_MAX, INT64_MAX, INT64_MIN, JobRequest, WireRequest, usage
+from inferq.openai.logprobs import chat_logprobs
+from inferq.openai.sampling import SamplingExtensions, refuse_unknown_fields
 from inferq.openai.tools import check_tools_for_model, normalized_tools, tool_history_message
 from inferq.settings import Settings
 
@@ -21,7 +23,7 @@ from inferq.settings import Settings
 STRUCTURED_OUTPUTS_UNSUPPORTED = "unsupported_parameter"
 
 
-class ChatJob(JobRequest):
+class ChatJob(JobRequest, SamplingExtensions):
     """What a local chat model's worker gets: messages reduced to ``role`` and ``content``
     (a string or text/image_url parts), unsupported options already refused."""
 
@@ -35,6 +37,8 @@ class ChatJob(JobRequest):
     logit_bias: dict[str, float] | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
+    n: int = 1
+    logprobs: int | None = None  # None: none; k: each token's logprob and its top k
     remote_images: bool = False  # some image_url is http(s): the worker fetches it
     # Tool calling (inferq.openai.tools): checked tools, tool_choice (auto when tools are sent).
     tools: list[dict[str, Any]] | None = None
@@ -58,8 +62,9 @@ class StreamOptions(BaseModel):
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-class ChatCompletionRequest(WireRequest):
-    """``POST /v1/chat/completions``. Unknown fields are kept (proxy models forward them)."""
+class ChatCompletionRequest(WireRequest, SamplingExtensions):
+    """``POST /v1/chat/completions``. Unknown fields are kept (proxy models forward them); a
+    local model refuses those neither served nor documented (:mod:`.sampling`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -80,8 +85,7 @@ class ChatCompletionRequest(WireRequest):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
 
     @property
@@ -99,12 +103,7 @@ class ChatCompletionRequest(WireRequest):
     def normalized(self, *, max_stop: int) -> ChatJob:
         """The job request for a local model (``model`` as the client named it, ``created``
         unset), or a 400 naming the problem."""
-        if self.n not in (None, 1):
-            raise bad_request(
-                "only n=1 is supported: send n requests for n completions",
-                param="n",
-                code="unsupported_value",
-            )
+        refuse_unknown_fields(self.model_extra)
         for legacy in ("functions", "function_call"):
             if self.model_extra.get(legacy):
                 raise bad_request(
@@ -113,19 +112,8 @@ class ChatCompletionRequest(WireRequest):
                     code="unsupported_parameter",
                 )
         tools, tool_choice = normalized_tools(self.tools, self.tool_choice)
-        if self.logprobs:
-            raise bad_request(
-                "logprobs are not supported by local models",
-                param="logprobs",
-                code="unsupported_parameter",
-            )
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise bad_request(
-                    f"{name} is not supported by local models",
-                    param=name,
-                    code="unsupported_parameter",
-                )
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("top_logprobs needs logprobs set to true", param="top_logprobs")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stop) > max_stop or not all(stop):
             raise bad_request(f"'stop' takes at most {max_stop} non-empty strings", param="stop")
@@ -157,6 +145,9 @@ class ChatCompletionRequest(WireRequest):
             tools=tools,
             tool_choice=tool_choice,
             parallel_tool_calls=self.parallel_tool_calls is not False,
+            n=self.n or 1,
+            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+            **self.sampling_extensions(),
         )
 
 
@@ -326,14 +317,29 @@ class ChunkFormat:
         self._head = head
 
     def delta(self, data: bytes) -> str:
-        """A chunk whose delta is ``data`` (the stored ``{"content": ...}`` JSON)."""
-        return (self._prefix + data + self._suffix).decode()
+        """A chunk whose delta is ``data`` (the stored ``{"content": ...}`` JSON); a delta of
+        choice ``index`` > 0 or one carrying ``logprobs`` entries is rebuilt."""
+        if b'"index"' not in data and b'"logprobs"' not in data:
+            return (self._prefix + data + self._suffix).decode()
+        delta = orjson.loads(data)
+        index = delta.pop("index", 0)
+        entries = delta.pop("logprobs", None)
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": chat_logprobs(entries),
+            "finish_reason": None,
+        }
+        extra = {"usage": None} if self.include_usage else {}
+        return orjson.dumps({**self._head, "choices": [choice], **extra}).decode()
 
-    def role(self) -> str:
+    def role(self, index: int = 0) -> str:
+        if index:
+            return self.delta(b'{"role":"assistant","content":"","index":%d}' % index)
         return self.delta(b'{"role":"assistant","content":""}')
 
-    def finish(self, finish_reason: str) -> str:
-        choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
+    def finish(self, finish_reason: str, index: int = 0) -> str:
+        choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
         extra = {"usage": None} if self.include_usage else {}
         return orjson.dumps({**self._head, "choices": [choice], **extra}).decode()
 

@@ -41,7 +41,7 @@ def text_chat() -> TextChatModel:
 def test_loads_through_the_constructor_with_entry_attributes(text_chat):
     assert isinstance(text_chat, ChatModel)
     assert text_chat.name == "tiny-llama-chat"
-    assert text_chat.capabilities == ["chat-completion"]
+    assert text_chat.capabilities == ["chat-completion", "text-completion"]
     assert text_chat.generation_defaults == {"temperature": 0.7, "max_tokens": 64}
     assert text_chat.supports_structured_outputs is True
     assert text_chat.thread_safe is False

@@ -23,10 +23,11 @@ from inferq import protocol as p
 from inferq.errors import ServiceError, bad_request, model_not_found
 from inferq.openai.chat import ChatCompletionRequest, ChatJob, check_chat_for_model
 from inferq.openai.common import validated
+from inferq.openai.completions import CompletionJob, CompletionRequest
 from inferq.openai.embeddings import EmbeddingJob, EmbeddingRequest
 from inferq.openai.rerank import RerankJob, RerankRequest
 from inferq.settings import Settings
-from workers import chat, rerank
+from workers import chat, completions, rerank
 from workers.embeddings import check_dimensions, embed_texts, embeddings_response
 from workers.jobs import as_service_error
 
@@ -131,6 +132,8 @@ class ChatLines(BatchLines):
     """Every line of the part enters the model's chat scheduler at bulk priority at once."""
 
     schema = ChatCompletionRequest
+    job_type: ClassVar[type] = ChatJob
+    serving: ClassVar[Any] = chat  # the module with submit() and completion()
 
     def prepare(self, body, model):
         parsed = self.parse(body)
@@ -138,6 +141,8 @@ class ChatLines(BatchLines):
             raise bad_request("streaming is not available in batches", param="stream")
         job = parsed.normalized(max_stop=self.settings.chat_max_stop_sequences)
         job.model = model.name
+        if self.schema is CompletionRequest:
+            return job.wire()
         check_chat_for_model(
             job,
             model=model.name,
@@ -149,12 +154,12 @@ class ChatLines(BatchLines):
         return job.wire()
 
     def run(self, requests, model, stop):
-        jobs = [ChatJob.parse(r) for r in requests]
+        jobs = [self.job_type.parse(r) for r in requests]
         futures: list[Any] = []
         for job in jobs:
             try:
                 futures.append(
-                    chat.submit(
+                    self.serving.submit(
                         job, model, self.settings, cancel_event=stop, priority=int(p.Priority.BULK)
                     )
                 )
@@ -166,12 +171,22 @@ class ChatLines(BatchLines):
                 outcomes.append(future)
                 continue
             try:
-                outcomes.append(chat.completion(job, model, future.result(), p.new_job_id()))
+                outcomes.append(
+                    self.serving.completion(job, model, future.result(), p.new_job_id())
+                )
             except Cancelled:
                 outcomes.append(None)
             except Exception as exc:
                 outcomes.append(as_service_error(exc))
         return outcomes
+
+
+class CompletionLines(ChatLines):
+    """Text completion lines: every prompt's rows enter the chat scheduler, as chat lines do."""
+
+    schema = CompletionRequest
+    job_type = CompletionJob
+    serving = completions
 
 
 class ProxyLines(BatchLines):
@@ -180,11 +195,11 @@ class ProxyLines(BatchLines):
     def __init__(self, settings: Settings, endpoint: p.Endpoint):
         super().__init__(settings)
         self.endpoint = endpoint
-        self.schema = ChatCompletionRequest if endpoint == p.Endpoint.CHAT else EmbeddingRequest
+        self.schema = PROXY_SCHEMAS[endpoint]
 
     def prepare(self, body, model):
         parsed = self.parse(body)
-        if self.endpoint == p.Endpoint.CHAT:
+        if self.endpoint in (p.Endpoint.CHAT, p.Endpoint.COMPLETIONS):
             upstream = parsed.upstream_body()
             upstream.pop("stream_options", None)
             return {**upstream, "stream": False}
@@ -195,7 +210,10 @@ class ProxyLines(BatchLines):
         return job.upstream_body()
 
     def run(self, requests, model, stop):
-        call = model.handler.chat if self.endpoint == p.Endpoint.CHAT else model.handler.embeddings
+        call = {
+            p.Endpoint.CHAT: model.handler.chat,
+            p.Endpoint.EMBEDDINGS: model.handler.embeddings,
+        }.get(self.endpoint) or model.handler.completions
 
         def forward(body: dict[str, Any]) -> Outcome:
             if stop.is_set():
@@ -213,6 +231,12 @@ LINES: dict[p.Endpoint, type[BatchLines]] = {
     p.Endpoint.EMBEDDINGS: EmbeddingLines,
     p.Endpoint.RERANK: RerankLines,
     p.Endpoint.CHAT: ChatLines,
+    p.Endpoint.COMPLETIONS: CompletionLines,
+}
+PROXY_SCHEMAS: dict[p.Endpoint, type[BaseModel]] = {
+    p.Endpoint.CHAT: ChatCompletionRequest,
+    p.Endpoint.EMBEDDINGS: EmbeddingRequest,
+    p.Endpoint.COMPLETIONS: CompletionRequest,
 }
 
 
@@ -221,7 +245,7 @@ def lines_for(endpoint: p.Endpoint, model: LoadedModel, settings: Settings) -> B
     if p.ENDPOINT_CAPABILITY[endpoint] not in model.info["capabilities"]:
         raise model_not_found(model.name)
     if model.upstream:
-        if endpoint not in (p.Endpoint.CHAT, p.Endpoint.EMBEDDINGS):
+        if endpoint not in PROXY_SCHEMAS:
             raise model_not_found(model.name)
         return ProxyLines(settings, endpoint)
     return LINES[endpoint](settings)

@@ -36,7 +36,7 @@ class Plan:
 def _line_inputs(endpoint: str, body: dict[str, Any], settings: Settings) -> int:
     """A line's weight against ``BATCH_PART_INPUTS``: its texts, documents, or for chat a
     share that makes ``BATCH_PART_CHAT_LINES`` lines fill a part (each is a generation)."""
-    if endpoint == p.Endpoint.CHAT:
+    if endpoint in (p.Endpoint.CHAT, p.Endpoint.COMPLETIONS):
         return max(1, settings.batch_part_inputs // max(1, settings.batch_part_chat_lines))
     if endpoint == p.Endpoint.EMBEDDINGS:
         value = body.get("input")
