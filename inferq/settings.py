@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     model_device: str = Field(
         "auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps."
     )
+    model_dtype: str = Field(
+        "auto",
+        pattern=r"^(auto|float32|bfloat16|float16)$",
+        description="Weight dtype of local models whose catalog entry sets no torch_dtype: auto "
+        "(bf16 on CPUs with AMX/AVX512-BF16 and on CUDA that supports it, fp16 on older CUDA, "
+        "else fp32), float32, bfloat16, float16.",
+    )
     hf_home: Path = Field(
         default_factory=lambda: Path(
             os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")
