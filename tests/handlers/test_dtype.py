@@ -13,10 +13,10 @@ from handlers.embedding import HFEmbeddingModel
 from handlers.rerank import HFRerankModel
 from tests.handlers.chat_inputs import CAPITAL, greedy
 
-AVX2_EPYC = "fpu sse sse2 avx f16c fma avx2 bmi2 vaes vpclmulqdq".split()
-SAPPHIRE_RAPIDS = AVX2_EPYC + "avx512f avx512bw avx512_bf16 amx_tile amx_int8 amx_bf16".split()
-COOPER_LAKE = AVX2_EPYC + ["avx512f", "avx512_bf16"]
-SKYLAKE_X = AVX2_EPYC + ["avx512f", "avx512bw", "avx512vl"]  # AVX-512 but no bf16 units
+AVX2_EPYC = ["fpu", "sse", "sse2", "avx", "f16c", "fma", "avx2", "bmi2", "vaes", "vpclmulqdq"]
+SAPPHIRE_RAPIDS = [*AVX2_EPYC, "avx512f", "avx512bw", "avx512_bf16", "amx_tile", "amx_bf16"]
+COOPER_LAKE = [*AVX2_EPYC, "avx512f", "avx512_bf16"]
+SKYLAKE_X = [*AVX2_EPYC, "avx512f", "avx512bw", "avx512vl"]  # AVX-512 but no bf16 units
 
 
 @pytest.mark.parametrize(
