@@ -84,9 +84,10 @@ class Settings(BaseSettings):
         32, description="Jobs a worker holds at once (threads; they share the model's batches)."
     )
     task_events: bool = Field(
-        True,
-        description="Celery task events (sent, received, started, succeeded), which Flower and "
-        "`celery events` show; off saves a few Redis publishes per job.",
+        False,
+        description="Celery task events (sent, received, started, succeeded) from the start, for "
+        "`celery events`; they cost four Redis publishes per job. Flower switches the workers' "
+        "events on by itself (its enable_events option), so it needs no setting here.",
     )
     max_deliveries: int = Field(
         3, description="A job whose worker died this many times is failed (poison job)."
