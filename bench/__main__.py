@@ -1,6 +1,6 @@
-"""``python -m bench [embeddings] [batch] [batch_probe] [chat] [audio] [redis_kill]``: run
-benchmarks, print, save JSON results (without arguments: all but the ``redis_kill`` outage
-measurement)."""
+"""``python -m bench [embeddings] [batch] [batch_probe] [chat] [audio] [speech_dtypes]
+[redis_kill]``: run benchmarks, print, save JSON results (without arguments: all but the
+``redis_kill`` outage measurement)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 
-from bench import audio, batch, batch_probe, chat, embeddings, redis_kill
+from bench import audio, batch, batch_probe, chat, embeddings, redis_kill, speech_dtypes
 
 SUITES = {
     "embeddings": embeddings,
@@ -18,6 +18,7 @@ SUITES = {
     "chat": chat,
     "audio": audio,
     "redis_kill": redis_kill,
+    "speech_dtypes": speech_dtypes,
 }
 
 

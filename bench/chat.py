@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -54,8 +55,9 @@ def in_process() -> dict:
     from inferq.catalog import load_catalog
 
     entry = load_catalog(ROOT / "models.yaml").get(MODEL)
+    dtype = os.environ.get("BENCH_CHAT_DTYPE", entry.torch_dtype)  # the catalog's by default
     handler = TextChatModel(
-        str(entry.weights_dir()), "cpu", gguf_file=entry.gguf_file, torch_dtype=entry.torch_dtype
+        str(entry.weights_dir()), "cpu", gguf_file=entry.gguf_file, torch_dtype=dtype
     )
 
     def one(topic: str) -> tuple[float, float, int]:
@@ -92,6 +94,7 @@ def in_process() -> dict:
         "single_tokens": singles[0][2],
         "batch8_tokens_per_s": statistics.median(batches),
         "batch_file_tokens_per_s": file_tokens_per_s,
+        "dtype": str(handler.dtype).removeprefix("torch."),
     }
 
 

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from handlers.base import Family, check_cancelled
+from handlers.dtype import resolve_dtype
 
 # Encoders whose tokenizer reports no real limit fall back to this.
 _FALLBACK_MAX_LENGTH = 512
@@ -63,8 +64,8 @@ class HFEmbeddingModel:
             raise ValueError(f"unknown pooling '{self.pooling}'")
         load = {"cache_dir": cache_dir, "local_files_only": True, "revision": revision}
         self.tokenizer = AutoTokenizer.from_pretrained(hf_repo_id, **load)
-        dtype = getattr(torch, torch_dtype) if torch_dtype else None
-        self.model = AutoModel.from_pretrained(hf_repo_id, dtype=dtype, **load)
+        self.dtype = resolve_dtype(torch_dtype, self.device)
+        self.model = AutoModel.from_pretrained(hf_repo_id, dtype=self.dtype, **load)
         self.model.to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
         self.max_length = self._resolve_max_length(hf_repo_id, max_length)
@@ -135,8 +136,10 @@ class HFEmbeddingModel:
                 last = mask.sum(dim=1) - 1
                 pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         else:
+            hidden = hidden.float()  # sums of many bf16/fp16 rows lose precision
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        # normalised in float32 whatever the model's dtype (float32 on the wire)
         pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
         return pooled.cpu().numpy()
 

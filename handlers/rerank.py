@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from handlers.base import Family, RerankResult
+from handlers.dtype import resolve_dtype
 from handlers.embedding import run_in_length_batches
 
 # Cross-encoders are trained on short passages; longer limits only cost memory.
@@ -49,9 +50,9 @@ class HFRerankModel:
         self.device = torch.device(device)
         load = {"cache_dir": cache_dir, "local_files_only": True, "revision": revision}
         self.tokenizer = AutoTokenizer.from_pretrained(hf_repo_id, **load)
-        dtype = getattr(torch, torch_dtype) if torch_dtype else None
+        self.dtype = resolve_dtype(torch_dtype, self.device)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            hf_repo_id, dtype=dtype, **load
+            hf_repo_id, dtype=self.dtype, **load
         )
         self.model.to(self.device).eval()
         self.num_labels = int(self.model.config.num_labels)

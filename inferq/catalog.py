@@ -55,7 +55,11 @@ class ModelEntry(BaseModel):
         description="An installed package holding the weights: 'module' or 'module/sub/dir'.",
     )
     gguf_file: str | None = None
-    torch_dtype: str | None = None
+    torch_dtype: str | None = Field(
+        None,
+        pattern=r"^(auto|float32|bfloat16|float16)$",
+        description="Weight dtype; unset: MODEL_DTYPE, else auto (handlers/dtype.py).",
+    )
     revision: str | None = None
     skip_download: bool = False
     # Upstream proxy models.

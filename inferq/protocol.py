@@ -250,15 +250,17 @@ return redis.call('HMGET', KEYS[1], 'request', 'deliveries', 'priority', 'kind',
                   'endpoint', 'model', 'created_at')
 """
 
-# KEYS[1] job key, KEYS[2] (optional) its event stream; ARGV: status, now, default ttl, field,
-# value[, field, value]. Finishes a queued or running job once; returns 1 when this call set the
-# terminal state, else 0.
+# KEYS[1] job key, KEYS[2] (optional) its event stream, KEYS[3] (optional) the finished-jobs
+# counter hash; ARGV: status, now, default ttl, counter field ('' for none), field, value[,
+# field, value]. Counts the worker's outcome (in the same round trip), then finishes a queued
+# or running job once; returns 1 when this call set the terminal state, else 0.
 FINISH_SCRIPT = """
+if KEYS[3] and ARGV[4] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[4], 1) end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
 if status ~= 'queued' and status ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or ARGV[3])
 redis.call('EXPIRE', KEYS[1], ttl)
 if KEYS[2] then

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     model_device: str = Field(
         "auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps."
     )
+    model_dtype: str = Field(
+        "auto",
+        pattern=r"^(auto|float32|bfloat16|float16)$",
+        description="Weight dtype of local models whose catalog entry sets no torch_dtype: auto "
+        "(bf16 on CPUs with AMX/AVX512-BF16 and on CUDA that supports it, fp16 on older CUDA, "
+        "else fp32), float32, bfloat16, float16.",
+    )
     hf_home: Path = Field(
         default_factory=lambda: Path(
             os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")
@@ -77,9 +84,10 @@ class Settings(BaseSettings):
         32, description="Jobs a worker holds at once (threads; they share the model's batches)."
     )
     task_events: bool = Field(
-        True,
-        description="Celery task events (sent, received, started, succeeded), which Flower and "
-        "`celery events` show; off saves a few Redis publishes per job.",
+        False,
+        description="Celery task events (sent, received, started, succeeded) from the start, for "
+        "`celery events`; they cost four Redis publishes per job. Flower switches the workers' "
+        "events on by itself (its enable_events option), so it needs no setting here.",
     )
     max_deliveries: int = Field(
         3, description="A job whose worker died this many times is failed (poison job)."

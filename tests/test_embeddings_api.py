@@ -123,6 +123,10 @@ def test_models_lists_served_models_with_capabilities(openai_client):
     assert minilm["owned_by"] == "local"
     assert minilm["dimensions"] == 384
     assert "text-embedding" in minilm["capabilities"]
+    # torch_dtype auto: what handlers/dtype.py picks for this machine's CPU
+    from handlers.dtype import auto_dtype
+
+    assert minilm["dtype"] == str(auto_dtype("cpu")).removeprefix("torch.")
     assert openai_client.models.retrieve(MINILM).id == MINILM
 
 

@@ -165,6 +165,7 @@ class JobRuntime:
                 ),
             )
             return
+        counter = f"{endpoint}|{model}|"  # + the outcome: counted by the finish script
         cancel_event, timed_out = threading.Event(), threading.Event()
         limit = self.settings.job_timeout(endpoint)
         timer = threading.Timer(limit, lambda: (timed_out.set(), cancel_event.set()))
@@ -198,19 +199,20 @@ class JobRuntime:
                         code="timeout",
                         final=True,
                     ),
+                    counter=counter,
                 )
             else:
                 outcome = p.JobStatus.CANCELLED
-                self._finish_with(job_id, p.JobStatus.CANCELLED)
+                self._finish_with(job_id, outcome, counter=counter)
                 log.info("job %s cancelled (request_id=%s)", job_id, request_id)
         except Exception as exc:
             error = as_service_error(exc)
             if error is not exc and error.code == "internal_error":
                 log.exception("job %s failed (request_id=%s)", job_id, request_id)
-            self.finish_failed(job_id, error)
+            self.finish_failed(job_id, error, counter=counter)
         else:
             outcome = p.JobStatus.SUCCEEDED
-            if self._finish_with(job_id, p.JobStatus.SUCCEEDED, {p.JobField.RESULT: result}):
+            if self._finish_with(job_id, outcome, {p.JobField.RESULT: result}, counter=counter):
                 log.info("job %s succeeded (request_id=%s)", job_id, request_id)
             else:
                 log.info("job %s: result dropped, the job was finished or cancelled", job_id)
@@ -219,7 +221,6 @@ class JobRuntime:
             with self._lock:
                 self.running.pop(job_id, None)
             metrics.record_job(
-                self.redis,
                 model=model,
                 endpoint=endpoint,
                 status=outcome.value,
@@ -229,17 +230,26 @@ class JobRuntime:
             job_id_var.reset(job_token)
             request_id_var.reset(request_token)
 
-    def finish_failed(self, job_id: str, error: ServiceError) -> None:
+    def finish_failed(self, job_id: str, error: ServiceError, *, counter: str = "") -> None:
         self._finish_with(
-            job_id, p.JobStatus.FAILED, {p.JobField.ERROR: p.dumps(error.to_record())}
+            job_id,
+            p.JobStatus.FAILED,
+            {p.JobField.ERROR: p.dumps(error.to_record())},
+            counter=counter,
         )
         log.info("job %s failed: %s %s", job_id, error.status, error.message)
 
-    def _finish_with(self, job_id: str, status: p.JobStatus, fields: dict | None = None) -> bool:
-        args: list[Any] = [status.value, f"{p.now():.6f}", self.settings.result_ttl_sec]
+    def _finish_with(
+        self, job_id: str, status: p.JobStatus, fields: dict | None = None, *, counter: str = ""
+    ) -> bool:
+        """``counter``: ``"<endpoint>|<model>|"``, counted with ``status`` appended (one round
+        trip for the outcome and the count)."""
+        count = counter + status.value if counter else ""
+        args: list[Any] = [status.value, f"{p.now():.6f}", self.settings.result_ttl_sec, count]
         for name, value in (fields or {}).items():
             args += [name.value, value]
-        return bool(self._finish(keys=[p.job_key(job_id), p.events_key(job_id)], args=args))
+        keys = [p.job_key(job_id), p.events_key(job_id), p.STATS_JOBS_KEY]
+        return bool(self._finish(keys=keys, args=args))
 
     def cancel_running(self, job_id: str) -> bool:
         with self._lock:

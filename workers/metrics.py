@@ -2,8 +2,9 @@
 
 The per-worker endpoint (``WORKER_METRICS_PORT``; the worker is one process, the threads pool,
 so the default registry is exact) has job durations, queue waits, batch sizes, tokens and
-model load times. Finished-job counts also go to the Redis hash ``inferq:stats:jobs``, so the
-API's ``/metrics`` shows jobs by status across every worker without scraping them all.
+model load times. Finished-job counts also go to the Redis hash ``inferq:stats:jobs`` (the
+finish script counts them), so the API's ``/metrics`` shows jobs by status across every worker
+without scraping them all.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-from inferq.protocol import STATS_JOBS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +66,10 @@ def start_server(port: int) -> None:
 
 
 def record_job(
-    redis_client, *, model: str, endpoint: str, status: str, seconds: float, waited: float | None
+    *, model: str, endpoint: str, status: str, seconds: float, waited: float | None
 ) -> None:
+    """A job's duration and queue wait (the Redis counter of finished jobs is kept by the
+    finish script, in the same round trip as the outcome)."""
     JOB_SECONDS.labels(model, endpoint, status).observe(seconds)
     if waited is not None:
         QUEUE_WAIT.labels(model, endpoint).observe(max(0.0, waited))
-    try:
-        redis_client.hincrby(STATS_JOBS_KEY, f"{endpoint}|{model}|{status}", 1)
-    except Exception as exc:  # metrics never fail a job
-        log.warning("could not count job: %s", exc)

@@ -84,6 +84,9 @@ def describe(handler: Any, entry: ModelEntry) -> dict[str, Any]:
         info["max_input_tokens"] = int(max_length)
     if (context := getattr(handler, "context_length", None)) is not None:
         info["context_length"] = int(context)  # bounds a chat request's text in the API
+    dtype = getattr(handler, "dtype", None) or getattr(handler, "compute_type", None)
+    if dtype is not None:
+        info["dtype"] = str(dtype).removeprefix("torch.")
     return info
 
 
@@ -114,6 +117,8 @@ class ModelRegistry:
             source = ensure_weights(entry, settings)
             kwargs = entry.handler_kwargs()
             kwargs.pop("hf_repo_id", None)
+            if settings.model_dtype != "auto" and not entry.is_proxy:
+                kwargs.setdefault("torch_dtype", settings.model_dtype)
             if family == Family.EMBEDDINGS:
                 kwargs.setdefault("batch_tokens", settings.embed_batch_tokens)
                 kwargs.setdefault("max_batch_size", settings.embed_max_batch_size)

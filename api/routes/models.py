@@ -28,6 +28,7 @@ async def _served(queue, request: Request) -> list[ModelObject]:
                 capabilities=info.get("capabilities", []),
                 dimensions=info.get("dimensions"),
                 max_input_tokens=info.get("max_input_tokens"),
+                dtype=info.get("dtype"),
                 workers=counts[entry.name],
             )
         )

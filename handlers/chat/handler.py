@@ -32,21 +32,15 @@ from handlers.chat.tools import (
     template_text,
     tool_prompt,
 )
+from handlers.dtype import resolve_dtype
 from inferq.openai.chat import STRUCTURED_OUTPUTS_UNSUPPORTED
 
 log = logging.getLogger(__name__)
 
 
-def dtype_for(torch_dtype: str | None, device: torch.device):
-    """Entry ``torch_dtype`` (``float16``, ``bfloat16``, ``auto`` ...); default fp32 on CPU."""
-    if not torch_dtype:
-        return torch.float32 if device.type == "cpu" else "auto"
-    if torch_dtype == "auto":
-        return "auto"
-    dtype = getattr(torch, torch_dtype, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown torch_dtype '{torch_dtype}'")
-    return dtype
+def dtype_for(torch_dtype: str | None, device: torch.device) -> torch.dtype:
+    """Entry ``torch_dtype`` (``auto`` when unset): see :mod:`handlers.dtype`."""
+    return resolve_dtype(torch_dtype, device)
 
 
 def _eos_ids(*candidates: Any) -> set[int]:
@@ -115,6 +109,7 @@ class ChatHandler:
     def _finish_loading(self, model, tokenizer) -> None:
         """Put the model in eval mode on the device; collect EOS/pad ids and forward kwargs."""
         self.model = model.to(self.device).eval()
+        self.dtype = model.dtype
         self.tokenizer = tokenizer
         generation_config = getattr(model, "generation_config", None)
         self.eos_token_ids = _eos_ids(

@@ -16,7 +16,8 @@ class TextChatModel(ChatHandler):
 
     Loads offline only. With ``gguf_file`` in the entry, ``source`` is the folder (or repo)
     holding that GGUF file; model and tokenizer are read from it and dequantized to
-    ``torch_dtype`` (default float32 on CPU; needs the ``gguf`` package).
+    ``torch_dtype`` (``auto`` by default, see :mod:`handlers.dtype`; needs the ``gguf``
+    package).
     """
 
     family: ClassVar[Family] = Family.CHAT

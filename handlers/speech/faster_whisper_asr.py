@@ -24,6 +24,26 @@ from handlers.speech.request import SpeechRequest
 
 FRAMES_PER_SECOND = 100  # Whisper's mel frames per second (a segment's ``seek`` unit)
 
+# The fastest CTranslate2 compute types first, per device (see docs/benchmarks.md, "Speech
+# compute types": on CPU int8 measured fastest at the same WER; bf16 types are not offered
+# by CTranslate2 on CPUs without bf16 units, and were not measured faster where they are).
+PREFERRED_COMPUTE_TYPES = {
+    "cpu": ("int8", "int8_float32", "float32"),
+    "cuda": ("float16", "int8_float16", "bfloat16", "float32"),
+}
+
+
+def default_compute_type(device: str, supported: set[str] | None = None) -> str:
+    """The first of :data:`PREFERRED_COMPUTE_TYPES` the device supports."""
+    if supported is None:
+        import ctranslate2
+
+        supported = set(ctranslate2.get_supported_compute_types(device))
+    for compute_type in PREFERRED_COMPUTE_TYPES[device]:
+        if compute_type in supported:
+            return compute_type
+    return "default"
+
 
 class FasterWhisperASR(SpeechHandler):
     """Whisper through faster-whisper (CTranslate2).
@@ -39,8 +59,8 @@ class FasterWhisperASR(SpeechHandler):
     event is checked after each one.
 
     Catalog extras: ``beam_size``, ``batch_size`` (default 8), ``compute_type`` (default
-    int8 on CPU, float16 on CUDA), ``cpu_threads`` (0: CTranslate2's default),
-    ``weights_package`` ("module/dir" holding model.bin).
+    ``auto``: :func:`default_compute_type`, int8 on CPU, float16 on CUDA), ``cpu_threads``
+    (0: CTranslate2's default), ``weights_package`` ("module/dir" holding model.bin).
     """
 
     family = Family.SPEECH
@@ -68,8 +88,9 @@ class FasterWhisperASR(SpeechHandler):
         device = resolve_device(device)
         self.device = "cuda" if device.startswith("cuda") else "cpu"  # CTranslate2: cpu/cuda
         device_index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        if compute_type is None:
-            compute_type = "float16" if self.device == "cuda" else "int8"
+        if compute_type in (None, "auto"):
+            compute_type = default_compute_type(self.device)
+        self.compute_type = compute_type
         self.model_path = resolve_ct2_model(source, weights_package)
         self.model = WhisperModel(
             self.model_path,

@@ -43,8 +43,9 @@ class WhisperASR(SpeechHandler):
     the decoder layers (OpenAI's default), which is coarser.
 
     Catalog extras: ``batch_size`` (default 8), ``beam_size`` (default 1: greedy,
-    transformers' beam search costs ~3x on CPU; used at temperature 0 only), ``dtype``
-    (default float16 on CUDA, else float32).
+    transformers' beam search costs ~3x on CPU; used at temperature 0 only). The entry's
+    ``torch_dtype`` (``dtype`` is an older name for it) defaults to ``auto``: see
+    :mod:`handlers.dtype`.
     """
 
     family = Family.SPEECH
@@ -59,23 +60,22 @@ class WhisperASR(SpeechHandler):
         hf_repo_id: str | None = None,
         beam_size: int = 1,
         batch_size: int = 8,
+        torch_dtype: str | None = None,
         dtype: str | None = None,
         **entry: Any,
     ):
-        import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        from handlers.dtype import resolve_dtype  # torch: imported with the model only
 
         self.name = model_name(source, name, hf_repo_id)
         self.device = resolve_device(device)
-        if dtype is not None:
-            torch_dtype = getattr(torch, dtype)
-        else:
-            torch_dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.dtype = resolve_dtype(torch_dtype or dtype, self.device)
         self.processor = WhisperProcessor.from_pretrained(
             source, cache_dir=cache_dir, local_files_only=True
         )
         self.model = WhisperForConditionalGeneration.from_pretrained(
-            source, cache_dir=cache_dir, local_files_only=True, dtype=torch_dtype
+            source, cache_dir=cache_dir, local_files_only=True, dtype=self.dtype
         )
         self.model.to(self.device).eval()
         self.beam_size = max(1, int(beam_size))

@@ -15,6 +15,9 @@ class ModelObject(BaseModel):
     capabilities: list[str] = Field(default_factory=list)
     dimensions: int | None = None
     max_input_tokens: int | None = None
+    dtype: str | None = Field(
+        None, description="What the weights compute in on the serving workers (e.g. bfloat16)."
+    )
     workers: int = 0
 
 
