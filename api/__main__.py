@@ -12,6 +12,7 @@ import math
 from types import FrameType
 
 import uvicorn
+from sse_starlette.sse import AppStatus
 
 from api.app import create_app
 from inferq.logs import setup_logging
@@ -43,6 +44,9 @@ def main() -> None:
         log_config=None,  # keep our JSON logging
         timeout_graceful_shutdown=math.ceil(settings.api_shutdown_grace_sec) + STREAMS_EXTRA_SEC,
     )
+    # Open streams are ended by the app itself once the grace is over, with an error event
+    # (api/sse.py), not cut by sse-starlette the moment the signal arrives.
+    AppStatus.disable_automatic_graceful_drain()
     DrainingServer(config).run()
 
 

@@ -78,7 +78,8 @@ class JobQueue:
         if self.stopping_since is None:
             self.stopping_since = time.monotonic()
 
-    def _shutdown_due(self) -> bool:
+    def shutdown_due(self) -> bool:
+        """The shutdown grace is over: waiting requests and open streams end now."""
         since = self.stopping_since
         return (
             since is not None and time.monotonic() - since >= self.settings.api_shutdown_grace_sec
@@ -276,7 +277,7 @@ class JobQueue:
         try:
             while True:
                 remaining = deadline - time.monotonic()
-                if self._shutdown_due():
+                if self.shutdown_due():
                     await self.cancel(job_id)
                     raise server_shutting_down()
                 if remaining <= 0:

@@ -8,7 +8,8 @@ error event). A job redelivered after its worker died resumes its output where t
 left it (``workers.events.Resume``); should the retry write something else, its ``restart``
 entry ends the relayed stream with a ``stream_restarted`` error (what was sent cannot be taken
 back), while ``/events`` readers get the entry itself and start their text over. A lost
-Redis ends a stream with a ``broker_unavailable`` error event. A slow client loses nothing
+Redis ends a stream with a ``broker_unavailable`` error event, an API that is stopping with a
+``server_shutting_down`` one once ``API_SHUTDOWN_GRACE_SEC`` is over. A slow client loses nothing
 (the stream is kept with the job); output events carry their stream entry id on
 ``GET /v1/jobs/{id}/events``, where ``Last-Event-ID`` resumes them. The OpenAI-compatible
 streamed routes send no ``id:`` lines, as OpenAI does: the official Python client's SSE decoder
@@ -32,7 +33,7 @@ from sse_starlette import EventSourceResponse
 from api.queue import ClientGone, JobQueue
 from api.responses import job_error, sync_response
 from inferq import protocol as p
-from inferq.errors import ServiceError, broker_unavailable
+from inferq.errors import ServiceError, broker_unavailable, server_shutting_down
 
 BLOCK_MS = 1000  # one XREAD waits at most this long before the job's status is re-checked
 PING_SEC = 15
@@ -84,6 +85,8 @@ async def follow(queue: JobQueue, job_id: str, after: str = "0-0") -> AsyncItera
     cursor = after
     lost_since: float | None = None
     while True:
+        if queue.shutdown_due():  # the API is stopping: the stream ends with an error event
+            raise server_shutting_down()
         try:
             entries = await _next_entries(queue, job_id, cursor)
             lost_since = None
@@ -123,6 +126,8 @@ def job_events_response(queue: JobQueue, job_id: str, after: str) -> EventSource
                 yield {"id": entry_id, "event": kind, "data": data.decode()}
         except REDIS_ERRORS:  # resumable later with Last-Event-ID
             yield {"event": "error", "data": orjson.dumps(broker_unavailable().body()).decode()}
+        except ServiceError as exc:  # the API is stopping; resumable elsewhere
+            yield {"event": "error", "data": orjson.dumps(exc.body()).decode()}
 
     return _sse(events(), job_id)
 
@@ -186,6 +191,8 @@ async def until_output(
         if not entries:
             if await request.is_disconnected():
                 raise ClientGone()
+            if queue.shutdown_due():
+                raise server_shutting_down()
             if time.monotonic() > deadline:
                 record = await queue.read(job_id)
                 running = record is not None and (
@@ -238,6 +245,8 @@ async def relay(
     except REDIS_ERRORS:
         finished = True  # nothing to cancel it with; the stream ends with an error
         yield event(broker_unavailable().body())
+    except ServiceError as exc:  # the API is stopping: its job is cancelled (finally)
+        yield event(exc.body())
     finally:
         if not finished:  # the client went away: stop the job
             with anyio.CancelScope(shield=True):

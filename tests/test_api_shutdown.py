@@ -63,3 +63,39 @@ def test_sigterm_answers_waiting_requests_503_and_exits(redis_url, redis_client,
     assert not port_in_use("127.0.0.1", port)
     # the job nobody waits for any more is cancelled, not left to run later
     assert redis_client.hget(p.job_key(job_id), "status") == b"cancelled"
+
+
+def test_sigterm_ends_open_streams_with_an_error_event(redis_url, redis_client, tmp_path):
+    """An open event stream is not cut silently: after the grace it ends with an
+    ``event: error`` carrying ``server_shutting_down``, and the process still exits."""
+    port = free_port()
+    env = {"REDIS_URL": redis_url, "PORT": str(port), "API_SHUTDOWN_GRACE_SEC": "2"}
+    redis_client.zadd(p.workers_key(MODEL), {FAKE_WORKER: p.now() + 600})
+    api = spawn("api", env, log_path=tmp_path / "api.log")
+    lines: list[str] = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http_ready(f"{base}/health", timeout=60, proc=api)
+        job = {"endpoint": "/v1/embeddings", "body": {"model": MODEL, "input": "never served"}}
+        created = httpx.post(f"{base}/v1/jobs", json=job, timeout=30)
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+
+        def read() -> None:
+            with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=60) as stream:
+                lines.extend(stream.iter_lines())
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(1.0)  # the stream is open and has sent the queued status
+        api.send_signal(signal.SIGTERM)
+        reader.join(30)
+        assert not reader.is_alive()
+        assert api.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        stop(api, timeout=5)
+        redis_client.zrem(p.workers_key(MODEL), FAKE_WORKER)
+        redis_client.delete(*p.queue_lists(MODEL))
+    assert "event: error" in lines, lines
+    data = [line for line in lines if line.startswith("data:")][-1]
+    assert json.loads(data[5:])["error"]["code"] == "server_shutting_down"
