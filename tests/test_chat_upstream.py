@@ -135,7 +135,9 @@ def test_batches_of_proxy_models_forward_each_line(client, upstream):
     while (batch := client.batches.retrieve(batch.id)).status != "completed":
         assert time.monotonic() < deadline, batch
         time.sleep(0.2)
-    assert (batch.request_counts.completed, batch.request_counts.failed) == (5, 1)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (5, 1), (
+        client.files.content(batch.error_file_id).text
+    )
     outputs = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
     assert sorted(o["custom_id"] for o in outputs) == [f"c{i}" for i in range(5)]
     answer = outputs[0]["response"]["body"]

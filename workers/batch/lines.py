@@ -210,10 +210,8 @@ class ProxyLines(BatchLines):
         return job.upstream_body()
 
     def run(self, requests, model, stop):
-        call = {
-            p.Endpoint.CHAT: model.handler.chat,
-            p.Endpoint.EMBEDDINGS: model.handler.embeddings,
-        }.get(self.endpoint) or model.handler.completions
+        # looked up by name: a chat proxy has no ``embeddings`` (nor an embeddings proxy ``chat``)
+        call = getattr(model.handler, PROXY_CALLS[self.endpoint])
 
         def forward(body: dict[str, Any]) -> Outcome:
             if stop.is_set():
@@ -232,6 +230,11 @@ LINES: dict[p.Endpoint, type[BatchLines]] = {
     p.Endpoint.RERANK: RerankLines,
     p.Endpoint.CHAT: ChatLines,
     p.Endpoint.COMPLETIONS: CompletionLines,
+}
+PROXY_CALLS: dict[p.Endpoint, str] = {  # the proxy handler's method for each endpoint
+    p.Endpoint.CHAT: "chat",
+    p.Endpoint.EMBEDDINGS: "embeddings",
+    p.Endpoint.COMPLETIONS: "completions",
 }
 PROXY_SCHEMAS: dict[p.Endpoint, type[BaseModel]] = {
     p.Endpoint.CHAT: ChatCompletionRequest,
