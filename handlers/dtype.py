@@ -9,13 +9,17 @@
   15 vs 54 texts/s), so float32;
 - anything else (MPS, unknown devices): float32.
 
-An entry's ``torch_dtype`` (or the worker's ``MODEL_DTYPE``, which the worker passes to
-entries that set none) names a dtype instead: ``float32``, ``bfloat16``, ``float16`` ...
+An entry's ``torch_dtype`` names a dtype instead: ``float32``, ``bfloat16``, ``float16`` ...
+A handler given none takes ``MODEL_DTYPE`` (the worker's setting, also read from the
+environment here so that handlers built outside a worker follow it), else ``auto``. The test
+suite sets ``MODEL_DTYPE=float32`` so that its exact references hold on any CPU; bf16 is
+tested on its own (tests/handlers/test_dtype.py, tests/test_dtype_stack.py).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -62,10 +66,13 @@ def auto_dtype(device: str | torch.device, *, cpu_flags: Iterable[str] | None = 
 
 
 def resolve_dtype(requested: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
-    """``torch_dtype`` of an entry (a name, ``auto`` or None) as a ``torch.dtype``."""
+    """``torch_dtype`` of an entry (a name, ``auto``, or None: ``MODEL_DTYPE``, else
+    ``auto``) as a ``torch.dtype``."""
     if isinstance(requested, torch.dtype):
         return requested
-    if requested is None or requested == AUTO:
+    if requested is None:
+        requested = os.environ.get("MODEL_DTYPE") or AUTO
+    if requested == AUTO:
         return auto_dtype(device)
     dtype = getattr(torch, str(requested), None)
     if not isinstance(dtype, torch.dtype):

@@ -42,6 +42,12 @@ SESSION_LOCK_KEY = "inferq-tests:session"
 # an idle 2-core CPU, several times that on a loaded one (a bound for a hang, not a timing).
 WORKER_START_SEC = 360
 
+# Exact references (vectors, scores, greedy text) hold at float32 on every CPU: handlers built
+# here and the workers the tests spawn serve float32 unless a test asks for another dtype.
+# bfloat16 (what `auto` picks on CPUs with bf16 units) has tests of its own:
+# tests/handlers/test_dtype.py and tests/test_dtype_stack.py.
+os.environ["MODEL_DTYPE"] = "float32"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -160,6 +166,20 @@ def stack_catalog(tmp_path_factory, tiny_embedders, upstream_port) -> Path:
                 "handler": "handlers.rerank.HFRerankModel",
                 "local_dir": str(tiny_embedders["minilm-cross-encoder"]),
             },
+            {  # the demo MiniLM and its cross-encoder at the dtype `auto` picks on this CPU
+                "name": "minilm-auto",
+                "hf_repo_id": "inferq-tests/minilm-auto",
+                "handler": "handlers.embedding.HFEmbeddingModel",
+                "local_dir": str(minilm_weights()),
+                "torch_dtype": "auto",
+            },
+            {
+                "name": "minilm-reranker-auto",
+                "hf_repo_id": "inferq-tests/minilm-cross-encoder-auto",
+                "handler": "handlers.rerank.HFRerankModel",
+                "local_dir": str(tiny_embedders["minilm-cross-encoder"]),
+                "torch_dtype": "auto",
+            },
             {
                 "name": "tiny-whisper-random",  # multilingual: transcribes and translates
                 "hf_repo_id": "inferq-tests/tiny-whisper",
@@ -263,11 +283,15 @@ def openai_client(stack):
     return openai.OpenAI(base_url=stack.v1, api_key="unused", max_retries=0, timeout=600)
 
 
-@pytest.fixture(scope="session")
-def minilm_dir() -> Path:
+def minilm_weights() -> Path:
     from inferq.catalog import load_catalog
 
     return load_catalog(ROOT / "models.yaml").get(MINILM).weights_dir()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return minilm_weights()
 
 
 @pytest.fixture(scope="session")

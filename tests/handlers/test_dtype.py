@@ -45,8 +45,16 @@ def test_auto_on_this_machine_follows_its_cpuinfo_flags():
         for flag in line.split(":", 1)[1].split()
     }
     native = bool(flags & {"amx_bf16", "avx512_bf16"})
-    assert resolve_dtype(None, "cpu") == resolve_dtype("auto", "cpu")
     assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+
+
+def test_unset_dtype_is_model_dtype_else_auto(monkeypatch):
+    monkeypatch.setenv("MODEL_DTYPE", "bfloat16")
+    assert resolve_dtype(None, "cpu") == torch.bfloat16
+    monkeypatch.setenv("MODEL_DTYPE", "float32")
+    assert resolve_dtype(None, "cpu") == torch.float32
+    monkeypatch.delenv("MODEL_DTYPE")
+    assert resolve_dtype(None, "cpu") == resolve_dtype("auto", "cpu")
 
 
 def test_named_dtypes_override_auto_and_unknown_names_fail():
