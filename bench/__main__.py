@@ -1,5 +1,5 @@
 """``python -m bench [embeddings] [batch] [batch_probe] [chat] [audio] [speech_dtypes]
-[redis_kill]``: run benchmarks, print, save JSON results (without arguments: all but the
+[rerank] [redis_kill]``: run benchmarks, print, save JSON results (without arguments: all but the
 ``redis_kill`` outage measurement)."""
 
 from __future__ import annotations
@@ -9,10 +9,20 @@ import os
 import platform
 import sys
 
-from bench import audio, batch, batch_probe, chat, embeddings, redis_kill, speech_dtypes
+from bench import (
+    audio,
+    batch,
+    batch_probe,
+    chat,
+    embeddings,
+    redis_kill,
+    rerank,
+    speech_dtypes,
+)
 
 SUITES = {
     "embeddings": embeddings,
+    "rerank": rerank,
     "batch": batch,
     "batch_probe": batch_probe,
     "chat": chat,

@@ -29,13 +29,21 @@ def one_worker_stack(
     redis_db: int,
     log_level: str = "WARNING",
     worker_env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
     ready_timeout: float = 120,
 ) -> Iterator[BenchStack]:
     """An API and a worker of ``model`` (logs in bench/results/``name``-*.log), stopped on exit.
+    ``env`` goes to both processes, ``worker_env`` to the worker only.
     ``BENCH_PORT`` and ``BENCH_REDIS_URL`` override the port and the Redis database."""
     port = int(os.environ.get("BENCH_PORT", str(port)))
     redis_url = os.environ.get("BENCH_REDIS_URL", f"redis://127.0.0.1:6379/{redis_db}")
-    env = {"REDIS_URL": redis_url, "PORT": str(port), "MODELS": model, "LOG_LEVEL": log_level}
+    env = {
+        "REDIS_URL": redis_url,
+        "PORT": str(port),
+        "MODELS": model,
+        "LOG_LEVEL": log_level,
+        **(env or {}),
+    }
     redis_proc = ensure_redis(redis_url)
     RESULTS.mkdir(parents=True, exist_ok=True)
     api = spawn("api", env, log_path=RESULTS / f"{name}-api.log")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -13,6 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from handlers.base import Family, check_cancelled
 from handlers.dtype import resolve_dtype
+from handlers.tokens import RowTokenizer, Tokenized, pad
 
 # Encoders whose tokenizer reports no real limit fall back to this.
 _FALLBACK_MAX_LENGTH = 512
@@ -72,10 +72,9 @@ class HFEmbeddingModel:
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
         # Fast tokenizers are not thread-safe (each call reconfigures padding and truncation):
-        # counting happens in the callers' threads on a copy of its own, under its own lock;
-        # forward passes (which may come from two threads) take turns on the original.
-        self._counting_tokenizer = copy.deepcopy(self.tokenizer)
-        self._counting_lock = threading.Lock()
+        # the callers' threads tokenise on a copy of their own (handlers/tokens.py); a forward
+        # pass given raw texts (which may come from two threads) takes turns on the original.
+        self._rows = RowTokenizer(self.tokenizer, self.max_length)
         self._encoding_lock = threading.Lock()
 
     def _resolve_max_length(self, source: str, configured: int | None) -> int:
@@ -91,22 +90,24 @@ class HFEmbeddingModel:
         known = [c for c in candidates if c]
         return min(known) if known else _FALLBACK_MAX_LENGTH
 
+    def tokenize(self, texts: list[str]) -> list[Tokenized]:
+        """Each text's token ids after truncation (special tokens included), for
+        :meth:`embed_batch`: the forward pass then only pads them."""
+        return self._rows(texts)
+
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens each text occupies after truncation (special tokens included)."""
-        with self._counting_lock:
-            encoded = self._counting_tokenizer(
-                texts, truncation=True, max_length=self.max_length, add_special_tokens=True
-            )["input_ids"]
-        return [len(ids) for ids in encoded]
+        return [len(row) for row in self.tokenize(texts)]
 
     def count_tokens(self, texts: list[str]) -> int:
         return sum(self.token_lengths(texts))
 
     def embed(self, texts: list[str], cancel_event: threading.Event | None = None) -> np.ndarray:
         """Embed any number of texts: sorted by length, cut into token-budgeted batches."""
+        rows = self.tokenize(texts) if texts else []
         return run_in_length_batches(
-            texts,
-            self.token_lengths(texts) if texts else [],
+            rows,
+            [len(row) for row in rows],
             self.embed_batch,
             out=np.empty((len(texts), self.dim), dtype=np.float32),
             batch_tokens=self.batch_tokens,
@@ -115,16 +116,25 @@ class HFEmbeddingModel:
         )
 
     @torch.inference_mode()
-    def embed_batch(self, texts: list[str]) -> np.ndarray:
-        """One forward pass over ``texts`` (the caller sizes the batch)."""
-        with self._encoding_lock:
-            inputs = self.tokenizer(
+    def embed_batch(self, texts: Sequence[str] | Sequence[Tokenized]) -> np.ndarray:
+        """One forward pass over ``texts`` (raw, or rows of :meth:`tokenize`; the caller sizes
+        the batch)."""
+        if texts and isinstance(texts[0], Tokenized):
+            inputs = pad(
                 texts,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+                pad_id=self.tokenizer.pad_token_id or 0,
+                left=self.tokenizer.padding_side == "left",
+                device=self.device,
+            )
+        else:
+            with self._encoding_lock:
+                inputs = self.tokenizer(
+                    list(texts),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
         hidden = self.model(**inputs).last_hidden_state
         mask = inputs["attention_mask"]
         if self.pooling == "cls":

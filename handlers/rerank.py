@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -14,6 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from handlers.base import Family, RerankResult
 from handlers.dtype import resolve_dtype
 from handlers.embedding import run_in_length_batches
+from handlers.tokens import RowTokenizer, Tokenized, pad
 
 # Cross-encoders are trained on short passages; longer limits only cost memory.
 _DEFAULT_MAX_LENGTH = 512
@@ -67,34 +67,47 @@ class HFRerankModel:
         self.max_length = min(int(v) for v in limits if v and v < 1_000_000)
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
-        # Fast tokenizers are not thread-safe: counting (callers' threads) uses its own copy;
-        # forward passes (which may come from two threads) take turns on the original.
-        self._counting_tokenizer = copy.deepcopy(self.tokenizer)
-        self._counting_lock = threading.Lock()
+        # Fast tokenizers are not thread-safe: the callers' threads tokenise on a copy of their
+        # own (handlers/tokens.py); a forward pass given raw pairs takes turns on the original.
+        self._rows = RowTokenizer(self.tokenizer, self.max_length)
         self._encoding_lock = threading.Lock()
 
-    def _encode(self, pairs: Sequence[tuple[str, str]], tokenizer=None, **kwargs: Any):
+    def _encode(self, pairs: Sequence[tuple[str, str]], **kwargs: Any):
         queries = [q for q, _ in pairs]
         documents = [d for _, d in pairs]
-        return (tokenizer or self.tokenizer)(
+        return self.tokenizer(
             queries, documents, truncation="only_second", max_length=self.max_length, **kwargs
         )
 
+    def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[Tokenized]:
+        """Each pair's token ids after truncation, for :meth:`score_batch` (which then only
+        pads them)."""
+        queries = [q for q, _ in pairs]
+        documents = [d for _, d in pairs]
+        return self._rows(queries, documents, truncation="only_second")
+
     def token_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """Tokens each pair occupies after truncation (special tokens included)."""
-        with self._counting_lock:
-            encoded = self._encode(pairs, self._counting_tokenizer)
-        return [len(ids) for ids in encoded["input_ids"]]
+        return [len(row) for row in self.tokenize(pairs)]
 
     def count_tokens(self, pairs: Sequence[tuple[str, str]]) -> int:
         return sum(self.token_lengths(pairs))
 
     @torch.inference_mode()
-    def score_batch(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """One forward pass over ``pairs`` (the caller sizes the batch): a score per pair."""
-        with self._encoding_lock:
-            inputs = self._encode(pairs, padding=True, return_tensors="pt")
-        logits = self.model(**inputs.to(self.device)).logits.float()
+    def score_batch(self, pairs: Sequence[tuple[str, str]] | Sequence[Tokenized]) -> np.ndarray:
+        """One forward pass over ``pairs`` (raw, or rows of :meth:`tokenize`; the caller sizes
+        the batch): a score per pair."""
+        if pairs and isinstance(pairs[0], Tokenized):
+            inputs = pad(
+                pairs,
+                pad_id=self.tokenizer.pad_token_id or 0,
+                left=self.tokenizer.padding_side == "left",
+                device=self.device,
+            )
+        else:
+            with self._encoding_lock:
+                inputs = self._encode(pairs, padding=True, return_tensors="pt").to(self.device)
+        logits = self.model(**inputs).logits.float()
         if self.num_labels == 1:
             scores = torch.sigmoid(logits[:, 0])
         else:
@@ -105,9 +118,10 @@ class HFRerankModel:
         self, pairs: Sequence[tuple[str, str]], cancel_event: threading.Event | None = None
     ) -> np.ndarray:
         """Scores for any number of pairs: sorted by length, cut into token-budgeted batches."""
+        rows = self.tokenize(pairs) if pairs else []
         return run_in_length_batches(
-            pairs,
-            self.token_lengths(pairs) if pairs else [],
+            rows,
+            [len(row) for row in rows],
             self.score_batch,
             out=np.empty((len(pairs),), dtype=np.float32),
             batch_tokens=self.batch_tokens,

@@ -298,3 +298,15 @@ def _settle(future: Future, *, result: Any = None, error: BaseException | None =
             future.set_result(result)
     except InvalidStateError:
         pass
+
+
+def batch_inputs(handler, inputs: list) -> tuple[list, list[int]]:
+    """What the batcher gets for ``inputs`` and their token lengths: the handler's tokenised
+    rows where it offers ``tokenize`` (handlers/tokens.py: the forward pass then does not
+    tokenise again), else the inputs themselves."""
+    if hasattr(handler, "tokenize"):
+        rows = handler.tokenize(inputs)
+        return rows, [len(row) for row in rows]
+    if hasattr(handler, "token_lengths"):
+        return inputs, handler.token_lengths(inputs)
+    return inputs, [handler.count_tokens([t]) for t in inputs]

@@ -13,16 +13,11 @@ from handlers.base import Cancelled
 from inferq import protocol as p
 from inferq.openai import embeddings as contract
 from inferq.openai.embeddings import EmbeddingJob, embeddings_body
+from workers.batching import batch_inputs
 from workers.jobs import JobContext
 
 if TYPE_CHECKING:  # the registry imports the serving modules
     from workers.loaded import LoadedModel
-
-
-def token_lengths(handler, texts: list[str]) -> list[int]:
-    if hasattr(handler, "token_lengths"):
-        return handler.token_lengths(texts)
-    return [handler.count_tokens([t]) for t in texts]
 
 
 def check_dimensions(job: EmbeddingJob, model: LoadedModel) -> None:
@@ -53,8 +48,7 @@ def embed_texts(
     for start in range(0, len(texts), chunk):
         if start and is_cancelled():
             raise Cancelled()
-        part = texts[start : start + chunk]
-        part_lengths = token_lengths(model.handler, part)
+        part, part_lengths = batch_inputs(model.handler, texts[start : start + chunk])
         lengths += part_lengths
         future = model.batcher.submit(
             part, part_lengths, priority=priority, cancel_event=cancel_event

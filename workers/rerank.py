@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from handlers.rerank import rank
 from inferq import protocol as p
 from inferq.openai.rerank import RerankJob, rerank_body
+from workers.batching import batch_inputs
 from workers.jobs import JobContext
 
 if TYPE_CHECKING:  # the registry imports the serving modules
@@ -23,10 +24,9 @@ def submit(
     cancel_event: threading.Event,
 ) -> tuple[Future, list[int]]:
     """Queue ``pairs`` in the model's batcher; the future gives their scores."""
-    lengths = model.handler.token_lengths(pairs)
-    return model.batcher.submit(
-        pairs, lengths, priority=priority, cancel_event=cancel_event
-    ), lengths
+    rows, lengths = batch_inputs(model.handler, pairs)
+    future = model.batcher.submit(rows, lengths, priority=priority, cancel_event=cancel_event)
+    return future, lengths
 
 
 def rerank_response(job: RerankJob, scores, total_tokens: int, job_id: str) -> dict:

@@ -1,0 +1,179 @@
+"""Rerank benchmark: the in-process cross-encoder vs the full stack (HTTP -> queue -> worker).
+
+The model has the shape and cost of ``cross-encoder/ms-marco-MiniLM-L-6-v2`` (a 6-layer MiniLM
+BERT with a one-logit head): the offline all-MiniLM-L6-v2 encoder under a seeded head (the
+Hub is out of reach here; the scores are meaningless, the work per pair is the real one).
+
+(a) ``HFRerankModel.score`` on 2048 (query, document) pairs, length-sorted batches;
+(b) the stack under 32 concurrent clients, each request one query with 8 documents;
+(c) one query with one document, sequential: p50 via the stack vs in process.
+``BENCH_DTYPE`` (default ``auto``) sets the dtype of both; ``BENCH_EMBED_TEXTS``,
+``BENCH_REPEATS``, ``BENCH_SINGLE_RUNS`` shorten a run as for the embeddings suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from bench.embeddings import bench_dtype, corpus, percentile
+from bench.stack import RESULTS, one_worker_stack
+from inferq.devstack import ROOT
+
+MODEL = "bench-minilm-reranker"
+DOCS_PER_REQUEST = 8
+
+
+def weights_dir() -> Path:
+    from tests.tiny.embedding import minilm_cross_encoder_dir
+
+    return minilm_cross_encoder_dir()
+
+
+def workload(n: int) -> list[tuple[str, list[str]]]:
+    """``n`` documents in requests of ``DOCS_PER_REQUEST``, each with a short query."""
+    docs = corpus(n, seed=1)
+    rng = random.Random(2)
+    queries = [" ".join(rng.sample(d.split(), 4)).lower() + "?" for d in docs]
+    return [(queries[i], docs[i : i + DOCS_PER_REQUEST]) for i in range(0, n, DOCS_PER_REQUEST)]
+
+
+def in_process(requests, *, repeats: int, single_runs: int) -> dict:
+    from handlers.rerank import HFRerankModel
+    from inferq.settings import get_settings
+
+    settings = get_settings()
+    handler = HFRerankModel(
+        str(weights_dir()),
+        "cpu",
+        torch_dtype=bench_dtype(),
+        batch_tokens=settings.embed_batch_tokens,
+        max_batch_size=settings.embed_max_batch_size,
+    )
+    pairs = [(q, d) for q, docs in requests for d in docs]
+    handler.score(pairs[:64])  # warm-up
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        handler.score(pairs)
+        runs.append(time.perf_counter() - started)
+    singles = []
+    for i in range(single_runs):
+        started = time.perf_counter()
+        handler.score([pairs[i % len(pairs)]])
+        singles.append(time.perf_counter() - started)
+    return {
+        "dtype": str(handler.dtype).removeprefix("torch."),
+        "pairs_per_s": len(pairs) / statistics.median(runs),
+        "one_pair_p50_ms": 1000 * statistics.median(singles),
+    }
+
+
+async def _throughput(base: str, requests, clients: int) -> float:
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in requests:
+        queue.put_nowait(item)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                query, docs = queue.get_nowait()
+                body = {
+                    "model": MODEL,
+                    "query": query,
+                    "documents": docs,
+                    "return_documents": False,
+                }
+                (await client.post("/v1/rerank", json=body)).raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return time.perf_counter() - started
+
+
+def through_stack(requests, *, clients: int, repeats: int, single_runs: int) -> dict:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    catalog = RESULTS / "rerank-catalog"
+    catalog.mkdir(exist_ok=True)
+    (catalog / "models.yaml").write_text((ROOT / "models.yaml").read_text())
+    entry = {
+        "name": MODEL,
+        "hf_repo_id": "inferq-bench/minilm-cross-encoder",
+        "handler": "handlers.rerank.HFRerankModel",
+        "local_dir": str(weights_dir()),
+    }
+    (catalog / "models.local.yaml").write_text(yaml.safe_dump({"models": [entry]}))
+    env = {"MODEL_CONFIG_PATH": str(catalog / "models.yaml")}
+    with one_worker_stack(
+        "rerank",
+        MODEL,
+        port=8767,
+        redis_db=9,
+        env=env,
+        worker_env={"MODEL_DTYPE": bench_dtype()},
+    ) as stack:
+        served = {m["id"]: m for m in httpx.get(f"{stack.base}/v1/models").json()["data"]}
+        asyncio.run(_throughput(stack.base, requests[:32], clients))  # warm-up
+        walls = [asyncio.run(_throughput(stack.base, requests, clients)) for _ in range(repeats)]
+        singles = []
+        with httpx.Client(base_url=stack.base, timeout=60) as client:
+            for i in range(single_runs):
+                query, docs = requests[i % len(requests)]
+                body = {"model": MODEL, "query": query, "documents": docs[:1]}
+                started = time.perf_counter()
+                client.post("/v1/rerank", json=body).raise_for_status()
+                singles.append(time.perf_counter() - started)
+    pairs = sum(len(docs) for _, docs in requests)
+    return {
+        "dtype": served[MODEL].get("dtype"),
+        "pairs_per_s": pairs / statistics.median(walls),
+        "one_pair_p50_ms": 1000 * statistics.median(singles),
+        "one_pair_p99_ms": 1000 * percentile(singles, 0.99),
+        "clients": clients,
+    }
+
+
+def run() -> dict:
+    requests = workload(int(os.environ.get("BENCH_EMBED_TEXTS", "2048")))
+    runs = {
+        "repeats": int(os.environ.get("BENCH_REPEATS", "3")),
+        "single_runs": int(os.environ.get("BENCH_SINGLE_RUNS", "200")),
+    }
+    local = in_process(requests, **runs)
+    stack = through_stack(requests, clients=32, **runs)
+    return {
+        "model": "MiniLM-L6 cross-encoder (ms-marco-MiniLM-L-6-v2 shape)",
+        "documents_per_request": DOCS_PER_REQUEST,
+        "a_in_process": local,
+        "b_c_stack": stack,
+        "b_over_a": stack["pairs_per_s"] / local["pairs_per_s"],
+        "c_added_p50_ms": stack["one_pair_p50_ms"] - local["one_pair_p50_ms"],
+    }
+
+
+def report(result: dict) -> str:
+    a, s = result["a_in_process"], result["b_c_stack"]
+    return "\n".join(
+        [
+            f"dtype: in process {a['dtype']}, stack {s['dtype']}",
+            f"(a) in-process cross-encoder: {a['pairs_per_s']:8.1f} pairs/s",
+            f"(b) stack, {s['clients']} clients x {result['documents_per_request']} documents:"
+            f" {s['pairs_per_s']:8.1f} pairs/s -> {result['b_over_a']:.3f} x (a)"
+            "  [goal >= 0.75]",
+            f"(c) one pair p50: in process {a['one_pair_p50_ms']:.2f} ms, stack"
+            f" {s['one_pair_p50_ms']:.2f} ms (p99 {s['one_pair_p99_ms']:.2f})"
+            f" -> adds {result['c_added_p50_ms']:.2f} ms  [goal <= 6]",
+        ]
+    )
+
+
+def results_path() -> Path:
+    return ROOT / "bench" / "results" / "rerank.json"
