@@ -9,37 +9,22 @@ text only, so the README tells users to pass ``check_embedding_ctx_length=False`
 from __future__ import annotations
 
 import langchain_openai
-import numpy as np
 from pydantic import BaseModel, Field
 
-from tests.conftest import MINILM, SMOL
+from tests import clients_support as support
+from tests.conftest import MINILM
 
 
 def chat_model(stack, **kwargs):
-    return langchain_openai.ChatOpenAI(
-        model=SMOL,
-        base_url=stack.v1,
-        api_key="unused",
-        temperature=0,
-        max_retries=0,
-        timeout=300,
-        **kwargs,
-    )
+    return langchain_openai.ChatOpenAI(base_url=stack.v1, **support.SMOL_CHAT, **kwargs)
 
 
 def test_langchain_streams_a_chat_answer(smol_stack, openai_client):
-    prompt = "What is the capital of France?"
-    chunks = list(chat_model(smol_stack, max_tokens=24).stream(prompt))
+    chunks = list(chat_model(smol_stack, max_tokens=support.MAX_TOKENS).stream(support.PROMPT))
     assert len(chunks) > 3
     text = "".join(chunk.content for chunk in chunks)
     assert "Paris" in text
-    whole = openai_client.chat.completions.create(
-        model=SMOL,
-        messages=[{"role": "user", "content": prompt}],
-        temperature=0,
-        max_tokens=24,
-    )
-    assert text == whole.choices[0].message.content
+    assert text == support.official_answer(openai_client)
 
 
 class City(BaseModel):
@@ -71,19 +56,11 @@ def test_langchain_embeds_documents_like_the_official_client(stack, openai_clien
         "A third, longer document about the weather in Paris in the spring.",
     ]
     embeddings = langchain_openai.OpenAIEmbeddings(
-        model=MINILM,
-        base_url=stack.v1,
-        api_key="unused",
-        check_embedding_ctx_length=False,
-        max_retries=0,
+        model=MINILM, base_url=stack.v1, check_embedding_ctx_length=False, **support.CLIENT
     )
-    got = np.array(embeddings.embed_documents(documents), dtype=np.float32)
-    official = openai_client.embeddings.create(model=MINILM, input=documents)
-    expected = np.array([d.embedding for d in official.data], dtype=np.float32)
-    assert got.shape == (3, 384)
-    np.testing.assert_allclose(got, expected, atol=1e-6)
-    query = np.array(embeddings.embed_query(documents[0]), dtype=np.float32)
-    np.testing.assert_allclose(query, expected[0], atol=1e-6)
+    support.check_embeddings(
+        openai_client, documents, embeddings.embed_documents, embeddings.embed_query, 0
+    )
 
 
 # Tool calling (``bind_tools`` and an executed tool call) comes with the tools work of

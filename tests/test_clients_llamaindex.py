@@ -3,59 +3,44 @@ and ``OpenAILikeEmbedding`` embeddings checked against the official client's vec
 
 from __future__ import annotations
 
-import numpy as np
 from llama_index.embeddings import openai_like as embeddings_like
 from llama_index.llms import openai_like
 
-from tests.conftest import MINILM, SMOL
+from tests import clients_support as support
+from tests.conftest import MINILM
 
 
 def llm(stack):
     return openai_like.OpenAILike(
-        model=SMOL,
         api_base=stack.v1,
-        api_key="unused",
         is_chat_model=True,
         context_window=8192,
-        temperature=0,
-        max_tokens=24,
-        max_retries=0,
-        timeout=300,
+        max_tokens=support.MAX_TOKENS,
+        **support.SMOL_CHAT,
     )
 
 
 def test_llamaindex_chat_and_stream_chat(smol_stack, openai_client):
     from llama_index.core.llms import ChatMessage
 
-    prompt = "What is the capital of France?"
-    messages = [ChatMessage(role="user", content=prompt)]
+    messages = [ChatMessage(role="user", content=support.PROMPT)]
     answer = llm(smol_stack).chat(messages).message.content
     assert "Paris" in answer
     streamed = list(llm(smol_stack).stream_chat(messages))
     assert len(streamed) > 3
     assert streamed[-1].message.content == answer
     assert "".join(chunk.delta or "" for chunk in streamed) == answer
-    whole = openai_client.chat.completions.create(
-        model=SMOL,
-        messages=[{"role": "user", "content": prompt}],
-        temperature=0,
-        max_tokens=24,
-    )
-    assert answer == whole.choices[0].message.content
+    assert answer == support.official_answer(openai_client)
 
 
 def test_llamaindex_embeddings_match_the_official_client(stack, openai_client):
     texts = ["LlamaIndex embeds nodes in batches.", "Vectors must match.", "A third text."]
     model = embeddings_like.OpenAILikeEmbedding(
-        model_name=MINILM, api_base=stack.v1, api_key="unused", embed_batch_size=2, max_retries=0
+        model_name=MINILM, api_base=stack.v1, embed_batch_size=2, **support.CLIENT
     )
-    got = np.array(model.get_text_embedding_batch(texts), dtype=np.float32)
-    official = openai_client.embeddings.create(model=MINILM, input=texts)
-    expected = np.array([d.embedding for d in official.data], dtype=np.float32)
-    assert got.shape == (3, 384)
-    np.testing.assert_allclose(got, expected, atol=1e-6)
-    query = np.array(model.get_query_embedding(texts[1]), dtype=np.float32)
-    np.testing.assert_allclose(query, expected[1], atol=1e-6)
+    support.check_embeddings(
+        openai_client, texts, model.get_text_embedding_batch, model.get_query_embedding, 1
+    )
 
 
 # Tool calling through LlamaIndex agents (FunctionAgent over OpenAILike with

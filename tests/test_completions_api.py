@@ -110,27 +110,20 @@ def test_stream_chunks_concatenate_to_the_whole_text_with_logprobs(client):
     assert all(c.object == "text_completion" for c in chunks)
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == whole.choices[0].text
-    tokens = [
-        t
-        for c in chunks
-        if c.choices and c.choices[0].logprobs
-        for t in c.choices[0].logprobs.tokens
-    ]
-    assert tokens == whole.choices[0].logprobs.tokens
-    streamed = [
-        v
-        for c in chunks
-        if c.choices and c.choices[0].logprobs
-        for v in c.choices[0].logprobs.token_logprobs
-    ]
-    assert streamed == pytest.approx(whole.choices[0].logprobs.token_logprobs, abs=1e-4)
-    offsets = [
-        v
-        for c in chunks
-        if c.choices and c.choices[0].logprobs
-        for v in c.choices[0].logprobs.text_offset
-    ]
-    assert offsets == whole.choices[0].logprobs.text_offset
+
+    def streamed(field: str) -> list:
+        """One ``logprobs`` list of the stream: the chunks' lists joined in order."""
+        return [
+            v
+            for c in chunks
+            if c.choices and c.choices[0].logprobs
+            for v in getattr(c.choices[0].logprobs, field)
+        ]
+
+    logprobs = whole.choices[0].logprobs
+    assert streamed("tokens") == logprobs.tokens
+    assert streamed("token_logprobs") == pytest.approx(logprobs.token_logprobs, abs=1e-4)
+    assert streamed("text_offset") == logprobs.text_offset
     finals = [
         c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
     ]

@@ -1,22 +1,23 @@
 """``POST /v1/chat/completions`` (OpenAI-compatible), plain or streamed (SSE).
 
-A streamed completion is relayed from the job's event stream by :mod:`api.sse`: each ``delta``
-as a ``chat.completion.chunk`` (an upstream proxy's ``chunk`` entries verbatim), then the final
-chunk with ``finish_reason``, the usage chunk when ``stream_options.include_usage`` is set, and
-``data: [DONE]``. The job id is in ``X-Job-ID``; if the client disconnects, the job is
-cancelled and the worker drops it within one decoding step.
+Answered or streamed by :mod:`api.generation`. A streamed completion is relayed from the job's
+event stream by :mod:`api.sse`: each ``delta`` as a ``chat.completion.chunk`` (an upstream
+proxy's ``chunk`` entries verbatim), then the final chunk with ``finish_reason``, the usage
+chunk when ``stream_options.include_usage`` is set, and ``data: [DONE]``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from api.deps import SubmitterDep
+from api.generation import answer_or_stream, closing_chunks
 from api.prepare import prepare_chat
-from api.sse import Event, stream_response
+from api.sse import Event
 from inferq import protocol as p
 from inferq.openai.chat import ChatCompletionRequest, ChunkFormat
 
@@ -28,21 +29,9 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, submit: SubmitterDep
 ) -> Response:
     entry, job_request = await prepare_chat(body, submit.queue, submit.settings, job=False)
-    if not body.stream:
-        return await submit.answer(p.Endpoint.CHAT, entry, job_request)
-    job_id = await submit.start(
-        p.Endpoint.CHAT, entry, job_request, kind=p.JobKind.SYNC, wait=False
-    )
-    chunks = _ChatStream(
-        job_id,
-        entry.name,
-        job_request["created"],
-        body.include_usage,
-        proxy=entry.is_proxy,
-        n=body.n or 1,
-    )
-    return await stream_response(
-        submit.queue, job_id, request, submit.settings.sync_timeout_sec, chunks
+    chunks = partial(_ChatStream, proxy=entry.is_proxy, n=body.n or 1)
+    return await answer_or_stream(
+        submit, request, p.Endpoint.CHAT, body, (entry, job_request), chunks
     )
 
 
@@ -70,10 +59,6 @@ class _ChatStream(ChunkFormat):
         return None
 
     def closing(self, record: dict[str, Any], entry_id: str) -> Iterable[Event]:
-        if not self.proxy:
-            result = p.loads(record[p.JobField.RESULT])
-            for choice in result["choices"]:
-                yield {"data": self.finish(choice["finish_reason"], choice["index"])}
-            if self.include_usage:
-                yield {"data": self.usage(result["usage"])}
-        yield {"data": "[DONE]"}
+        if self.proxy:  # the upstream's own chunks carried the finish and the usage
+            return [{"data": "[DONE]"}]
+        return closing_chunks(self, record)
