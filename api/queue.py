@@ -23,7 +23,12 @@ from api.metrics import note_model
 from inferq import protocol as p
 from inferq.catalog import Catalog, ModelEntry
 from inferq.errors import ServiceError, model_not_found, no_live_worker, server_shutting_down
-from inferq.redisconn import async_redis_client, broker_transport_options, broker_url
+from inferq.redisconn import (
+    async_redis_client,
+    broker_transport_options,
+    broker_url,
+    reuse_kombu_clients,
+)
 from inferq.settings import Settings, instance_name
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,7 @@ class JobQueue:
             socket_connect_timeout=2,
             socket_timeout=10,
         )
+        reuse_kombu_clients()
         self.celery = Celery("inferq-api")
         self.celery.conf.update(
             p.celery_config(

@@ -3,12 +3,13 @@ the benchmark's 32 x 8 load (issue 14).
 
 ``python -m bench.profile_stack`` starts the same one-worker stack as ``bench embeddings``
 (``BENCH_DTYPE``, default ``auto``), drives it for ``BENCH_PROFILE_SEC`` (default 30) seconds
-while ``py-spy record`` samples both processes (without ``--idle``: threads waiting in a system
-call are left out), and prints per process: CPU milliseconds per request (from /proc, user +
-system) and the samples by the library their innermost Python frame belongs to. Raw stacks are
-kept in ``bench/results/profile-{api,worker}.txt`` (py-spy's collapsed format) for flame graphs.
-Needs ``py-spy`` (in the ``dev`` extra) and the right to ptrace the children (root or
-``kernel.yama.ptrace_scope=0``).
+while ``py-spy record --gil --nonblocking`` samples the thread holding each process's GIL (so
+its samples are the process's Python time; torch's kernels and the tokenizer run without it),
+and prints per process: CPU milliseconds per request (from /proc, user + system), GIL-held
+milliseconds per request, and those by the library their innermost Python frame belongs to. Raw
+stacks are kept in ``bench/results/profile-{api,worker}.txt`` (py-spy's collapsed format) for
+flame graphs. Needs ``py-spy`` (in the ``dev`` extra) and the right to ptrace the children (root
+or ``kernel.yama.ptrace_scope=0``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bench.embeddings import MODEL, bench_dtype, corpus
 from bench.stack import RESULTS, one_worker_stack
 
 CLIENTS, PER_REQUEST = 32, 8
+RATE = 200  # samples per second; each sample of the GIL holder stands for 1/RATE s of it
 
 LIBRARIES = [  # (label, how its frames' files begin: py-spy prints paths from sys.path)
     ("torch forward", ("torch/",)),
@@ -66,6 +68,8 @@ def summarise(collapsed: Path) -> Counter:
     counts: Counter = Counter()
     for line in collapsed.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue  # a sample py-spy could not finish reading
         frames = stack.split(";")[1:]  # the first is the thread
         label = next((lib for f in reversed(frames) if (lib := _library(f))), "other")
         counts[label] += int(n)
@@ -116,7 +120,9 @@ def main() -> int:
                     "--pid",
                     str(pid),
                     "--rate",
-                    "97",
+                    str(RATE),
+                    "--gil",
+                    "--nonblocking",
                     "--format",
                     "raw",
                     "--duration",
@@ -149,9 +155,14 @@ def main() -> int:
             f" {1000 * cpu[name] / requests:.2f} CPU ms per request"
             f" ({100 * cpu[name] / wall:.0f} % of one core); samples {total}"
         )
+        held = total / RATE
+        print(
+            f"  GIL held {held:.1f} s = {1000 * held / requests:.2f} ms per request"
+            f" ({100 * held / wall:.0f} % of the wall time); by library:"
+        )
         for label, n in counts.most_common(14):
-            ms = 1000 * cpu[name] / requests * n / total
-            print(f"  {label:24s} {100 * n / total:5.1f} %  ~{ms:6.2f} ms/request")
+            ms = 1000 * n / RATE / requests
+            print(f"  {label:24s} {100 * n / total:5.1f} %  {ms:6.2f} ms/request")
     return 0
 
 

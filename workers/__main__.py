@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         f"--loglevel={settings.log_level}",
         "--without-gossip",
         "--without-mingle",
-        "--task-events",
+        *(["--task-events"] if settings.task_events else []),
         *(argv if argv is not None else sys.argv[1:]),
     ]
     app.worker_main(args)

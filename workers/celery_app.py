@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 
 from celery import Celery, signals
-from redis import RedisError
 
 from inferq.catalog import load_catalog
 from inferq.protocol import celery_config
-from inferq.redisconn import broker_transport_options, broker_url
+from inferq.redisconn import broker_transport_options, broker_url, reuse_kombu_clients
 from inferq.settings import get_settings, instance_name
 from workers import runtime
 from workers.broker_patches import survive_broker_loss
@@ -22,6 +21,7 @@ from workers.broker_patches import survive_broker_loss
 log = logging.getLogger(__name__)
 
 survive_broker_loss()
+reuse_kombu_clients()
 
 
 settings = get_settings()
@@ -64,15 +64,11 @@ def _announce(sender=None, **_: object) -> None:
 
 @signals.task_received.connect
 def _lease(request=None, **_: object) -> None:
-    """Record a new delivery's lease at once, not at the next heartbeat (workers.leases)."""
+    """Record a new delivery's lease now, not at the next heartbeat (workers.leases)."""
     leases = runtime.start(settings, app).leases
     tag = getattr(getattr(request, "message", None), "delivery_tag", None)
-    if leases is None or tag is None:
-        return
-    try:
-        leases.renew(extra=tag)
-    except RedisError as exc:  # the heartbeat records it soon enough
-        log.warning("could not record a lease: %s", exc)
+    if leases is not None and tag is not None:
+        leases.received(tag)
 
 
 @signals.worker_shutting_down.connect
