@@ -65,6 +65,9 @@ def _longest_partial(text: str, marker: str) -> int:
     return 0
 
 
+CALL_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
 def call_schema(functions: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """A JSON schema for one call of any of ``functions`` (``{name, <key>: parameters}``)."""
     options = []
@@ -83,7 +86,10 @@ def call_schema(functions: list[dict[str, Any]], key: str) -> dict[str, Any]:
             }
         )
     schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
-    return {**schema, "x-guidance": {"whitespace_flexible": False}}
+    # The separators the model families write their calls with (Qwen/Hermes, SmolLM2 and
+    # Llama 3 templates: ``{"name": "f", "arguments": {"a": 1}}``, as json.dumps): llguidance's
+    # default compact ``{"name":"f",...}`` pushes a model off the text it was trained on.
+    return {**schema, "x-guidance": CALL_JSON_OPTIONS}
 
 
 class ToolParser:
