@@ -48,6 +48,19 @@ def test_tool_choice_defaults_to_auto_and_streams_the_same_call(client):
     assert streamed["name"] == "get_weather"
     assert streamed["arguments"] == whole.function.arguments
     assert json.loads(streamed["arguments"]) == PARIS
+    # as OpenAI streams a call: the name with arguments "", then the arguments in fragments
+    assert streamed["pieces"][0] == "" and len(streamed["pieces"]) > 3
+    assert all(streamed["pieces"][1:])
+
+
+def test_a_forced_call_streams_its_arguments_in_fragments_too(client):
+    whole = ask(client, ASK, tool_choice="required").choices[0].message.tool_calls[0]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    content, calls, reasons = streamed_calls(ask(client, ASK, tool_choice=named, stream=True))
+    assert content == "" and reasons == ["tool_calls"] and list(calls) == [0]
+    assert calls[0]["name"] == "get_weather" and calls[0]["pieces"][0] == ""
+    assert len(calls[0]["pieces"]) > 3
+    assert calls[0]["arguments"] == whole.function.arguments == '{"city": "Paris"}'
 
 
 def test_a_prompt_without_need_for_tools_is_plain_content(client):

@@ -39,8 +39,8 @@ def check_call(call, name: str, schema: dict) -> dict:
 
 
 def streamed_calls(chunks) -> tuple[str, dict[int, dict], list[str]]:
-    """Content, the calls assembled from delta.tool_calls by index (with the number of
-    deltas each came in), and finish reasons."""
+    """Content, the calls assembled from delta.tool_calls by index (``pieces``: the
+    arguments of each delta, OpenAI's first one being ""), and finish reasons."""
     content, calls, reasons = "", {}, []
     for chunk in chunks:
         if not chunk.choices:
@@ -49,14 +49,14 @@ def streamed_calls(chunks) -> tuple[str, dict[int, dict], list[str]]:
         content += choice.delta.content or ""
         for piece in choice.delta.tool_calls or []:
             call = calls.setdefault(
-                piece.index, {"id": None, "type": None, "name": "", "arguments": "", "deltas": 0}
+                piece.index, {"id": None, "type": None, "name": "", "arguments": "", "pieces": []}
             )
-            call["deltas"] += 1
             call["id"] = piece.id or call["id"]
             call["type"] = piece.type or call["type"]
             if piece.function:
                 call["name"] += piece.function.name or ""
                 call["arguments"] += piece.function.arguments or ""
+                call["pieces"].append(piece.function.arguments)
         if choice.finish_reason:
             reasons.append(choice.finish_reason)
     return content, calls, reasons
