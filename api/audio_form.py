@@ -50,6 +50,7 @@ def normalize(fields: dict[str, list[str]], endpoint: p.Endpoint, *, job: bool) 
         "timestamp_granularities": list(dict.fromkeys(granularities)),
         "stream": form.stream,
         "vad": form.vad(),
+        "logprobs": "logprobs" in getattr(form, "include", []),
         "metadata": form.metadata,
     }
 

@@ -81,6 +81,9 @@ class SpeechSegment:
     avg_logprob: float = 0.0
     compression_ratio: float = 0.0
     no_speech_prob: float = 0.0
+    # Its text tokens' {token, logprob, bytes} (OpenAI's transcription logprobs), where the
+    # handler has them; the tokens' text joins to ``text``.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass

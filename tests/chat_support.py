@@ -30,6 +30,7 @@ PROXY_TIMEOUT_SEC = 2.0
 def chat_entries(upstream_port: int) -> list[dict[str, Any]]:
     """Entries the stack's catalog gets for the chat tests (tiny models are built if needed)."""
     from tests.tiny.chat import tiny_llama_chat_dir, tiny_qwen2_tools_dir, tiny_qwen3_vl_dir
+    from tests.tiny.tool_caller import tiny_qwen_tool_caller_dir
 
     upstream = f"http://127.0.0.1:{upstream_port}/v1"
     proxy = {
@@ -53,6 +54,13 @@ def chat_entries(upstream_port: int) -> list[dict[str, Any]]:
             "local_dir": str(tiny_qwen2_tools_dir()),
             "tool_parser": "hermes",
             "defaults": {"max_tokens": 16},
+        },
+        {  # trained to call get_weather on its own (tests/test_chat_tools_auto.py)
+            "name": "tiny-qwen-caller",
+            "hf_repo_id": "inferq-tests/tiny-qwen-caller",
+            "handler": "handlers.chat.TextChatModel",
+            "local_dir": str(tiny_qwen_tool_caller_dir()),
+            "tool_parser": "hermes",
         },
         {
             "name": "tiny-qwen3-vl",

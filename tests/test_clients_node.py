@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import MINILM, SMOL
 from tests.handlers.speech_audio import FOX_SENTENCE, espeak, spoken_words
+from tests.tools_support import ASK, WEATHER, WEATHER_PARAMS
 
 NODE_DIR = Path(__file__).parent / "node"
 TINY_EN = "Systran/faster-whisper-tiny.en"
@@ -116,29 +117,13 @@ def test_node_uploads_a_transcription(node_client, english_speech_worker, tmp_pa
     assert got["usage"]["type"] == "duration" and got["usage"]["seconds"] >= 2
 
 
-WEATHER_PARAMS = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "maxLength": 40}},
-    "required": ["city"],
-    "additionalProperties": False,
-}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a given city",
-        "parameters": WEATHER_PARAMS,
-    },
-}
-
-
 def test_node_gets_a_tool_call_whole_and_streamed(node_client, smol_stack):
     got = run_node(
         node_client,
         smol_stack.v1,
         "chat-tools",
         model=SMOL,
-        messages=[{"role": "user", "content": "What is the weather like in Paris today?"}],
+        messages=ASK,
         tools=[WEATHER],
         tool_choice="required",
         max_tokens=60,

@@ -103,6 +103,8 @@ class _TranscriptEvents:
         done = {"type": "transcript.text.done", "text": body["text"]}
         if "usage" in body:
             done["usage"] = body["usage"]
+        if "logprobs" in body:  # include[]=logprobs
+            done["logprobs"] = body["logprobs"]
         return [event(done, entry_id)]
 
 

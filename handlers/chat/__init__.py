@@ -41,6 +41,7 @@ The modules, by what they do:
 ``structured``    ``response_format`` by constrained decoding (llguidance)
 ``tools``         tool calling: prompts, forced calls, the streamed split of content and calls
 ``tool_parsers``  the per-family call formats named by the entry's ``tool_parser``
+``tool_scan``     call objects read from growing text: names, raw argument text to stream
 ================  ============================================================================
 
 Catalog entries name the handlers as ``handlers.chat.TextChatModel`` and

@@ -13,44 +13,23 @@ A catalog entry names its family's format with ``tool_parser``:
 
 Each parser says where a call starts in the generated text (:meth:`ToolParser.call_start`),
 how much of a text's end could still become that start (:meth:`ToolParser.held_back`, for
-streaming), parses the calls (:meth:`ToolParser.parse`, lenient: a block that is not a JSON
-call is skipped), writes the llguidance grammar that forces calls (``tool_choice`` required or
-a named function), and, for chat templates that ignore ``tools``, the system prompt and the
-history text in its format. Pure text: no torch, no tokenizer.
+streaming), where its call objects are (:meth:`ToolParser.scan`, read as they grow by
+:mod:`handlers.chat.tool_scan`), parses the calls (:meth:`ToolParser.parse`, lenient: an object
+that is not a JSON call is skipped), writes the llguidance grammar that forces calls
+(``tool_choice`` required or a named function), and, for chat templates that ignore ``tools``,
+the system prompt and the history text in its format. ``hermes`` and ``smollm2`` share the
+``<tool_call>`` block scanning (:class:`TaggedParser`). Pure text: no torch, no tokenizer.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from handlers.chat.tool_scan import CallText, ParsedCall, scan_calls
 
-@dataclass(frozen=True)
-class ParsedCall:
-    name: str
-    arguments: str  # JSON text of the arguments object
-
-
-def _call_of(value: Any, key: str) -> ParsedCall | None:
-    """A ``{"name": ..., "arguments"|"parameters": {...}}`` object as a call (else None)."""
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        return None
-    arguments = value.get(key, value.get("arguments", value.get("parameters", {})))
-    if isinstance(arguments, str):  # some models write the arguments as a JSON string
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            return None
-    if not isinstance(arguments, dict):
-        return None
-    return ParsedCall(value["name"], json.dumps(arguments, ensure_ascii=False))
-
-
-def _calls_of(value: Any, key: str) -> list[ParsedCall]:
-    items = value if isinstance(value, list) else [value]
-    return [call for item in items if (call := _call_of(item, key)) is not None]
+__all__ = ["TOOL_PARSERS", "CallText", "ParsedCall", "ToolParser", "call_schema"]
 
 
 def _call_json(call: ParsedCall, key: str = "arguments") -> str:
@@ -63,6 +42,9 @@ def _longest_partial(text: str, marker: str) -> int:
         if text.endswith(marker[:size]):
             return size
     return 0
+
+
+CALL_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 def call_schema(functions: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -83,53 +65,97 @@ def call_schema(functions: list[dict[str, Any]], key: str) -> dict[str, Any]:
             }
         )
     schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
-    return {**schema, "x-guidance": {"whitespace_flexible": False}}
+    # The separators the model families write their calls with (Qwen/Hermes, SmolLM2 and
+    # Llama 3 templates: ``{"name": "f", "arguments": {"a": 1}}``, as json.dumps): llguidance's
+    # default compact ``{"name":"f",...}`` pushes a model off the text it was trained on.
+    return {**schema, "x-guidance": CALL_JSON_OPTIONS}
 
 
 class ToolParser:
-    """The ``hermes`` format (also the base of the others)."""
+    """What every format does; subclasses say where calls are (:meth:`call_start`,
+    :meth:`held_back`, :meth:`scan`) and how they are written (grammar, prompt, history)."""
 
-    name: ClassVar[str] = "hermes"
-    open: ClassVar[str] = "<tool_call>"
-    close: ClassVar[str] = "</tool_call>"
+    name: ClassVar[str]
     arguments_key: ClassVar[str] = "arguments"
 
     def call_start(self, text: str) -> int | None:
         """Where the first call starts in ``text`` (None: no call so far)."""
-        start = text.find(self.open)
-        return None if start < 0 else start
+        raise NotImplementedError
 
     def held_back(self, text: str) -> int:
         """How many characters at the end of ``text`` could still begin a call."""
-        return _longest_partial(text, self.open)
+        raise NotImplementedError
+
+    def scan(self, text: str) -> list[CallText]:
+        """Every call object in ``text`` as far as it is written, in order."""
+        raise NotImplementedError
 
     def parse(self, text: str, *, final: bool = True) -> tuple[str | None, list[ParsedCall]]:
         """``(content before the calls or None, calls)``; without ``final``, only calls whose
-        block is closed. No calls: ``(text, [])``."""
+        text is complete. No calls: ``(text, [])``. Lenient: an object that is not a call is
+        skipped."""
         start = self.call_start(text)
         if start is None:
             return text, []
-        calls: list[ParsedCall] = []
-        pos = start
-        while (begin := text.find(self.open, pos)) >= 0:
-            body_start = begin + len(self.open)
-            end = text.find(self.close, body_start)
-            if end < 0:
-                if final:
-                    calls += self._block(text[body_start:])
-                break
-            calls += self._block(text[body_start:end])
-            pos = end + len(self.close)
+        calls = [found.call for found in self.scan(text) if found.call is not None]
         if not calls and final:
             return text, []
         content = text[:start]
         return (content if content.strip() else None), calls
 
-    def _block(self, body: str) -> list[ParsedCall]:
-        try:
-            return _calls_of(json.loads(body), self.arguments_key)
-        except ValueError:
-            return []
+    def grammar(self, functions: list[dict[str, Any]], *, parallel: bool) -> str:
+        """A llguidance Lark grammar that admits only well-formed calls of ``functions``."""
+        raise NotImplementedError
+
+    def system_prompt(self, tools: list[dict[str, Any]]) -> str:
+        """Tool instructions for a chat template that ignores ``tools``."""
+        raise NotImplementedError
+
+    def format_calls(self, calls: list[ParsedCall]) -> str:
+        """Calls in this format (assistant history for templates that ignore ``tool_calls``)."""
+        raise NotImplementedError
+
+
+class TaggedParser(ToolParser):
+    """Calls inside ``<tool_call>...</tool_call>`` blocks, each holding one call object or a
+    JSON list of them (the marker scanning ``hermes`` and ``smollm2`` share)."""
+
+    open: ClassVar[str] = "<tool_call>"
+    close: ClassVar[str] = "</tool_call>"
+
+    def call_start(self, text: str) -> int | None:
+        start = text.find(self.open)
+        return None if start < 0 else start
+
+    def held_back(self, text: str) -> int:
+        return _longest_partial(text, self.open)
+
+    def scan(self, text: str) -> list[CallText]:
+        calls: list[CallText] = []
+        begin = text.find(self.open)
+        while begin >= 0:
+            body = begin + len(self.open)
+            end = text.find(self.close, body)
+            block = text[:end] if end >= 0 else text
+            lead = len(block) - len(block[body:].lstrip())
+            if block[lead : lead + 1] == "[":
+                found = scan_calls(block, lead + 1, self.arguments_key, ",")
+            else:
+                found = scan_calls(block, lead, self.arguments_key, None)
+            if end >= 0:  # the block is closed: so is every call in it
+                for call in found:
+                    call.closed = True
+            calls += found
+            if end < 0:
+                break
+            begin = text.find(self.open, end + len(self.close))
+        return calls
+
+
+class HermesParser(TaggedParser):
+    """Qwen 2.5/3, Hermes: one ``<tool_call>`` block per call."""
+
+    name: ClassVar[str] = "hermes"
 
     def grammar(self, functions: list[dict[str, Any]], *, parallel: bool) -> str:
         """A llguidance Lark grammar that admits only well-formed calls of ``functions``."""
@@ -157,7 +183,7 @@ class ToolParser:
         return "\n".join(f"{self.open}\n{_call_json(c)}\n{self.close}" for c in calls)
 
 
-class SmolLM2Parser(ToolParser):
+class SmolLM2Parser(TaggedParser):
     """SmolLM2-Instruct: one ``<tool_call>[...]</tool_call>`` list of calls."""
 
     name: ClassVar[str] = "smollm2"
@@ -203,19 +229,10 @@ class Llama3JsonParser(ToolParser):
         # Only the opening of the answer can start a call: hold it while it is blank.
         return len(text) if not text.strip() else 0
 
-    def parse(self, text: str, *, final: bool = True) -> tuple[str | None, list[ParsedCall]]:
-        if not final or self.call_start(text) is None:
-            return text, []
-        decoder = json.JSONDecoder()
-        pos, calls = self._lead.match(text).end(), []
-        while pos < len(text):
-            try:
-                value, pos = decoder.raw_decode(text, pos)
-            except ValueError:
-                break
-            calls += _calls_of(value, self.arguments_key)
-            pos = re.compile(r"\s*;?\s*").match(text, pos).end()
-        return (None, calls) if calls else (text, [])
+    def scan(self, text: str) -> list[CallText]:
+        if self.call_start(text) is None:
+            return []
+        return scan_calls(text, self._lead.match(text).end(), self.arguments_key, ";")
 
     def grammar(self, functions: list[dict[str, Any]], *, parallel: bool) -> str:
         rest = ' ("; " call)*' if parallel else ""
@@ -238,5 +255,5 @@ class Llama3JsonParser(ToolParser):
 
 
 TOOL_PARSERS: dict[str, ToolParser] = {
-    parser.name: parser for parser in (ToolParser(), SmolLM2Parser(), Llama3JsonParser())
+    parser.name: parser for parser in (HermesParser(), SmolLM2Parser(), Llama3JsonParser())
 }

@@ -9,9 +9,10 @@
   generates freely and parses the text; ``required`` and a named function constrain decoding
   with the parser's grammar, so the output is always a call whose arguments validate.
 * **Output**: :class:`ToolCallStream` sits between the decoded text and ``on_text``: it holds
-  back text once it could be the start of a call, passes content before a call on, reports
-  each call as it closes (``on_tool_calls``, OpenAI's ``delta.tool_calls`` entries), and gives
-  the final ``(content, calls)``, the same as the streamed pieces.
+  back text once it could be the start of a call, passes content before a call on, announces
+  each call once its name is written and streams its arguments' text as it is generated
+  (``on_tool_calls``, OpenAI's ``delta.tool_calls`` entries), and gives the final
+  ``(content, calls)``, the same as the streamed pieces.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from handlers.base import InvalidInput
-from handlers.chat.tool_parsers import TOOL_PARSERS, ParsedCall, ToolParser
+from handlers.chat.tool_parsers import TOOL_PARSERS, CallText, ParsedCall, ToolParser
 
 OnToolCalls = Callable[[list[dict[str, Any]]], None]
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -128,7 +129,16 @@ def tool_prompt(
 
 
 class ToolCallStream:
-    """One request's text split into content and tool calls, as it is generated."""
+    """One request's text split into content and tool calls, as it is generated.
+
+    Calls stream as OpenAI streams them: a first ``delta.tool_calls`` entry with the call's
+    ``index``, ``id``, ``type`` and ``function.name`` (``arguments`` ""), then entries with
+    argument fragments, each in its own ``on_tool_calls`` (its own chunk). A call whose
+    arguments are not an object literal after its name (see :mod:`handlers.chat.tool_scan`)
+    comes in one entry once it closes. A call already announced that never completes (cut by
+    ``max_tokens``) is left out of the final message; were there no call at all, the text is
+    then the content.
+    """
 
     def __init__(
         self,
@@ -142,7 +152,9 @@ class ToolCallStream:
         self.text = ""
         self.emitted = 0  # characters of text passed to on_text
         self.start: int | None = None  # where the first call starts, once seen
-        self.ids: list[str] = []  # ids of the calls reported so far
+        self.ids: list[str] = []  # ids of the calls announced so far, by OpenAI index
+        self.index: dict[int, int] = {}  # call object (in scan order) -> its OpenAI index
+        self.sent: dict[int, int] = {}  # call object -> characters of its arguments sent
         # With logprobs requested: the entries of tokens whose text is not passed on yet
         # (they go with the next content delta; a call's tokens are not content).
         self.logprobs: list | None = None
@@ -157,8 +169,7 @@ class ToolCallStream:
                 self._content(len(self.text) - self.parser.held_back(self.text))
                 return
             self._content(self.start)
-        _, calls = self.parser.parse(self.text, final=False)
-        self._report(calls)
+        self._report(self.parser.scan(self.text))
 
     def finish(self) -> tuple[str, list[dict[str, Any]]]:
         """``(content, tool_calls)`` of the whole text (content "" when there is none)."""
@@ -166,7 +177,7 @@ class ToolCallStream:
         if not calls:
             self._content(len(self.text), force=True)
             return self.text, []
-        return content or "", self._report(calls)
+        return content or "", self._report(self.parser.scan(self.text))
 
     def _content(self, upto: int, *, force: bool = False) -> None:
         """Pass on ``text[emitted:upto]`` (blank text only when ``force``: it may be the
@@ -182,18 +193,41 @@ class ToolCallStream:
             entries, self.logprobs = self.logprobs, []
             self.on_text(delta, entries)
 
-    def _report(self, calls: list[ParsedCall]) -> list[dict[str, Any]]:
-        """The calls as OpenAI objects, reporting the new ones (same ids every time)."""
-        new = len(self.ids)
-        self.ids += [new_call_id() for _ in calls[new:]]
-        objects = [
-            {
-                "id": call_id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            }
-            for call_id, call in zip(self.ids, calls, strict=False)
-        ]
-        if self.on_tool_calls is not None and len(calls) > new:
-            self.on_tool_calls([{"index": i, **objects[i]} for i in range(new, len(calls))])
+    def _report(self, found: list[CallText]) -> list[dict[str, Any]]:
+        """Announce the calls whose name is known, pass on new argument text; returns the
+        complete calls as OpenAI objects (same ids every time)."""
+        objects = []
+        for i, call in enumerate(found):
+            if i not in self.index:
+                if call.closed and call.call is None:
+                    continue  # not a call: never announced
+                if call.name is None or not (call.streamable or call.closed):
+                    break  # later calls wait for this one
+                self._announce(i, call)
+            if call.streamable and len(call.arguments) > self.sent[i]:
+                piece, self.sent[i] = call.arguments[self.sent[i] :], len(call.arguments)
+                self._emit({"index": self.index[i], "function": {"arguments": piece}})
+            if call.call is not None:
+                function = {"name": call.call.name, "arguments": call.call.arguments}
+                objects.append(
+                    {"id": self.ids[self.index[i]], "type": "function", "function": function}
+                )
         return objects
+
+    def _announce(self, i: int, call: CallText) -> None:
+        self.index[i] = len(self.ids)
+        self.ids.append(new_call_id())
+        whole = "" if call.streamable else call.call.arguments
+        self.sent[i] = len(whole)
+        self._emit(
+            {
+                "index": self.index[i],
+                "id": self.ids[-1],
+                "type": "function",
+                "function": {"name": call.name, "arguments": whole},
+            }
+        )
+
+    def _emit(self, entry: dict[str, Any]) -> None:
+        if self.on_tool_calls is not None:
+            self.on_tool_calls([entry])

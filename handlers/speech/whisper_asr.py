@@ -21,6 +21,7 @@ from handlers.speech.handler import SpeechHandler, model_name
 from handlers.speech.language import NO_SPACE_LANGUAGES
 from handlers.speech.pipeline import AudioWindow, WindowOptions, WindowOutput
 from handlers.speech.request import SpeechRequest
+from handlers.speech.token_logprobs import logprob_entries
 from handlers.speech.vad import Window
 from handlers.speech.whisper_config import prepare_generation
 from handlers.speech.whisper_decode import WindowDecode, decode_windows
@@ -179,6 +180,12 @@ class WhisperASR(SpeechHandler):
                 compression_ratio=decoded.compression_ratio,
                 no_speech_prob=no_speech_prob,
             )
+            if decoded.token_logprobs is not None:
+                segment.logprobs = logprob_entries(
+                    self._tokenizer,
+                    [decoded.tokens[i] for i in text_positions],
+                    [decoded.token_logprobs[i] for i in text_positions],
+                )
             output.segments.append(segment)
             if decoded.token_times is not None:
                 output.words.extend(

@@ -40,6 +40,9 @@ class WindowDecode:
     avg_logprob: float
     compression_ratio: float
     temperature: float
+    # each token's log-probability under the distribution it was decoded from (greedy:
+    # the processed logits; sampling: the same at the row's temperature); None with beams
+    token_logprobs: list[float] | None = None
 
 
 def decode_windows(
@@ -131,6 +134,7 @@ def read_outputs(
         # transformers stamps token k with the alignment row where k is the *input*, i.e.
         # the row predicting token k + 1: token k starts at the time stamped on k - 1.
         token_times = times[start - 1 : end]  # token i spans token_times[i : i + 2]
+    token_logprobs = None
     if outputs.get("sequences_scores") is not None:
         avg_logprob = float(outputs["sequences_scores"][row])
     else:
@@ -139,10 +143,15 @@ def read_outputs(
         steps = max(0, min(len(scores), end - first_generated + 1))  # up to this row's EOT
         generated = torch.tensor(sequence[first_generated : first_generated + steps])
         avg_logprob = -np.inf
+        token_logprobs = [0.0] * len(tokens)
         if steps:
             stacked = torch.stack([s[row] for s in scores[:steps]]).float()
             logprobs = torch.log_softmax(stacked * (temperature if temperature > 0 else 1), -1)
             picked = logprobs.gather(-1, generated.to(logprobs.device)[:, None]).squeeze(-1)
+            # tokens[i] is sequence[start + i], decoded at step start + i - first_generated
+            for i in range(len(tokens)):
+                if 0 <= start + i - first_generated < len(picked):
+                    token_logprobs[i] = float(picked[start + i - first_generated])
             picked = picked[torch.isfinite(picked)]
             if len(picked):
                 avg_logprob = float(picked.sum() / (len(tokens) + 1))
@@ -153,6 +162,7 @@ def read_outputs(
         avg_logprob=avg_logprob,
         compression_ratio=compression_ratio(text),
         temperature=temperature,
+        token_logprobs=token_logprobs,
     )
 
 

@@ -73,8 +73,8 @@ class TranslationForm(BaseModel):
         description="'auto' (the pipeline's VAD) or a server_vad object (as JSON, or as "
         "chunking_strategy[type], chunking_strategy[threshold], ... fields)",
     )
-    # Accepted as OpenAI accepts it for whisper-1: no shipped Whisper handler returns token
-    # logprobs yet, so the response has none (OpenAI returns them for gpt-4o-transcribe only).
+    # ``logprobs`` in the json response: each generated text token's {token, logprob, bytes}
+    # where the handler has them (WhisperASR); see TranscriptionJob.logprobs.
     include: list[Literal["logprobs"]] = Field(default_factory=list, alias="include[]")
     user: str | None = None
 

@@ -29,6 +29,10 @@ class TranscriptionJob(JobRequest):
     # chunking_strategy server_vad as the handlers' VAD parameters (threshold,
     # min_silence_ms, speech_pad_ms); None: the pipeline's own ("auto")
     vad: dict[str, float] | None = None
+    # include[]=logprobs: the json response carries ``logprobs``, the text tokens' entries
+    # ({token, logprob, bytes}) the handler put on its segments (WhisperASR: token logprobs
+    # from its generate scores; a handler without them, e.g. faster-whisper, gives none).
+    logprobs: bool = False
 
     @property
     def granularity(self) -> str:
@@ -67,6 +71,7 @@ def render(
     """The route's response body: JSON, or a JSON string for text, srt and vtt.
     ``language`` is the language's English name ("english"), as OpenAI writes it."""
     text = "".join(s["text"] for s in segments).strip()
+    entries = [s.pop("logprobs", None) for s in segments]  # never shown in verbose_json
     fmt = job.response_format
     translate = job.task == "translate"
     usage = {"type": "duration", "seconds": math.ceil(duration)}
@@ -75,7 +80,10 @@ def render(
     if fmt in ("srt", "vtt"):
         return p.dumps(subtitles(segments, fmt))
     if fmt == "json":
-        return p.dumps({"text": text} if translate else {"text": text, "usage": usage})
+        body = {"text": text} if translate else {"text": text, "usage": usage}
+        if job.logprobs and all(e is not None for e in entries):
+            body["logprobs"] = [entry for found in entries for entry in found]
+        return p.dumps(body)
     granularities = job.timestamp_granularities or ["segment"]
     body: dict[str, Any] = {
         "task": job.task,

@@ -90,8 +90,9 @@ def test_bracketed_and_indexed_names_are_parsed(stack, client, fox_wav):
 
 
 def test_include_logprobs_is_accepted_with_json_only(client, fox_wav):
-    """As OpenAI does for whisper-1: accepted, and no token logprobs in the body (no shipped
-    Whisper handler gives them); with a format other than json it is a 400."""
+    """As OpenAI does for whisper-1: accepted, and no token logprobs in the body
+    (faster-whisper exposes no token scores; WhisperASR gives them:
+    tests/test_transcription_logprobs.py); with a format other than json it is a 400."""
     result = _transcribe(client, fox_wav, include=["logprobs"])
     assert len(words_of(result.text) & words_of(FOX_SENTENCE)) >= 6
     assert result.logprobs is None

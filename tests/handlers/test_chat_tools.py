@@ -47,13 +47,30 @@ TOOLS = [WEATHER, ADD]
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-def stream(parser: str, pieces: list[str]):
-    """Feed ``pieces`` as decoded deltas; returns (content deltas, call deltas, final)."""
-    texts, calls = [], []
+def assembled(entries: list[dict]) -> list[dict]:
+    """``delta.tool_calls`` entries merged by index, as clients assemble them."""
+    calls: dict[int, dict] = {}
+    for entry in entries:
+        call = calls.setdefault(entry["index"], {"index": entry["index"], "function": {}})
+        for key in ("id", "type"):
+            if key in entry:
+                assert key not in call  # id and type come once, in the first entry
+                call[key] = entry[key]
+        function = call["function"]
+        for key, value in entry["function"].items():
+            function[key] = function.get(key, "") + value
+    return [calls[i] for i in sorted(calls)]
+
+
+def stream(parser: str, pieces: list[str], entries: list | None = None):
+    """Feed ``pieces`` as decoded deltas; returns (content deltas, the calls assembled from
+    their deltas, final); ``entries`` gets the raw delta entries."""
+    texts, calls = [], [] if entries is None else entries
     s = ToolCallStream(TOOL_PARSERS[parser], texts.append, calls.extend)
     for piece in pieces:
         s.feed(piece)
-    return texts, calls, s.finish()
+    final = s.finish()
+    return texts, assembled(calls), final
 
 
 def chars(text: str) -> list[str]:
@@ -87,6 +104,57 @@ def test_hermes_stream_gives_content_then_each_call_once(split):
 def test_hermes_first_call_is_reported_as_soon_as_it_closes():
     _, calls, _ = stream("hermes", [HERMES_TWO[: HERMES_TWO.index("</tool_call>") + 12]])
     assert [c["function"]["name"] for c in calls] == ["get_weather"]
+
+
+def test_arguments_stream_as_fragments_after_a_first_entry_with_the_name():
+    """OpenAI's shape: {index, id, type, function: {name, arguments: ""}}, then
+    {index, function: {arguments: fragment}} entries; the fragments are the final text."""
+    entries = []
+    _, calls, (_, final) = stream("hermes", chars(HERMES_TWO), entries)
+    first = [e for e in entries if e["index"] == 0]
+    assert first[0] == {
+        "index": 0,
+        "id": final[0]["id"],
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    assert all(
+        set(e) == {"index", "function"} and set(e["function"]) == {"arguments"} for e in first[1:]
+    )
+    assert len(first) > 10  # one per character fed here
+    assert "".join(e["function"]["arguments"] for e in first) == final[0]["function"]["arguments"]
+    assert final[0]["function"]["arguments"] == '{"city": "Paris", "celsius": true}'
+    assert [c["function"] for c in calls] == [c["function"] for c in final]
+    # the name is not announced before it is complete
+    partial = []
+    s = ToolCallStream(TOOL_PARSERS["hermes"], None, partial.extend)
+    s.feed('<tool_call>\n{"name": "get_wea')
+    assert partial == []
+    s.feed('ther", "arguments": ')
+    assert partial == []  # an object or a string: the next character tells
+    s.feed('{"ci')
+    assert [e["function"] for e in partial] == [
+        {"name": "get_weather", "arguments": ""},
+        {"arguments": '{"ci'},
+    ]
+
+
+def test_arguments_written_as_a_string_come_whole_once_the_call_closes():
+    text = '<tool_call>\n{"name": "add", "arguments": "{\\"a\\": true}"}\n</tool_call>'
+    entries = []
+    _, _, (_, final) = stream("hermes", chars(text), entries)
+    assert len(entries) == 1 and entries[0]["function"] == {
+        "name": "add",
+        "arguments": '{"a": true}',
+    }
+    assert final[0]["function"] == entries[0]["function"]
+
+
+def test_a_call_cut_by_max_tokens_is_left_out_of_the_final_message():
+    text = HERMES_TWO + '\n<tool_call>\n{"name": "add", "arguments": {"a": tr'
+    _, calls, (_, final) = stream("hermes", chars(text))
+    assert [c["function"]["name"] for c in calls] == ["get_weather", "add", "add"]
+    assert [c["function"]["name"] for c in final] == ["get_weather", "add"]
 
 
 def test_a_partial_marker_is_held_back_and_released_when_it_is_not_a_call():
@@ -254,7 +322,9 @@ def test_forced_calls_parse_and_validate_on_random_weights(qwen, choice):
     jsonschema.validate(
         json.loads(call["function"]["arguments"]), schema_of(call["function"]["name"])
     )
-    assert [c["id"] for c in calls] == [call["id"]]  # streamed once, with the final id
+    (streamed,) = assembled(calls)  # announced once, with the final id, then fragments
+    assert streamed["id"] == call["id"] and streamed["function"] == call["function"]
+    assert calls[0]["function"]["arguments"] == "" and len(calls) > 2
 
 
 def test_tool_choice_none_renders_but_never_parses(qwen):

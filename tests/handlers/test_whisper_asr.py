@@ -231,6 +231,12 @@ def test_whisper_asr_on_real_tiny_en_weights(fox_wav):
     assert len(spoken_words(result.text) & set(FOX_WORDS)) >= 6, result.text
     assert result.words[0].start < 0.3
     assert result.words[-1].end == pytest.approx(result.segments[-1].end, abs=0.5)
+    for segment in result.segments:  # token logprobs from the generate scores
+        assert "".join(e["token"] for e in segment.logprobs) == segment.text
+        assert all(-30 < e["logprob"] <= 0 for e in segment.logprobs)
+        assert [bytes(e["bytes"]).decode() for e in segment.logprobs] == [
+            e["token"] for e in segment.logprobs
+        ]
     with pytest.raises(InvalidInput) as error:
         handler.transcribe(
             str(fox_wav),

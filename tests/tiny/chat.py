@@ -34,34 +34,57 @@ def _silence_special_tokens(lm_head, tokenizer, special_tokens: list[str]) -> No
             lm_head.weight[tokenizer.convert_tokens_to_ids(token)] = 0.0
 
 
-def _build_llama_chat(path: Path) -> None:
+def _causal_chat(path: Path, family: str, template: str, *, silence: bool = True):
+    """Save a tiny random causal LM of ``family`` (``llama`` or ``qwen2``) with the ChatML
+    tokenizer and ``template`` at ``path``; returns ``(model, tokenizer)``. With ``silence``,
+    its special tokens' ``lm_head`` rows are zeroed (greedy decoding never ends by itself)."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
+    config_class, model_class, extra = {
+        "llama": (
+            LlamaConfig,
+            LlamaForCausalLM,
+            {"max_position_embeddings": 512, "bos_token_id": None},
+        ),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM, {"max_position_embeddings": 1024}),
+    }[family]
     tokenizer = _chat_tokenizer(CHAT_SPECIAL_TOKENS)
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.chat_template = template
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     torch.manual_seed(0)
-    config = LlamaConfig(
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
         tie_word_embeddings=False,
-        bos_token_id=None,
         eos_token_id=eos_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
-    model = LlamaForCausalLM(config)
-    _silence_special_tokens(model.lm_head, tokenizer, CHAT_SPECIAL_TOKENS)
+    tokenizer.model_max_length = config.max_position_embeddings
+    model = model_class(config)
+    if silence:
+        _silence_special_tokens(model.lm_head, tokenizer, CHAT_SPECIAL_TOKENS)
     model.generation_config = GenerationConfig(
         eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id
     )
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return model, tokenizer
+
+
+def _build_llama_chat(path: Path) -> None:
+    _causal_chat(path, "llama", CHATML_TEMPLATE)
 
 
 def _build_qwen3_vl(path: Path) -> None:
@@ -146,33 +169,8 @@ QWEN25_TOOLS_TEMPLATE = (Path(__file__).parent / "qwen25_tools.jinja").read_text
 
 
 def _build_qwen2_tools(path: Path) -> None:
-    """A tiny Qwen2 causal LM whose tokenizer carries Qwen 2.5's tool-calling template."""
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
-    tokenizer = _chat_tokenizer(CHAT_SPECIAL_TOKENS)
-    tokenizer.chat_template = QWEN25_TOOLS_TEMPLATE
-    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        eos_token_id=eos_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(config)
-    _silence_special_tokens(model.lm_head, tokenizer, CHAT_SPECIAL_TOKENS)
-    model.generation_config = GenerationConfig(
-        eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id
-    )
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    """A tiny random Qwen2 causal LM whose tokenizer carries Qwen 2.5's tool-calling template."""
+    _causal_chat(path, "qwen2", QWEN25_TOOLS_TEMPLATE)
 
 
 def tiny_qwen2_tools_dir() -> Path:

@@ -126,7 +126,7 @@ class Puller:
                 clip=(start, end),
                 window_submit=submitter.submit if submitter is not None else None,
             )
-            field, value = "r", p.dumps(part_result(result))
+            field, value = "r", p.dumps(part_result(result, logprobs=self.job.logprobs))
         except InvalidInput as exc:
             if exc.code == "invalid_audio" and index > 0:
                 # nothing decodable in this range (past the real end of a VBR file)

@@ -175,7 +175,7 @@ class AudioService:
             job,
             language=result.language,
             duration=result.duration,
-            segments=segment_dicts(result),
+            segments=segment_dicts(result, logprobs=job.logprobs),
             words=word_dicts(result),
         )
 

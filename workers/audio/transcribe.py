@@ -73,18 +73,23 @@ def render_body(
     )
 
 
-def segment_dicts(result: SpeechResult) -> list[dict[str, Any]]:
-    return [dataclasses.asdict(s) for s in result.segments]
+def segment_dicts(result: SpeechResult, *, logprobs: bool = False) -> list[dict[str, Any]]:
+    """The segments as dicts; their ``logprobs`` only when the job asks for them."""
+    dicts = [dataclasses.asdict(s) for s in result.segments]
+    if not logprobs:
+        for segment in dicts:
+            segment.pop("logprobs", None)
+    return dicts
 
 
 def word_dicts(result: SpeechResult) -> list[dict[str, Any]]:
     return [dataclasses.asdict(w) for w in result.words]
 
 
-def part_result(result: SpeechResult) -> dict[str, Any]:
+def part_result(result: SpeechResult, *, logprobs: bool = False) -> dict[str, Any]:
     """A part's result as stored in the job's parts hash."""
     return {
-        "segments": segment_dicts(result),
+        "segments": segment_dicts(result, logprobs=logprobs),
         "words": word_dicts(result),
         "language": result.language,
         "duration": result.duration,
