@@ -7,6 +7,7 @@ import time
 
 from handlers.chat import TextChatModel
 from handlers.embedding import HFEmbeddingModel
+from handlers.tokens import Tokenized
 
 
 class CrashingEmbedder(HFEmbeddingModel):
@@ -18,10 +19,17 @@ class CrashingEmbedder(HFEmbeddingModel):
         self.slow_seconds = slow_seconds
 
     def embed_batch(self, texts):
-        if "CRASH" in texts:
+        if any(_says_crash(self.tokenizer, text) for text in texts):
             os._exit(137)
         time.sleep(self.slow_seconds)
         return super().embed_batch(texts)
+
+
+def _says_crash(tokenizer, text) -> bool:
+    """The input is the text ``CRASH`` (raw, or the handler's tokenised row of it)."""
+    if isinstance(text, Tokenized):
+        text = tokenizer.decode(text.input_ids, skip_special_tokens=True)
+    return text.strip().upper() == "CRASH"
 
 
 class SlowChat(TextChatModel):
