@@ -53,8 +53,10 @@ class FasterWhisperASR(SpeechHandler):
     (:mod:`.faster_whisper_batch`):
     ``batch_size`` windows per encoder pass and batched beam search (``beam_size``,
     default 5), no conditioning on previous text, timestamps inside each window. The prompt
-    conditions every window; the first temperature of the request is used (the batched
-    pipeline has no fallback ladder). Word timestamps use faster-whisper's cross-attention
+    conditions every window. The request's temperatures are tried in turn: every window at
+    the first (beam search at 0), then, hotter, only the windows the shared fallback policy
+    (:mod:`handlers.speech.fallback`, WhisperASR's too) marks as unlikely; each window keeps
+    its most likely result. Word timestamps use faster-whisper's cross-attention
     DTW over the model's alignment heads. Segments come batch by batch, and the cancel
     event is checked after each one.
 
@@ -117,7 +119,7 @@ class FasterWhisperASR(SpeechHandler):
         return WindowOptions(
             task=request.task,
             language=language,
-            temperatures=request.temperatures[:1],  # the batched pipeline has no ladder
+            temperatures=request.temperatures,  # the fallback ladder (WindowPipeline)
             prompt=prompt,  # every window (faster-whisper's batched pipeline)
             word_timestamps=request.word_timestamps,
         )
@@ -141,6 +143,7 @@ class FasterWhisperASR(SpeechHandler):
         check_cancelled(cancel_event)
         pieces = [w.samples for w in windows]
         starts = np.cumsum([0] + [len(x) for x in pieces])
+        self.pipeline.temperatures = options.temperatures
         generated, info = self.pipeline.transcribe(
             np.concatenate(pieces).astype(np.float32, copy=False),
             language=options.language or ("en" if not self.multilingual else None),
@@ -159,6 +162,8 @@ class FasterWhisperASR(SpeechHandler):
         )
         outputs = [WindowOutput(language=info.language) for _ in windows]
         seeks = [starts[i] / SAMPLE_RATE * FRAMES_PER_SECOND for i in range(len(windows))]
+        generated = list(generated)  # decodes the batch: used_temperatures is set then
+        used = self.pipeline.used_temperatures
         for produced in generated:
             # a segment's seek is its window's start in frames (windows are >= 0.25 s long)
             index = min(range(len(windows)), key=lambda i: abs(seeks[i] - produced.seek))
@@ -174,7 +179,7 @@ class FasterWhisperASR(SpeechHandler):
                     end=place(produced.end),
                     text=produced.text,
                     tokens=list(produced.tokens),
-                    temperature=float(produced.temperature or 0.0),
+                    temperature=used[index],
                     avg_logprob=float(produced.avg_logprob),
                     compression_ratio=float(produced.compression_ratio),
                     no_speech_prob=float(produced.no_speech_prob),
