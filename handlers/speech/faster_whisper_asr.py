@@ -25,8 +25,8 @@ from handlers.speech.request import SpeechRequest
 FRAMES_PER_SECOND = 100  # Whisper's mel frames per second (a segment's ``seek`` unit)
 
 # The fastest CTranslate2 compute types first, per device (see docs/benchmarks.md, "Speech
-# compute types": on CPU int8 measured fastest at the same WER; bf16 types are not offered
-# by CTranslate2 on CPUs without bf16 units, and were not measured faster where they are).
+# compute types": on CPU int8 measured fastest at the same WER, float32 about 1.8 x slower;
+# CTranslate2 offers the bf16 types on CUDA only, even on a CPU with AVX512-BF16).
 PREFERRED_COMPUTE_TYPES = {
     "cpu": ("int8", "int8_float32", "float32"),
     "cuda": ("float16", "int8_float16", "bfloat16", "float32"),
