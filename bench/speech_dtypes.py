@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.audio import MODEL, _figures, build_audio
+from bench.audio_common import MODEL, build_audio, figures
 from inferq.devstack import ROOT
 
 CANDIDATES = ("int8", "int8_bfloat16", "bfloat16", "int8_float32", "float32")
@@ -46,7 +46,7 @@ def run() -> dict:
                 walls.append(time.perf_counter() - started)
             results[compute_type] = {
                 "supported": True,
-                **_figures(duration, min(walls), reference, text),
+                **figures(duration, min(walls), reference, text),
             }
     return {
         "model": MODEL,

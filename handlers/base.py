@@ -220,7 +220,8 @@ class SpeechModel(Protocol):
     tunes the voice activity detection (the request's ``chunking_strategy: server_vad``;
     without it, the request's VAD settings are ignored). ``window_submit``: see
     :class:`WindowBatchingSpeechModel` (without it, the worker runs one ``transcribe`` at a
-    time per model, or ``max_parallelism`` when ``thread_safe``).
+    time per model, or ``max_parallelism`` when ``thread_safe``). ``windows``: see
+    :class:`WindowPlanningSpeechModel` (without it, a long job is cut at pauses).
     """
 
     family: Family  # Family.SPEECH
@@ -269,6 +270,34 @@ class WindowBatchingSpeechModel(SpeechModel, Protocol):
         ...
 
 
+@runtime_checkable
+class WindowPlanningSpeechModel(SpeechModel, Protocol):
+    """Optional: a speech model that plans a long file's windows once, for the whole file
+    (both Whisper handlers). The worker recognises it by ``plan_windows`` and a ``windows``
+    parameter of ``transcribe`` (next to ``clip``), and then, for a long job:
+
+    * calls ``plan_windows(audio_path, vad=...)`` once where the job is planned: the
+      windows to decode, ``(start_s, end_s)`` in order, never cutting speech (``vad``: the
+      request's ``server_vad`` settings, only when the signature names it);
+    * groups consecutive windows into parts, each part a range of the file holding whole
+      windows, and has each part transcribed with ``transcribe(..., clip=(start_s, end_s),
+      windows=[its windows])``: the handler decodes exactly those windows (times in the
+      file) and plans nothing of its own.
+    """
+
+    def plan_windows(self, audio_path: str) -> list[tuple[float, float]]: ...
+
+
+def plans_windows(handler: Any) -> bool:
+    """Whether a long job's windows are planned once by the handler (see
+    :class:`WindowPlanningSpeechModel`)."""
+    return (
+        callable(getattr(handler, "plan_windows", None))
+        and transcribe_accepts(handler, "windows")
+        and transcribe_accepts(handler, "clip")
+    )
+
+
 def batches_windows(handler: Any) -> bool:
     """Whether the worker may batch this speech handler's windows across requests."""
     return callable(getattr(handler, "decode_windows", None)) and transcribe_accepts(
@@ -277,8 +306,8 @@ def batches_windows(handler: Any) -> bool:
 
 
 def transcribe_accepts(handler: Any, parameter: str) -> bool:
-    """Whether the handler's ``transcribe`` takes the optional ``clip``, ``on_segment`` or
-    ``vad`` or ``window_submit``."""
+    """Whether the handler's ``transcribe`` takes the optional ``clip``, ``on_segment``,
+    ``vad``, ``window_submit`` or ``windows``."""
     try:
         return parameter in inspect.signature(handler.transcribe).parameters
     except (TypeError, ValueError):

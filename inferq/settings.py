@@ -206,7 +206,8 @@ class Settings(BaseSettings):
     )
     audio_chunk_sec: float = Field(
         60.0,
-        description="A long audio job is cut, at pauses, into parts of about this many seconds "
+        description="A long audio job is cut into parts of at most this many seconds (groups "
+        "of whole VAD windows; at pauses for a handler that plans none) "
         "that all workers of the model transcribe in parallel.",
     )
 

@@ -13,10 +13,10 @@ so a worker decodes the windows of concurrent requests together
 * ``prompt``: OpenAI's ``initial_prompt`` (transformers: the first window; faster-whisper's
   batched pipeline: every window); no window is conditioned on previous text, which keeps
   small models from looping and lets windows decode in batches.
-* ``temperature``: ``None`` or ``0`` decodes at 0; transformers then decodes again through
-  0.2 ... 1.0 the windows whose average log-probability is < -1 and keeps each window's most
-  likely result (faster-whisper's batched pipeline decodes at the first temperature only);
-  a positive value samples at exactly that temperature.
+* ``temperature``: ``None`` or ``0`` decodes at 0; both handlers then decode again through
+  0.2 ... 1.0 the windows whose average log-probability is < -1 (one policy,
+  :mod:`~handlers.speech.fallback`) and keep each window's most likely result; a positive
+  value samples at exactly that temperature.
 * ``timestamp_granularity="word"`` adds word timings (cross-attention DTW); segments are
   always returned.
 * extras: ``on_segment(segment)`` is called as each segment becomes final (progress), and

@@ -33,6 +33,12 @@ def is_silence(no_speech_prob: float, avg_logprob: float) -> bool:
     return no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD
 
 
+def more_likely(avg_logprob: float, than: float) -> bool:
+    """Whether a window's new result (``avg_logprob``) replaces the one it kept (``than``):
+    of a window's tries, the most likely is kept."""
+    return avg_logprob > than
+
+
 def needs_retry(avg_logprob: float, no_speech_prob: float) -> bool:
     """Whether a window of the batched pipeline is decoded again, hotter: only for unlikely
     tokens. Not for a high compression ratio: a window holds speech only and is decoded

@@ -25,8 +25,8 @@ from handlers.speech.request import SpeechRequest
 FRAMES_PER_SECOND = 100  # Whisper's mel frames per second (a segment's ``seek`` unit)
 
 # The fastest CTranslate2 compute types first, per device (see docs/benchmarks.md, "Speech
-# compute types": on CPU int8 measured fastest at the same WER; bf16 types are not offered
-# by CTranslate2 on CPUs without bf16 units, and were not measured faster where they are).
+# compute types": on CPU int8 measured fastest at the same WER, float32 about 1.8 x slower;
+# CTranslate2 offers the bf16 types on CUDA only, even on a CPU with AVX512-BF16).
 PREFERRED_COMPUTE_TYPES = {
     "cpu": ("int8", "int8_float32", "float32"),
     "cuda": ("float16", "int8_float16", "bfloat16", "float32"),
@@ -53,8 +53,10 @@ class FasterWhisperASR(SpeechHandler):
     (:mod:`.faster_whisper_batch`):
     ``batch_size`` windows per encoder pass and batched beam search (``beam_size``,
     default 5), no conditioning on previous text, timestamps inside each window. The prompt
-    conditions every window; the first temperature of the request is used (the batched
-    pipeline has no fallback ladder). Word timestamps use faster-whisper's cross-attention
+    conditions every window. The request's temperatures are tried in turn: every window at
+    the first (beam search at 0), then, hotter, only the windows the shared fallback policy
+    (:mod:`handlers.speech.fallback`, WhisperASR's too) marks as unlikely; each window keeps
+    its most likely result. Word timestamps use faster-whisper's cross-attention
     DTW over the model's alignment heads. Segments come batch by batch, and the cancel
     event is checked after each one.
 
@@ -117,7 +119,7 @@ class FasterWhisperASR(SpeechHandler):
         return WindowOptions(
             task=request.task,
             language=language,
-            temperatures=request.temperatures[:1],  # the batched pipeline has no ladder
+            temperatures=request.temperatures,  # the fallback ladder (WindowPipeline)
             prompt=prompt,  # every window (faster-whisper's batched pipeline)
             word_timestamps=request.word_timestamps,
         )
@@ -141,6 +143,7 @@ class FasterWhisperASR(SpeechHandler):
         check_cancelled(cancel_event)
         pieces = [w.samples for w in windows]
         starts = np.cumsum([0] + [len(x) for x in pieces])
+        self.pipeline.temperatures = options.temperatures
         generated, info = self.pipeline.transcribe(
             np.concatenate(pieces).astype(np.float32, copy=False),
             language=options.language or ("en" if not self.multilingual else None),
@@ -159,6 +162,8 @@ class FasterWhisperASR(SpeechHandler):
         )
         outputs = [WindowOutput(language=info.language) for _ in windows]
         seeks = [starts[i] / SAMPLE_RATE * FRAMES_PER_SECOND for i in range(len(windows))]
+        generated = list(generated)  # decodes the batch: used_temperatures is set then
+        used = self.pipeline.used_temperatures
         for produced in generated:
             # a segment's seek is its window's start in frames (windows are >= 0.25 s long)
             index = min(range(len(windows)), key=lambda i: abs(seeks[i] - produced.seek))
@@ -174,7 +179,7 @@ class FasterWhisperASR(SpeechHandler):
                     end=place(produced.end),
                     text=produced.text,
                     tokens=list(produced.tokens),
-                    temperature=float(produced.temperature or 0.0),
+                    temperature=used[index],
                     avg_logprob=float(produced.avg_logprob),
                     compression_ratio=float(produced.compression_ratio),
                     no_speech_prob=float(produced.no_speech_prob),

@@ -15,6 +15,7 @@ from collections.abc import Hashable
 from typing import Any, Literal
 
 from handlers.base import SpeechResult
+from handlers.speech.audio import SAMPLE_RATE, decode_audio
 from handlers.speech.pipeline import (
     AudioWindow,
     DirectWindows,
@@ -24,7 +25,7 @@ from handlers.speech.pipeline import (
     transcribe_windows,
 )
 from handlers.speech.request import SegmentCallback, SpeechRequest, prepare_request
-from handlers.speech.vad import VadParameters
+from handlers.speech.vad import VadParameters, Window, speech_windows
 
 
 class SpeechHandler:
@@ -68,6 +69,7 @@ class SpeechHandler:
         clip: tuple[float, float] | None = None,
         vad: dict[str, float] | None = None,
         window_submit: Submit | None = None,
+        windows: list[tuple[float, float]] | None = None,
     ) -> SpeechResult:
         request = prepare_request(
             audio_path,
@@ -84,6 +86,7 @@ class SpeechHandler:
             request,
             prompt=prompt,
             vad=VadParameters(**vad) if vad else None,
+            windows=None if windows is None else clip_windows(windows, request),
             cancel_event=cancel_event,
             on_segment=on_segment,
         )
@@ -92,6 +95,17 @@ class SpeechHandler:
                 self.decode_windows, self.batch_size, request.cancel_event
             ).submit
         return transcribe_windows(request, window_submit, self.window_options)
+
+    def plan_windows(
+        self, audio_path: str, *, vad: dict[str, float] | None = None
+    ) -> list[tuple[float, float]]:
+        """The windows (``(start_s, end_s)``, in order) the pipeline would decode for the
+        whole file: where a long job is planned, so that its parts, each given its windows
+        (``transcribe(..., clip=..., windows=...)``), run no VAD of their own and no part
+        boundary cuts speech."""
+        audio = decode_audio(audio_path, SAMPLE_RATE)
+        found = speech_windows(audio, VadParameters(**vad) if vad else None)
+        return [(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE) for w in found]
 
     def window_options(
         self, request: SpeechRequest, language: str | None, first: bool
@@ -106,6 +120,18 @@ class SpeechHandler:
         cancel_event: threading.Event | None = None,
     ) -> list[WindowOutput]:
         raise NotImplementedError
+
+
+def clip_windows(windows: list[tuple[float, float]], request: SpeechRequest) -> list[Window]:
+    """Planned windows (seconds in the file) as sample ranges of the request's audio (which
+    starts at ``request.offset``), cut to it; empty ones dropped."""
+    found = []
+    for start, end in windows:
+        first = max(0, round((start - request.offset) * SAMPLE_RATE))
+        last = min(len(request.audio), round((end - request.offset) * SAMPLE_RATE))
+        if last > first:
+            found.append(Window(first, last))
+    return found
 
 
 def model_name(source: str, name: str | None, hf_repo_id: str | None) -> str:

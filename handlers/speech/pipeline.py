@@ -146,13 +146,16 @@ def _wait(future: Future, cancel_event: threading.Event | None) -> WindowOutput:
 def transcribe_windows(
     request: SpeechRequest, submit: Submit, options_for: OptionsFor
 ) -> SpeechResult:
-    """Run ``request`` through the pipeline (see the module docstring): every window is handed
+    """Run ``request`` through the pipeline (see the module docstring): its windows (the
+    planned ``request.windows``, else the VAD's of its audio) are handed
     to ``submit`` at once (grouped by the options ``options_for(request, language, first)``
     gives it), then the outputs are read in order; an uncovered tail is submitted as soon as
     its window's output is read. Without a ``language``, the first window is decoded alone
     first and the language it was decoded in is the request's."""
     check_cancelled(request.cancel_event)
-    windows = speech_windows(request.audio, request.vad)
+    windows = request.windows
+    if windows is None:
+        windows = speech_windows(request.audio, request.vad)
     language = request.language
     futures: dict[Window, Future] = {}
 

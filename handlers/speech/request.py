@@ -12,7 +12,7 @@ from handlers.base import InvalidInput, SpeechSegment
 from handlers.speech.audio import SAMPLE_RATE, decode_audio
 from handlers.speech.fallback import temperatures
 from handlers.speech.language import language_code
-from handlers.speech.vad import VadParameters
+from handlers.speech.vad import VadParameters, Window
 
 SegmentCallback = Callable[[SpeechSegment], None]
 
@@ -28,6 +28,7 @@ class SpeechRequest:
     temperatures: tuple[float, ...]
     prompt: str | None = None
     vad: VadParameters | None = None  # None: the pipeline's own
+    windows: list[Window] | None = None  # planned already (a long job's part): no VAD here
     cancel_event: threading.Event | None = None
     on_segment: SegmentCallback | None = None  # called as each segment becomes final
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from handlers.base import check_cancelled
-from handlers.speech.fallback import compression_ratio, needs_retry
+from handlers.speech.fallback import compression_ratio, more_likely, needs_retry
 from handlers.speech.whisper_config import WhisperSetup
 
 
@@ -101,7 +101,7 @@ def decode_windows(
             for position, row in enumerate(rows):
                 result = read_outputs(outputs, position, setup, tokenizer, temperature)
                 previous = results[row]
-                if previous is None or result.avg_logprob > previous.avg_logprob:
+                if previous is None or more_likely(result.avg_logprob, previous.avg_logprob):
                     results[row] = result
             rows = [
                 row for row in rows if needs_retry(results[row].avg_logprob, no_speech_probs[row])

@@ -15,6 +15,8 @@ import jiwer
 import numpy as np
 import pytest
 
+from inferq import audio as a
+from inferq import protocol as p
 from tests.audio.conftest import TINY_EN, submit_job, wait_job
 from tests.handlers.speech_audio import (
     CONTINUOUS_SCRIPT,
@@ -122,12 +124,26 @@ def test_sync_route_keeps_the_speech(client, request, speech):
 
 
 @pytest.mark.parametrize("speech", ["continuous_2min", "repeated_30"])
-def test_job_route_keeps_the_speech_across_its_parts(stack, audio_worker, request, speech):
+def test_job_route_keeps_the_speech_across_its_parts(
+    stack, audio_worker, redis_client, request, speech
+):
+    """The parts are groups of the file's VAD windows, planned once: no part boundary cuts
+    the speech (no pauses to cut at in these files), and the speech is all there."""
+    from handlers.speech.audio import SAMPLE_RATE, decode_audio
+    from handlers.speech.vad import speech_windows
+
     script, path = request.getfixturevalue(speech)
     job = wait_job(stack, submit_job(stack, path, response_format="verbose_json")["id"])
     assert job["status"] == "succeeded", job["error"]
     result = job["result"]
     assert job["progress"]["chunks_total"] >= 3  # fanned out
+    plan = p.loads(redis_client.hget(a.parts_key(job["id"]), "plan"))
+    assert len(plan["windows"]) == len(plan["ranges"]) == job["progress"]["chunks_total"]
+    windows = [tuple(w) for w in itertools.chain(*plan["windows"])]
+    found = speech_windows(decode_audio(str(path)))
+    assert windows == [(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE) for w in found]
+    for (start, end), part in zip(plan["ranges"], plan["windows"], strict=True):
+        assert start <= part[0][0] and part[-1][1] <= end and part[-1][1] - part[0][0] <= 30.5
     assert_segments_inside(result)
     assert words_kept(script, result["text"]) >= 0.9, result["text"]
     assert result["segments"][0]["start"] < 2

@@ -50,6 +50,11 @@ def tone(seconds: float, sampling_rate: int = 16000, freq: float = 440.0) -> np.
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
+def espeak_voice(voice: str, text: str, path: Path) -> Path:
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+    return path
+
+
 def espeak(text: str, path: Path, words_per_minute: int = 175) -> Path:
     subprocess.run(
         ["espeak-ng", "-s", str(words_per_minute), "-w", str(path), text],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import jiwer
 import numpy as np
 import pytest
 
@@ -14,9 +15,12 @@ from handlers.speech.audio import (
     decode_audio,
 )
 from tests.handlers.speech_audio import (
+    FOX_SENTENCE,
     FOX_WORDS,
     assert_well_formed,
     encode_audio,
+    espeak_voice,
+    normalise,
     spoken_words,
 )
 
@@ -127,3 +131,80 @@ def test_faster_whisper_segment_granularity_and_cancel(faster_tiny_en, fox_wav):
             cancel_event=cancel,
             on_segment=lambda segment: cancel.set(),
         )
+
+
+# --------------------------------------------------------------------------- temperatures
+
+
+@pytest.fixture(scope="session")
+def german_wav(audio_dir, espeak_available):
+    """German said to the English-only model: its greedy tokens are unlikely (< -1)."""
+    return espeak_voice(
+        "de",
+        "Der schnelle braune Fuchs springt über den faulen Hund. "
+        "Morgen fahren wir mit dem Zug nach Berlin.",
+        audio_dir / "german.wav",
+    )
+
+
+def _decode(handler, paths, temperatures):
+    """One ``decode_windows`` batch: each file a window of its own."""
+    from handlers.speech.pipeline import AudioWindow, WindowOptions
+    from handlers.speech.vad import Window
+
+    audios = [decode_audio(str(path)) for path in paths]
+    options = WindowOptions("transcribe", "en", tuple(temperatures), None, False)
+    windows = [AudioWindow(audio, Window(0, len(audio))) for audio in audios]
+    outputs = handler.decode_windows(options, windows)
+    return outputs, list(handler.pipeline.tries)
+
+
+def test_faster_whisper_temperature_ladder(faster_tiny_en, fox_wav, german_wav):
+    """The request's temperatures are honoured window by window, by the fallback policy
+    WhisperASR uses too: a window of unlikely tokens (German to tiny.en) is decoded again,
+    hotter, and keeps its most likely result; a clean window in the same batch is decoded
+    once, at 0, and reads the same as decoded alone."""
+    from handlers.speech.fallback import FALLBACK_TEMPERATURES, needs_retry
+
+    [greedy_fox, greedy_german], tries = _decode(faster_tiny_en, [fox_wav, german_wav], [0.0])
+    assert tries == [1, 1]
+    german = greedy_german.segments[0]
+    assert needs_retry(german.avg_logprob, german.no_speech_prob)  # the case of a retry
+    assert jiwer.wer(normalise(FOX_SENTENCE), normalise(_text(greedy_fox))) <= 0.25
+
+    [fox, german_ladder], tries = _decode(
+        faster_tiny_en, [fox_wav, german_wav], FALLBACK_TEMPERATURES
+    )
+    assert tries[0] == 1 and tries[1] > 1  # only the unlikely window was retried
+    assert _text(fox) == _text(greedy_fox)
+    assert all(s.temperature == 0.0 for s in fox.segments)
+    kept = german_ladder.segments[0]
+    assert kept.avg_logprob >= german.avg_logprob  # the most likely try is kept
+    assert kept.temperature in FALLBACK_TEMPERATURES[: tries[1]]
+
+
+def test_faster_whisper_samples_at_a_positive_temperature(faster_tiny_en, fox_wav):
+    """A positive temperature is sampled at (the batched pipeline used to beam-search
+    whatever the temperature), once, and clean speech still reads right (a sample may
+    mishear a word or two: CTranslate2's sampler is seeded so the test is reproducible)."""
+    import ctranslate2
+
+    ctranslate2.set_random_seed(1)
+    result = faster_tiny_en.transcribe(
+        str(fox_wav),
+        language="en",
+        prompt=None,
+        temperature=0.4,
+        task="transcribe",
+        timestamp_granularity=None,
+    )
+    assert faster_tiny_en.pipeline.tries == [1]
+    assert result.segments and all(s.temperature == 0.4 for s in result.segments)
+    assert jiwer.wer(normalise(FOX_SENTENCE), normalise(result.text)) <= 0.34, result.text
+    default = faster_tiny_en.transcribe(str(fox_wav), temperature=None)
+    assert all(s.temperature == 0.0 for s in default.segments)
+    assert jiwer.wer(normalise(FOX_SENTENCE), normalise(default.text)) <= 0.25
+
+
+def _text(output) -> str:
+    return "".join(s.text for s in output.segments)

@@ -13,9 +13,14 @@ is thread-safe, the most urgent first (a sync request goes before the next part 
   ``transcribe`` call; each segment becomes a ``delta`` event when the client streams, and
   (jobs) a progress update (:mod:`.service`).
 * **Long jobs** fan out (:mod:`.coordinator`). The job's task thread is the *coordinator*: it
-  cuts the file into ranges ending at pauses (:mod:`.planning`), stores the plan and the list of
-  pending parts (:mod:`inferq.audio`), sends one helper task per part on the model's queue, and
-  starts one local *puller* thread (:mod:`.parts`). A puller (local, or on any worker that
+  plans the parts (:mod:`.planning`): a handler that plans windows
+  (:class:`handlers.base.WindowPlanningSpeechModel`, both Whisper handlers) runs its VAD once
+  over the whole file, and consecutive windows (each <= 30 s, never cutting speech) are
+  grouped into parts of at most ``AUDIO_CHUNK_SEC``, each part decoding exactly its windows
+  (no VAD of its own, so no part boundary cuts speech); any other handler's file is cut into
+  ranges ending at pauses. It stores the plan and the list of pending parts
+  (:mod:`inferq.audio`), sends one helper task per part on the model's queue, and starts one
+  local *puller* thread (:mod:`.parts`). A puller (local, or on any worker that
   received a helper task: at most one per job and worker) claims a pending part (with a window
   batcher: whenever the batcher is hungry; else once it holds the model's gate), transcribes
   that range (timestamps stay absolute), records the result

@@ -3,6 +3,7 @@ model, publishes progress, merges the parts."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -10,12 +11,12 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handlers.base import Cancelled
+from handlers.base import Cancelled, plans_windows
 from inferq import audio as a
 from inferq import protocol as p
 from inferq.errors import ServiceError
 from inferq.openai.transcripts import TranscriptionJob
-from workers.audio.planning import TAIL_SLACK_SEC, plan_ranges
+from workers.audio.planning import TAIL_SLACK_SEC, group_windows, plan_ranges
 from workers.audio.transcribe import progress, render_body
 from workers.jobs import JobContext
 
@@ -64,13 +65,19 @@ class Coordinator:
             log.info("job %s: resuming %d parts", self.job_id, len(plan["ranges"]))
             return plan
         chunk_s = self.service.settings.audio_chunk_sec
-        ranges = [list(r) for r in plan_ranges(self.path, self.duration, chunk_s)]
-        ranges[-1][1] = round(self.duration + TAIL_SLACK_SEC, 3)
-        plan = {
-            "ranges": ranges,
-            "duration": self.duration,
-            "coordinator": self.service.worker_name(),
-        }
+        handler = self.model.handler
+        plan: dict[str, Any] = {}
+        if plans_windows(handler):  # the file's windows, once; parts are groups of them
+            takes_vad = "vad" in inspect.signature(handler.plan_windows).parameters
+            vad = {"vad": self.job.vad} if self.job.vad and takes_vad else {}
+            windows = handler.plan_windows(str(self.path), **vad)
+            found, groups = group_windows(windows, self.duration, chunk_s)
+            ranges = [list(r) for r in found]
+            plan["windows"] = [[list(w) for w in group] for group in groups]
+        else:
+            ranges = [list(r) for r in plan_ranges(self.path, self.duration, chunk_s)]
+        ranges[-1][1] = round(max(ranges[-1][1], self.duration) + TAIL_SLACK_SEC, 3)
+        plan.update(ranges=ranges, duration=self.duration, coordinator=self.service.worker_name())
         ttl = max(60, int(self.client.ttl(p.job_key(self.job_id))))
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.parts_key, mapping={"plan": p.dumps(plan), "total": len(ranges), "done": 0})
@@ -80,11 +87,12 @@ class Coordinator:
         pipe.expire(self.pending_key, ttl)
         pipe.execute()
         log.info(
-            "job %s: %.1f s of audio in %d parts at %s",
+            "job %s: %.1f s of audio in %d parts at %s%s",
             self.job_id,
             self.duration,
             len(ranges),
             ", ".join(f"{r[0]:.1f}" for r in ranges),
+            f" ({sum(map(len, plan['windows']))} windows)" if "windows" in plan else "",
         )
         return plan
 

@@ -53,6 +53,7 @@ class Puller:
         self.model = model
         self.job = job
         self.ranges = plan["ranges"]
+        self.windows = plan.get("windows")  # each part's windows, or None: the part's VAD
         self.cancel_event = cancel_event
         self.priority = priority
         self.worker = service.worker_name()
@@ -124,6 +125,7 @@ class Puller:
                 cancel_event=self.cancel_event,
                 on_segment=lambda _segment: self.check(),
                 clip=(start, end),
+                windows=None if self.windows is None else self.windows[index],
                 window_submit=submitter.submit if submitter is not None else None,
             )
             field, value = "r", p.dumps(part_result(result, logprobs=self.job.logprobs))

@@ -1,7 +1,10 @@
-"""Where a long file is cut: ranges of about ``AUDIO_CHUNK_SEC`` ending at pauses."""
+"""Where a long file is cut into parts: groups of the handler's windows (planned once for
+the whole file), else, for a handler that does not plan windows, ranges of about
+``AUDIO_CHUNK_SEC`` ending at pauses."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from handlers.base import InvalidInput
@@ -38,6 +41,31 @@ def plan_ranges(path: str | Path, duration: float, chunk_s: float) -> list[tuple
         cuts.append(round(cut, 3))
         previous = cut
     return chunk_ranges(duration, cuts)
+
+
+def group_windows(
+    windows: list[tuple[float, float]], duration: float, chunk_s: float
+) -> tuple[list[tuple[float, float]], list[list[tuple[float, float]]]]:
+    """Consecutive ``windows`` (seconds, in order, not overlapping) grouped into parts of at
+    most ``chunk_s`` seconds from the start of their first window to the end of their last
+    (a part holds one window at least): ``(ranges, windows_of_each_part)``.
+
+    The ranges cover ``[0, end]`` end to end (``end``: ``duration``, or the last window's
+    end if later), each cut in the middle of the pause between two parts' windows, so each
+    range holds its part's windows whole (progress counts seconds of the file) and no
+    window lies across two ranges. No window (silence): one part, the whole file, none."""
+    end = max([duration, *(w[1] for w in windows)])
+    if not windows:
+        return [(0.0, end)], [[]]
+    groups: list[list[tuple[float, float]]] = [[windows[0]]]
+    for window in windows[1:]:
+        if window[1] - groups[-1][0][0] <= chunk_s:
+            groups[-1].append(window)
+        else:
+            groups.append([window])
+    cuts = [(before[-1][1] + after[0][0]) / 2 for before, after in itertools.pairwise(groups)]
+    bounds = [0.0, *cuts, end]
+    return list(itertools.pairwise(bounds)), groups
 
 
 def probe_duration(path: Path) -> float:

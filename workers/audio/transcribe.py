@@ -25,10 +25,12 @@ def transcribe(
     on_segment: Callable[[SpeechSegment], None] | None = None,
     clip: tuple[float, float] | None = None,
     window_submit: Any = None,
+    windows: list[list[float]] | None = None,
 ) -> SpeechResult:
     """``handler.transcribe`` with the job's options; ``on_segment`` only where it is taken;
     ``window_submit`` (a window batcher's :class:`~workers.audio.batcher.Submitter`'s
-    ``submit``) only for a handler that batches windows."""
+    ``submit``) only for a handler that batches windows; ``windows`` (a part's planned
+    windows) only for a handler that plans them."""
     handler = model.handler
     kwargs: dict[str, Any] = {
         "language": job.language,
@@ -46,6 +48,8 @@ def transcribe(
         kwargs["vad"] = job.vad
     if window_submit is not None:
         kwargs["window_submit"] = window_submit
+    if windows is not None:
+        kwargs["windows"] = [(float(start), float(end)) for start, end in windows]
     return handler.transcribe(str(path), **kwargs)
 
 
