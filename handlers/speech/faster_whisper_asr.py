@@ -144,6 +144,7 @@ class FasterWhisperASR(SpeechHandler):
         pieces = [w.samples for w in windows]
         starts = np.cumsum([0] + [len(x) for x in pieces])
         self.pipeline.temperatures = options.temperatures
+        self.pipeline.cancel_event = cancel_event
         generated, info = self.pipeline.transcribe(
             np.concatenate(pieces).astype(np.float32, copy=False),
             language=options.language or ("en" if not self.multilingual else None),

@@ -26,19 +26,22 @@ from math import ceil
 from faster_whisper import BatchedInferencePipeline
 from faster_whisper.transcribe import get_compression_ratio
 
+from handlers.base import check_cancelled
 from handlers.speech.fallback import more_likely, needs_retry
 from handlers.speech.windows import TIME_PRECISION, window_pieces
 
 
 class WindowPipeline(BatchedInferencePipeline):
     """One instance per model, used by one thread at a time (the model's window batcher, or
-    the caller of a handler outside a worker): set :attr:`temperatures` before ``transcribe``;
+    the caller of a handler outside a worker): set :attr:`temperatures` (and
+    :attr:`cancel_event`, checked before each hotter retry) before ``transcribe``;
     :attr:`used_temperatures` then holds the temperature each window's result came from, and
     :attr:`tries` how many temperatures each window was decoded at."""
 
     def __init__(self, model):
         super().__init__(model)
         self.temperatures: tuple[float, ...] = (0.0,)
+        self.cancel_event = None  # checked before each hotter retry (set with temperatures)
         self.used_temperatures: list[float] = []
         self.tries: list[int] = []
 
@@ -70,6 +73,7 @@ class WindowPipeline(BatchedInferencePipeline):
         encoded = encoder_output
         for temperature in self.temperatures:
             if rows != list(range(len(prompts))):  # a retry: encode only the windows retried
+                check_cancelled(self.cancel_event)
                 encoded = self.model.encode(features[rows])
             outputs = self._generate(
                 encoded, [prompts[r] for r in rows], options, temperature, max_length

@@ -208,3 +208,33 @@ def test_faster_whisper_samples_at_a_positive_temperature(faster_tiny_en, fox_wa
 
 def _text(output) -> str:
     return "".join(s.text for s in output.segments)
+
+
+class _SetAfterChecks(threading.Event):
+    """A cancel event that reads as set from its ``n + 1``-th check on (a cancel arriving
+    while the first temperature is decoded)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.checks = n, 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks > self.n
+
+
+def test_faster_whisper_ladder_stops_before_a_hotter_retry_once_cancelled(
+    faster_tiny_en, fox_wav, german_wav
+):
+    from handlers.speech.fallback import FALLBACK_TEMPERATURES
+    from handlers.speech.pipeline import AudioWindow, WindowOptions
+    from handlers.speech.vad import Window
+
+    audios = [decode_audio(str(path)) for path in (fox_wav, german_wav)]
+    options = WindowOptions("transcribe", "en", tuple(FALLBACK_TEMPERATURES), None, False)
+    windows = [AudioWindow(audio, Window(0, len(audio))) for audio in audios]
+    cancel = _SetAfterChecks(1)  # passes the check before the batch, not the one before a retry
+    with pytest.raises(Cancelled):
+        faster_tiny_en.decode_windows(options, windows, cancel)
+    assert faster_tiny_en.pipeline.tries == [1, 1]  # the German window was not decoded again
+    assert cancel.checks == 2
