@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
+from inferq.devstack import stop
+
 USER_MODULE = '''
 """acme_models: one handler per family, written from inferq's handlers/base.py protocols."""
 import hashlib
@@ -160,7 +162,7 @@ def expected_vector(text: str, dim: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def acme(stack, tmp_path_factory):
-    """An API and a worker on a catalog holding only the user's models."""
+    """An API and a worker on a catalog holding only the user's models (stopped after)."""
     folder: Path = tmp_path_factory.mktemp("acme")
     (folder / "acme_models.py").write_text(USER_MODULE)
     catalog = {
@@ -180,11 +182,17 @@ def acme(stack, tmp_path_factory):
         "MODEL_CONFIG_PATH": str(folder / "models.yaml"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
     }
-    stack.start_worker(list(MODELS), **env)
+    worker = stack.start_worker(list(MODELS), **env)
     base = stack.start_api(**env)
+    api = stack.procs[-1]
     import openai
 
-    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+    yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+    # Its catalog holds only the user's models: left running, this worker would take the
+    # shared control queue's batch tasks of later tests and judge their models unknown.
+    for proc in (worker, api):
+        stop(proc)
+        stack.procs.remove(proc)
 
 
 def test_the_users_embedder_is_served_with_its_own_vectors(acme):
