@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 import openai
 
-from bench.embeddings import MODEL, corpus, in_process, percentile
+from bench.embeddings import MODEL, corpus, in_process
+from bench.load import percentile
 from bench.stack import RESULTS, one_worker_stack
 
 LINES = int(os.environ.get("BENCH_BATCH_LINES", "10000"))

@@ -15,11 +15,11 @@ import asyncio
 import os
 import random
 import statistics
-import time
 from pathlib import Path
 
 import httpx
 
+from bench.load import drive, percentile, timed
 from bench.peer import infinity, infinity_bin
 from bench.stack import RESULTS, one_worker_stack
 from inferq.devstack import ROOT
@@ -41,11 +41,6 @@ def corpus(n: int = 2048, seed: int = 0) -> list[str]:
         " ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 48))).capitalize() + "."
         for _ in range(n)
     ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def bench_dtype() -> str:
@@ -71,16 +66,8 @@ def in_process(texts: list[str], *, repeats: int = 3, single_runs: int = 200) ->
         max_batch_size=settings.embed_max_batch_size,
     )
     handler.embed(texts[:64])  # warm-up
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        handler.embed(texts)
-        runs.append(time.perf_counter() - started)
-    singles = []
-    for i in range(single_runs):
-        started = time.perf_counter()
-        handler.embed([texts[i % len(texts)]])
-        singles.append(time.perf_counter() - started)
+    runs = timed(lambda _: handler.embed(texts), repeats)
+    singles = timed(lambda i: handler.embed([texts[i % len(texts)]]), single_runs)
     return {
         "dtype": str(handler.dtype).removeprefix("torch."),
         "texts_per_s": len(texts) / statistics.median(runs),
@@ -89,33 +76,11 @@ def in_process(texts: list[str], *, repeats: int = 3, single_runs: int = 200) ->
     }
 
 
-async def _throughput(
-    base: str,
-    texts: list[str],
-    clients: int,
-    per_request: int,
-    *,
-    path: str = "/v1/embeddings",
-    model: str = MODEL,
-) -> float:
-    requests = [texts[i : i + per_request] for i in range(0, len(texts), per_request)]
-    queue: asyncio.Queue = asyncio.Queue()
-    for chunk in requests:
-        queue.put_nowait(chunk)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as client:
-
-        async def worker() -> None:
-            while not queue.empty():
-                chunk = queue.get_nowait()
-                response = await client.post(
-                    path, json={"model": model, "input": chunk, "encoding_format": "base64"}
-                )
-                response.raise_for_status()
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        return time.perf_counter() - started
+def _bodies(texts: list[str], per_request: int, model: str) -> list[dict]:
+    return [
+        {"model": model, "input": texts[i : i + per_request], "encoding_format": "base64"}
+        for i in range(0, len(texts), per_request)
+    ]
 
 
 def through_stack(
@@ -178,20 +143,16 @@ def _drive(
 ) -> dict:
     """Throughput of ``clients`` x ``per_request`` texts (median of ``repeats``), then one-text
     latency over ``single_runs`` sequential requests."""
-    load = {"path": path, "model": model}
-    asyncio.run(_throughput(base, texts[:256], clients, per_request, **load))  # warm-up
-    walls = [
-        asyncio.run(_throughput(base, texts, clients, per_request, **load)) for _ in range(repeats)
-    ]
-    singles = []
+    asyncio.run(drive(base, path, _bodies(texts[:256], per_request, model), clients))  # warm-up
+    bodies = _bodies(texts, per_request, model)
+    walls = [asyncio.run(drive(base, path, bodies, clients)) for _ in range(repeats)]
     with httpx.Client(base_url=base, timeout=60) as client:
-        for i in range(single_runs):
-            started = time.perf_counter()
-            client.post(
-                path,
-                json={"model": model, "input": texts[i % len(texts)], "encoding_format": "base64"},
-            ).raise_for_status()
-            singles.append(time.perf_counter() - started)
+
+        def one(i: int) -> None:
+            body = {"model": model, "input": texts[i % len(texts)], "encoding_format": "base64"}
+            client.post(path, json=body).raise_for_status()
+
+        singles = timed(one, single_runs)
     return {
         "texts_per_s": len(texts) / statistics.median(walls),
         "one_text_p50_ms": 1000 * statistics.median(singles),

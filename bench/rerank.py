@@ -17,13 +17,13 @@ import asyncio
 import os
 import random
 import statistics
-import time
 from pathlib import Path
 
 import httpx
 import yaml
 
-from bench.embeddings import bench_dtype, corpus, percentile
+from bench.embeddings import bench_dtype, corpus
+from bench.load import drive, percentile, timed
 from bench.stack import RESULTS, one_worker_stack
 from inferq.devstack import ROOT
 
@@ -59,16 +59,8 @@ def in_process(requests, *, repeats: int, single_runs: int) -> dict:
     )
     pairs = [(q, d) for q, docs in requests for d in docs]
     handler.score(pairs[:64])  # warm-up
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        handler.score(pairs)
-        runs.append(time.perf_counter() - started)
-    singles = []
-    for i in range(single_runs):
-        started = time.perf_counter()
-        handler.score([pairs[i % len(pairs)]])
-        singles.append(time.perf_counter() - started)
+    runs = timed(lambda _: handler.score(pairs), repeats)
+    singles = timed(lambda i: handler.score([pairs[i % len(pairs)]]), single_runs)
     return {
         "dtype": str(handler.dtype).removeprefix("torch."),
         "pairs_per_s": len(pairs) / statistics.median(runs),
@@ -76,27 +68,11 @@ def in_process(requests, *, repeats: int, single_runs: int) -> dict:
     }
 
 
-async def _throughput(base: str, requests, clients: int) -> float:
-    queue: asyncio.Queue = asyncio.Queue()
-    for item in requests:
-        queue.put_nowait(item)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as client:
-
-        async def worker() -> None:
-            while not queue.empty():
-                query, docs = queue.get_nowait()
-                body = {
-                    "model": MODEL,
-                    "query": query,
-                    "documents": docs,
-                    "return_documents": False,
-                }
-                (await client.post("/v1/rerank", json=body)).raise_for_status()
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        return time.perf_counter() - started
+def _bodies(requests) -> list[dict]:
+    return [
+        {"model": MODEL, "query": query, "documents": docs, "return_documents": False}
+        for query, docs in requests
+    ]
 
 
 def through_stack(requests, *, clients: int, repeats: int, single_runs: int) -> dict:
@@ -121,16 +97,17 @@ def through_stack(requests, *, clients: int, repeats: int, single_runs: int) -> 
         worker_env={"MODEL_DTYPE": bench_dtype()},
     ) as stack:
         served = {m["id"]: m for m in httpx.get(f"{stack.base}/v1/models").json()["data"]}
-        asyncio.run(_throughput(stack.base, requests[:32], clients))  # warm-up
-        walls = [asyncio.run(_throughput(stack.base, requests, clients)) for _ in range(repeats)]
-        singles = []
-        with httpx.Client(base_url=stack.base, timeout=60) as client:
-            for i in range(single_runs):
+        base, bodies = stack.base, _bodies(requests)
+        asyncio.run(drive(base, "/v1/rerank", bodies[:32], clients))  # warm-up
+        walls = [asyncio.run(drive(base, "/v1/rerank", bodies, clients)) for _ in range(repeats)]
+        with httpx.Client(base_url=base, timeout=60) as client:
+
+            def one(i: int) -> None:
                 query, docs = requests[i % len(requests)]
                 body = {"model": MODEL, "query": query, "documents": docs[:1]}
-                started = time.perf_counter()
                 client.post("/v1/rerank", json=body).raise_for_status()
-                singles.append(time.perf_counter() - started)
+
+            singles = timed(one, single_runs)
     pairs = sum(len(docs) for _, docs in requests)
     return {
         "dtype": served[MODEL].get("dtype"),

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from handlers.base import Family, check_cancelled
 from handlers.dtype import resolve_dtype
-from handlers.tokens import RowTokenizer, Tokenized, pad
+from handlers.tokens import RowTokenizer, Tokenized
 
 # Encoders whose tokenizer reports no real limit fall back to this.
 _FALLBACK_MAX_LENGTH = 512
@@ -72,10 +72,8 @@ class HFEmbeddingModel:
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
         # Fast tokenizers are not thread-safe (each call reconfigures padding and truncation):
-        # the callers' threads tokenise on a copy of their own (handlers/tokens.py); a forward
-        # pass given raw texts (which may come from two threads) takes turns on the original.
+        # tokenising goes through a copy of its own, under its lock (handlers/tokens.py).
         self._rows = RowTokenizer(self.tokenizer, self.max_length)
-        self._encoding_lock = threading.Lock()
 
     def _resolve_max_length(self, source: str, configured: int | None) -> int:
         if configured:
@@ -119,22 +117,8 @@ class HFEmbeddingModel:
     def embed_batch(self, texts: Sequence[str] | Sequence[Tokenized]) -> np.ndarray:
         """One forward pass over ``texts`` (raw, or rows of :meth:`tokenize`; the caller sizes
         the batch)."""
-        if texts and isinstance(texts[0], Tokenized):
-            inputs = pad(
-                texts,
-                pad_id=self.tokenizer.pad_token_id or 0,
-                left=self.tokenizer.padding_side == "left",
-                device=self.device,
-            )
-        else:
-            with self._encoding_lock:
-                inputs = self.tokenizer(
-                    list(texts),
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
+        rows = texts if texts and isinstance(texts[0], Tokenized) else self.tokenize(list(texts))
+        inputs = self._rows.pad(rows, self.device)
         hidden = self.model(**inputs).last_hidden_state
         mask = inputs["attention_mask"]
         if self.pooling == "cls":

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from handlers.base import Family, RerankResult
 from handlers.dtype import resolve_dtype
 from handlers.embedding import run_in_length_batches
-from handlers.tokens import RowTokenizer, Tokenized, pad
+from handlers.tokens import RowTokenizer, Tokenized
 
 # Cross-encoders are trained on short passages; longer limits only cost memory.
 _DEFAULT_MAX_LENGTH = 512
@@ -67,17 +67,9 @@ class HFRerankModel:
         self.max_length = min(int(v) for v in limits if v and v < 1_000_000)
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
-        # Fast tokenizers are not thread-safe: the callers' threads tokenise on a copy of their
-        # own (handlers/tokens.py); a forward pass given raw pairs takes turns on the original.
+        # Fast tokenizers are not thread-safe: tokenising goes through a copy of its own, under
+        # its lock (handlers/tokens.py).
         self._rows = RowTokenizer(self.tokenizer, self.max_length)
-        self._encoding_lock = threading.Lock()
-
-    def _encode(self, pairs: Sequence[tuple[str, str]], **kwargs: Any):
-        queries = [q for q, _ in pairs]
-        documents = [d for _, d in pairs]
-        return self.tokenizer(
-            queries, documents, truncation="only_second", max_length=self.max_length, **kwargs
-        )
 
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[Tokenized]:
         """Each pair's token ids after truncation, for :meth:`score_batch` (which then only
@@ -97,16 +89,8 @@ class HFRerankModel:
     def score_batch(self, pairs: Sequence[tuple[str, str]] | Sequence[Tokenized]) -> np.ndarray:
         """One forward pass over ``pairs`` (raw, or rows of :meth:`tokenize`; the caller sizes
         the batch): a score per pair."""
-        if pairs and isinstance(pairs[0], Tokenized):
-            inputs = pad(
-                pairs,
-                pad_id=self.tokenizer.pad_token_id or 0,
-                left=self.tokenizer.padding_side == "left",
-                device=self.device,
-            )
-        else:
-            with self._encoding_lock:
-                inputs = self._encode(pairs, padding=True, return_tensors="pt").to(self.device)
+        rows = pairs if pairs and isinstance(pairs[0], Tokenized) else self.tokenize(pairs)
+        inputs = self._rows.pad(rows, self.device)
         logits = self.model(**inputs).logits.float()
         if self.num_labels == 1:
             scores = torch.sigmoid(logits[:, 0])

@@ -55,6 +55,15 @@ class RowTokenizer:
             return [Tokenized(row) for row in ids]
         return [Tokenized(row, kinds) for row, kinds in zip(ids, types, strict=True)]
 
+    def pad(self, rows: Sequence[Tokenized], device: torch.device) -> dict[str, torch.Tensor]:
+        """:func:`pad` with this tokenizer's pad token and padding side."""
+        return pad(
+            rows,
+            pad_id=self.tokenizer.pad_token_id or 0,
+            left=self.tokenizer.padding_side == "left",
+            device=device,
+        )
+
 
 def pad(
     rows: Sequence[Tokenized], *, pad_id: int, left: bool, device: torch.device

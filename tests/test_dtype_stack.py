@@ -12,20 +12,8 @@ import torch
 from handlers.dtype import auto_dtype
 from handlers.embedding import HFEmbeddingModel
 from handlers.rerank import HFRerankModel
-
-TEXTS = [
-    "The cat sits on the mat.",
-    "Quarterly revenue grew by twelve percent, driven by strong demand in Europe and Asia.",
-    "hello",
-    "Please remember to close the window before you leave the house, it may storm tonight.",
-]
-QUERY = "How do plants make food from sunlight?"
-DOCUMENTS = [
-    "Photosynthesis lets plants turn light, water and carbon dioxide into sugar.",
-    "The stock market fell sharply on Monday after weak earnings reports.",
-    "Chlorophyll in leaves absorbs sunlight to power the making of glucose.",
-    "Football fans gathered downtown to watch the final.",
-]
+from tests.dtype_support import DOCUMENTS, QUERY
+from tests.dtype_support import SENTENCES as TEXTS
 
 
 @pytest.fixture(scope="module")

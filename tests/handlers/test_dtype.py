@@ -11,6 +11,7 @@ import torch
 from handlers.dtype import auto_dtype, cpu_has_bf16_units, resolve_dtype
 from handlers.embedding import HFEmbeddingModel
 from handlers.rerank import HFRerankModel
+from tests.dtype_support import DOCUMENTS, QUERY, SENTENCES
 from tests.handlers.chat_inputs import CAPITAL, greedy
 
 AVX2_EPYC = ["fpu", "sse", "sse2", "avx", "f16c", "fma", "avx2", "bmi2", "vaes", "vpclmulqdq"]
@@ -71,17 +72,6 @@ def test_named_dtypes_override_auto_and_unknown_names_fail():
 
 # ------------------------------------------------------------------- bf16 against fp32, real
 
-SENTENCES = [
-    "The cat sits on the mat.",
-    "A quick brown fox jumps over the lazy dog near the river bank.",
-    "Quarterly revenue grew by twelve percent, driven by strong demand in Europe and Asia.",
-    "hello",
-    "Machine learning models turn text into vectors that capture meaning.",
-    "The weather today is cloudy with a chance of rain in the afternoon.",
-    "Please remember to close the window before you leave the house, it may storm tonight.",
-    "Embeddings",
-]
-
 
 def test_bf16_minilm_embeddings_match_fp32(minilm_dir):
     fp32 = HFEmbeddingModel(str(minilm_dir), "cpu", torch_dtype="float32")
@@ -97,19 +87,6 @@ def test_bf16_minilm_embeddings_match_fp32(minilm_dir):
     # padding changes nothing either: a text alone and in a batch of longer ones
     alone = bf16.embed_batch([SENTENCES[3]])
     assert float((alone[0] * vectors[3]).sum()) >= 0.999
-
-
-QUERY = "How do plants make food from sunlight?"
-DOCUMENTS = [
-    "Photosynthesis lets plants turn light, water and carbon dioxide into sugar.",
-    "The stock market fell sharply on Monday after weak earnings reports.",
-    "Chlorophyll in leaves absorbs sunlight to power the making of glucose.",
-    "My favourite football team lost the match last night.",
-    "Plants need sunlight, water and nutrients from the soil to grow.",
-    "A recipe for chocolate cake with three eggs and a cup of sugar.",
-    "Solar panels convert sunlight into electricity for homes.",
-    "Roots take up water that leaves use together with light to make food.",
-]
 
 
 def test_bf16_rerank_keeps_the_order_of_fp32(tiny_embedders):
