@@ -3,6 +3,7 @@ parts of consecutive lines of one model."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,36 @@ from inferq.catalog import Catalog
 from inferq.settings import Settings
 
 MAX_REPORTED_ERRORS = 100
+
+
+class ModelNames:
+    """Which model a batch line names: this worker's catalog first, then the models any
+    worker sharing this Redis announced (``MODEL_INFO_KEY``, read once, on the first name the
+    catalog lacks). Any worker plans any batch, and during a rolling deploy workers of one
+    Redis need not share a catalog: a model only newer workers serve is still served."""
+
+    def __init__(self, catalog: Catalog, read_announced: Callable[[], dict[str, dict]]):
+        self.catalog = catalog
+        self._read_announced = read_announced
+        self._announced: dict[str, str] | None = None  # name or unique repo id -> name
+
+    def resolve(self, name: str) -> str | None:
+        entry = self.catalog.get(name)
+        if entry is not None:
+            return entry.name
+        if self._announced is None:
+            self._announced = _names_of(self._read_announced())
+        return self._announced.get(name)
+
+
+def _names_of(announced: dict[str, dict]) -> dict[str, str]:
+    by_repo: dict[str, list[str]] = {}
+    for model, info in announced.items():
+        if repo := info.get("hf_repo_id"):
+            by_repo.setdefault(repo, []).append(model)
+    names = {repo: models[0] for repo, models in by_repo.items() if len(models) == 1}
+    names.update({model: model for model in announced})
+    return names
 
 
 @dataclass
@@ -46,7 +77,7 @@ def _line_inputs(endpoint: str, body: dict[str, Any], settings: Settings) -> int
 
 
 def _check_line(
-    raw: bytes, number: int, endpoint: str, seen: set[str], catalog: Catalog
+    raw: bytes, number: int, endpoint: str, seen: set[str], names: ModelNames
 ) -> tuple[str, dict[str, Any]]:
     """(model name, body) of a valid line, else ValueError(code, message, param)."""
     try:
@@ -74,15 +105,15 @@ def _check_line(
     body = line.get("body")
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise ValueError("invalid_body", f"line {number}: 'body' needs a 'model'", "body")
-    entry = catalog.get(body["model"])
-    if entry is None:
+    model = names.resolve(body["model"])
+    if model is None:
         raise ValueError(
             "model_not_found", f"line {number}: model '{body['model']}' is not served", "body.model"
         )
-    return entry.name, body
+    return model, body
 
 
-def make_plan(blobs: Blobs, record: dict[str, str], catalog: Catalog, settings: Settings) -> Plan:
+def make_plan(blobs: Blobs, record: dict[str, str], names: ModelNames, settings: Settings) -> Plan:
     """Validate every line (streaming) and cut the file into parts of consecutive lines."""
     plan, seen = Plan(), set()
     endpoint = record["endpoint"]
@@ -104,7 +135,7 @@ def make_plan(blobs: Blobs, record: dict[str, str], catalog: Catalog, settings: 
             )
             break
         try:
-            model, body = _check_line(raw, number, endpoint, seen, catalog)
+            model, body = _check_line(raw, number, endpoint, seen, names)
         except ValueError as exc:
             code, message, param = exc.args
             if len(plan.errors) < MAX_REPORTED_ERRORS:

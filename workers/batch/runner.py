@@ -13,7 +13,7 @@ from inferq import protocol as p
 from inferq.catalog import Catalog
 from inferq.settings import Settings
 from workers.batch.finalizing import Finalizer
-from workers.batch.planning import make_plan
+from workers.batch.planning import ModelNames, make_plan
 from workers.batch.running import PartRunner
 from workers.batch.store import BatchStore
 
@@ -42,6 +42,10 @@ class BatchRunner:
         self.sweep = self.finalizer.sweep
         self.finalize = self.finalizer.finalize
 
+    def _announced_models(self) -> dict[str, dict]:
+        raw = self.store.redis.hgetall(p.MODEL_INFO_KEY)
+        return {k.decode(): p.loads(v) for k, v in raw.items()}
+
     def plan(self, batch_id: str) -> None:
         record = self.store.record(batch_id)
         if not record:
@@ -55,7 +59,8 @@ class BatchRunner:
             return
         if record["status"] != b.BatchStatus.VALIDATING:
             return  # planned already (a redelivery)
-        plan = make_plan(self.store.blobs, record, self._catalog_loader(), self.settings)
+        names = ModelNames(self._catalog_loader(), self._announced_models)
+        plan = make_plan(self.store.blobs, record, names, self.settings)
         key = b.batch_key(batch_id)
         if plan.errors:
             self.store.redis.hset(
