@@ -75,7 +75,8 @@ def _bodies(requests) -> list[dict]:
     ]
 
 
-def through_stack(requests, *, clients: int, repeats: int, single_runs: int) -> dict:
+def stack_env() -> dict[str, str]:
+    """The environment of a stack whose catalog serves the benchmark's reranker."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     catalog = RESULTS / "rerank-catalog"
     catalog.mkdir(exist_ok=True)
@@ -87,13 +88,16 @@ def through_stack(requests, *, clients: int, repeats: int, single_runs: int) -> 
         "local_dir": str(weights_dir()),
     }
     (catalog / "models.local.yaml").write_text(yaml.safe_dump({"models": [entry]}))
-    env = {"MODEL_CONFIG_PATH": str(catalog / "models.yaml")}
+    return {"MODEL_CONFIG_PATH": str(catalog / "models.yaml")}
+
+
+def through_stack(requests, *, clients: int, repeats: int, single_runs: int) -> dict:
     with one_worker_stack(
         "rerank",
         MODEL,
         port=8767,
         redis_db=9,
-        env=env,
+        env=stack_env(),
         worker_env={"MODEL_DTYPE": bench_dtype()},
     ) as stack:
         served = {m["id"]: m for m in httpx.get(f"{stack.base}/v1/models").json()["data"]}
