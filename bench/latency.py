@@ -18,6 +18,7 @@ import os
 import statistics
 import sys
 import time
+import uuid
 
 import httpx
 import redis
@@ -55,8 +56,9 @@ def main() -> int:
         for body in bodies[runs:]:  # warm-up
             client.post(route, json=body).raise_for_status()
         sent_at: dict[str, tuple[float, float]] = {}
+        run = uuid.uuid4().hex[:8]
         for i, body in enumerate(bodies[:runs]):
-            request_id = f"latency-{i}"
+            request_id = f"latency-{run}-{i}"  # the database may hold earlier runs' jobs
             sent = time.time()
             response = client.post(route, json=body, headers={"X-Request-ID": request_id})
             sent_at[request_id] = (sent, time.time())
