@@ -66,6 +66,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.messages = Gauge(
+            "inferq_queue_messages_sent",
+            "Celery messages this API process put on a model's queue, and the jobs they "
+            "carried (interactive embeddings/rerank jobs submitted together share one).",
+            ["model", "what"],
+            registry=self.registry,
+        )
+
     async def refresh(self, queue) -> None:
         """Read the deployment-wide numbers from Redis."""
         pipe = queue.redis.pipeline(transaction=False)
@@ -85,6 +93,10 @@ class Metrics:
         counts = await queue.worker_counts()
         for entry in entries:
             self.workers.labels(entry.name).set(counts.get(entry.name, 0))
+        for entry in entries:
+            messages, jobs = queue.publisher.sent.get(p.queue_name(entry.name), (0, 0))
+            self.messages.labels(entry.name, "messages").set(messages)
+            self.messages.labels(entry.name, "jobs").set(jobs)
         for field, value in stats.items():
             endpoint, model, status = field.decode().split("|", 2)
             self.jobs.labels(endpoint, model, status).set(int(value))

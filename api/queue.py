@@ -20,6 +20,7 @@ import redis.exceptions
 from celery import Celery
 
 from api.metrics import note_model
+from api.publisher import Publisher
 from inferq import protocol as p
 from inferq.catalog import Catalog, ModelEntry
 from inferq.errors import ServiceError, model_not_found, no_live_worker, server_shutting_down
@@ -65,6 +66,7 @@ class JobQueue:
                 transport_options=broker_transport_options(settings),
             )
         )
+        self.publisher = Publisher(self.celery, settings.publish_coalesce_max)
         self.notify_channel = f"{p.PREFIX}:notify:{instance_name('api')}"
         self._cancel = self.redis.register_script(p.CANCEL_SCRIPT)
         self._waiters: dict[str, asyncio.Future] = {}
@@ -104,10 +106,10 @@ class JobQueue:
             try:
                 await pubsub.subscribe(self.notify_channel)
                 async for message in pubsub.listen():
-                    job_id, _, status = message["data"].decode().partition(" ")
+                    job_id, status, result = p.parse_notification(message["data"])
                     future = self._waiters.get(job_id)
                     if future is not None and not future.done():
-                        future.set_result(status)
+                        future.set_result((status, result))
             except (
                 redis.exceptions.ConnectionError,
                 redis.exceptions.TimeoutError,
@@ -233,14 +235,13 @@ class JobQueue:
         if sync and wait:
             self._waiters[job_id] = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.to_thread(
-                self.celery.send_task,
+            await self.publisher.publish(
                 p.TASK_NAMES[endpoint],
-                args=[job_id],
-                queue=p.queue_name(entry.name),
-                priority=int(priority),
-                headers={"request_id": request_id},
-                retry=False,
+                p.queue_name(entry.name),
+                int(priority),
+                job_id,
+                request_id,
+                alone=not sync or endpoint not in p.COALESCED_ENDPOINTS,
             )
         except BaseException:
             self._waiters.pop(job_id, None)
@@ -273,7 +274,8 @@ class JobQueue:
         timeout: float,
         gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> dict[str, Any]:
-        """Block (asynchronously) until the job is terminal; returns its record.
+        """Block (asynchronously) until the job is terminal; returns its record (only id,
+        status and result when a small result came with the notification).
 
         ``gone`` (the request's ``is_disconnected``) is asked at every wake-up (at least once
         per ``POLL_FALLBACK_SEC``): a client that went away has its job cancelled, and
@@ -299,6 +301,13 @@ class JobQueue:
                         await asyncio.wait_for(
                             asyncio.shield(future), min(POLL_FALLBACK_SEC, remaining)
                         )
+                    if future.done() and future.result()[1] is not None:
+                        status, result = future.result()  # the result came with the notification
+                        return {
+                            p.JobField.ID: job_id.encode(),
+                            p.JobField.STATUS: status.encode(),
+                            p.JobField.RESULT: result,
+                        }
                 else:
                     await asyncio.sleep(min(POLL_FALLBACK_SEC, remaining))
                 record = await self.read(job_id)

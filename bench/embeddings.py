@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.load import drive, percentile, timed
+from bench.load import drive, jobs_per_message, percentile, queue_messages, timed
 from bench.peer import infinity, infinity_bin
 from bench.stack import RESULTS, one_worker_stack
 from inferq.devstack import ROOT
@@ -145,7 +145,9 @@ def _drive(
     latency over ``single_runs`` sequential requests."""
     asyncio.run(drive(base, path, _bodies(texts[:256], per_request, model), clients))  # warm-up
     bodies = _bodies(texts, per_request, model)
+    sent_before = queue_messages(base, model)
     walls = [asyncio.run(drive(base, path, bodies, clients)) for _ in range(repeats)]
+    per_message = jobs_per_message(sent_before, queue_messages(base, model))
     with httpx.Client(base_url=base, timeout=60) as client:
 
         def one(i: int) -> None:
@@ -159,6 +161,7 @@ def _drive(
         "one_text_p99_ms": 1000 * percentile(singles, 0.99),
         "clients": clients,
         "texts_per_request": per_request,
+        "jobs_per_message": per_message,
     }
 
 
@@ -194,7 +197,7 @@ def report(result: dict) -> str:
         f"dtype: in process {a['dtype']}, stack {s['dtype']}",
         f"(a) in-process handler: {a['texts_per_s']:8.1f} texts/s",
         f"(b) {load}: {s['texts_per_s']:8.1f} texts/s"
-        f" -> {result['b_over_a']:.3f} x (a)  [goal >= 0.75]",
+        f" -> {result['b_over_a']:.3f} x (a)  [goal >= 0.75]" + _per_message(s),
         f"(c) one text in-process: p50 {a['one_text_p50_ms']:6.2f} ms"
         f"  p99 {a['one_text_p99_ms']:6.2f} ms",
         f"    one text via stack:  p50 {s['one_text_p50_ms']:6.2f} ms"
@@ -216,3 +219,8 @@ def report(result: dict) -> str:
 
 def results_path() -> Path:
     return ROOT / "bench" / "results" / "embeddings.json"
+
+
+def _per_message(stack: dict) -> str:
+    per = stack.get("jobs_per_message")
+    return f"; {per:.2f} jobs per message" if per else ""

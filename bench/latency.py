@@ -1,4 +1,7 @@
-"""Where one sync embeddings request's latency goes: ``python -m bench.latency``.
+"""Where one sync request's latency goes: ``python -m bench.latency``.
+
+``BENCH_LATENCY_SUITE``: ``embeddings`` (one text, the default) or ``rerank`` (one query
+with one document, the rerank benchmark's reranker).
 
 Starts the embeddings benchmark's one-worker stack (``BENCH_DTYPE``, default ``auto``), sends
 ``BENCH_LATENCY_RUNS`` (default 100) one-text requests one after another, then reads each
@@ -15,6 +18,7 @@ import os
 import statistics
 import sys
 import time
+import uuid
 
 import httpx
 import redis
@@ -26,24 +30,37 @@ from inferq import protocol as p
 REDIS_DB = 9
 
 
+def requests(suite: str, n: int) -> tuple[str, str, list[dict], dict[str, str]]:
+    """The model, route, ``n`` one-input bodies and stack environment of ``suite``."""
+    if suite == "rerank":
+        from bench import rerank
+
+        bodies = [
+            {"model": rerank.MODEL, "query": query, "documents": docs[:1]}
+            for query, docs in rerank.workload(8 * n)
+        ]
+        return rerank.MODEL, "/v1/rerank", bodies, rerank.stack_env()
+    bodies = [{"model": MODEL, "input": t, "encoding_format": "base64"} for t in corpus(n)]
+    return MODEL, "/v1/embeddings", bodies, {}
+
+
 def main() -> int:
     runs = int(os.environ.get("BENCH_LATENCY_RUNS", "100"))
-    texts = corpus()
+    suite = os.environ.get("BENCH_LATENCY_SUITE", "embeddings")
+    model, route, bodies, env = requests(suite, runs + 20)
     worker_env = {"MODEL_DTYPE": bench_dtype()}
     with one_worker_stack(
-        "latency", MODEL, port=8769, redis_db=REDIS_DB, worker_env=worker_env
+        "latency", model, port=8769, redis_db=REDIS_DB, env=env, worker_env=worker_env
     ) as stack:
         client = httpx.Client(base_url=stack.base, timeout=60)
-        for text in texts[:20]:  # warm-up
-            client.post("/v1/embeddings", json={"model": MODEL, "input": text}).raise_for_status()
+        for body in bodies[runs:]:  # warm-up
+            client.post(route, json=body).raise_for_status()
         sent_at: dict[str, tuple[float, float]] = {}
-        for i, text in enumerate(texts[:runs]):
-            body = {"model": MODEL, "input": text, "encoding_format": "base64"}
-            request_id = f"latency-{i}"
+        run = uuid.uuid4().hex[:8]
+        for i, body in enumerate(bodies[:runs]):
+            request_id = f"latency-{run}-{i}"  # the database may hold earlier runs' jobs
             sent = time.time()
-            response = client.post(
-                "/v1/embeddings", json=body, headers={"X-Request-ID": request_id}
-            )
+            response = client.post(route, json=body, headers={"X-Request-ID": request_id})
             sent_at[request_id] = (sent, time.time())
             response.raise_for_status()
         url = os.environ.get("BENCH_REDIS_URL", f"redis://127.0.0.1:6379/{REDIS_DB}")
@@ -67,7 +84,7 @@ def main() -> int:
             ("total", received - sent),
         ):
             legs.setdefault(name, []).append(value)
-    print(f"dtype {bench_dtype()}, {len(jobs)} of {runs} one-text requests, one after another")
+    print(f"{suite}, dtype {bench_dtype()}, {len(jobs)} of {runs} one-input requests in a row")
     for name, values in legs.items():
         print(f"  {name:20s} p50 {1000 * statistics.median(values):7.2f} ms")
     return 0

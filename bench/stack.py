@@ -34,7 +34,8 @@ def one_worker_stack(
 ) -> Iterator[BenchStack]:
     """An API and a worker of ``model`` (logs in bench/results/``name``-*.log), stopped on exit.
     ``env`` goes to both processes, ``worker_env`` to the worker only.
-    ``BENCH_PORT`` and ``BENCH_REDIS_URL`` override the port and the Redis database."""
+    ``BENCH_PORT`` and ``BENCH_REDIS_URL`` override the port and the Redis database;
+    ``BENCH_WORKER_ENV`` (``"NAME=value NAME=value"``) adds to the worker's environment."""
     port = int(os.environ.get("BENCH_PORT", str(port)))
     redis_url = os.environ.get("BENCH_REDIS_URL", f"redis://127.0.0.1:6379/{redis_db}")
     env = {
@@ -47,8 +48,13 @@ def one_worker_stack(
     redis_proc = ensure_redis(redis_url)
     RESULTS.mkdir(parents=True, exist_ok=True)
     api = spawn("api", env, log_path=RESULTS / f"{name}-api.log")
+    extra = dict(
+        item.split("=", 1) for item in os.environ.get("BENCH_WORKER_ENV", "").split() if item
+    )
     worker = spawn(
-        "workers", {**env, **(worker_env or {})}, log_path=RESULTS / f"{name}-worker.log"
+        "workers",
+        {**env, **(worker_env or {}), **extra},
+        log_path=RESULTS / f"{name}-worker.log",
     )
     stack = BenchStack(base=f"http://127.0.0.1:{port}", api=api, worker=worker)
     try:

@@ -7,7 +7,8 @@ message finds everything it needs and a result is written once.
 
 State changes go through the Lua scripts below, so that "cancel" racing "start" or "finish"
 always has one winner. Each terminal transition publishes ``"<id> <status>"`` on the job's
-``notify`` channel (the API instance waiting for it) and on the job's event stream.
+``notify`` channel (the API instance waiting for it; a small result follows as
+``"<id> <status> <result>"``) and on the job's event stream.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ TASK_NAMES = {
     Endpoint.AUDIO_TRANSCRIPTIONS: "inferq.audio.transcriptions",
     Endpoint.AUDIO_TRANSLATIONS: "inferq.audio.translations",
 }
+
+# A task's arguments are job ids: ``(job_id, *more_job_ids)``. The API puts several
+# interactive jobs of one model and endpoint into one message when they arrive together
+# (``PUBLISH_COALESCE_MAX``); only these endpoints' tasks take more than one.
+COALESCED_ENDPOINTS = frozenset({Endpoint.EMBEDDINGS, Endpoint.RERANK})
 
 
 class Priority(IntEnum):
@@ -250,6 +256,18 @@ return redis.call('HMGET', KEYS[1], 'request', 'deliveries', 'priority', 'kind',
                   'endpoint', 'model', 'created_at')
 """
 
+# A result up to this size travels in the terminal notification too: ``"<id> <status>
+# <result>"``, so that the waiting API answers without reading it back (see FINISH_SCRIPT).
+NOTIFY_INLINE_MAX = 65536
+
+
+def parse_notification(data: bytes) -> tuple[str, str, bytes | None]:
+    """``(job id, status, inline result or None)`` of a terminal notification."""
+    job_id, _, rest = data.partition(b" ")
+    status, _, result = rest.partition(b" ")
+    return job_id.decode(), status.decode(), result or None
+
+
 # KEYS[1] job key, KEYS[2] (optional) its event stream, KEYS[3] (optional) the finished-jobs
 # counter hash; ARGV: status, now, default ttl, counter field ('' for none), field, value[,
 # field, value]. Counts the worker's outcome (in the same round trip), then finishes a queued
@@ -270,9 +288,17 @@ if KEYS[2] then
 end
 local id = redis.call('HGET', KEYS[1], 'id')
 local notify = redis.call('HGET', KEYS[1], 'notify')
-if notify and notify ~= '' then redis.call('PUBLISH', notify, id .. ' ' .. ARGV[1]) end
+if notify and notify ~= '' then
+  local message = id .. ' ' .. ARGV[1]
+  for i = 5, #ARGV, 2 do
+    if ARGV[i] == 'result' and #ARGV[i + 1] <= NOTIFY_INLINE_MAX then
+      message = message .. ' ' .. ARGV[i + 1]
+    end
+  end
+  redis.call('PUBLISH', notify, message)
+end
 return 1
-"""
+""".replace("NOTIFY_INLINE_MAX", str(NOTIFY_INLINE_MAX))
 
 # KEYS[1] job key, KEYS[2] (optional) its event stream; ARGV[1] now; ARGV[2] cancel channel;
 # ARGV[3] default ttl. Returns the status the job had before.

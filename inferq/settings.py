@@ -89,6 +89,14 @@ class Settings(BaseSettings):
         "`celery events`; they cost four Redis publishes per job. Flower switches the workers' "
         "events on by itself (its enable_events option), so it needs no setting here.",
     )
+    publish_coalesce_max: int = Field(
+        8,
+        ge=1,
+        description="Most interactive embeddings/rerank jobs of one model carried by one Celery "
+        "message: jobs submitted while the API is publishing the model's previous message go "
+        "out together in the next (each keeps its own record, cancel and result; a job alone "
+        "goes out at once). 1: one message per job.",
+    )
     max_deliveries: int = Field(
         3, description="A job whose worker died this many times is failed (poison job)."
     )

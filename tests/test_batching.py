@@ -220,3 +220,28 @@ def test_empty_submit_resolves_immediately(handler):
         assert batcher.submit([], []).result(1).shape == (0, handler.dim)
     finally:
         batcher.stop()
+
+
+def test_requests_with_the_same_texts_pending_together_each_get_their_vectors(handler):
+    """Pending inputs are told apart by identity: two tickets with equal inputs used to make
+    the pass planner compare their output arrays (ValueError) and kill the model thread."""
+    gate = threading.Event()
+    recording = Recording(handler, gate=gate)
+    # passes of one input: a ticket's longer text is planned after its shorter one, when the
+    # other tickets' shorter texts sort before it
+    batcher = _batcher(recording, batch_tokens=4096, max_batch_size=1)
+    try:
+        first = _submit(batcher, handler, ["warm"])
+        assert recording.entered.wait(10)
+        same = ["the same text", "a longer text than the other one"]
+        futures = [_submit(batcher, handler, list(same)) for _ in range(4)]
+        futures.append(_submit(batcher, handler, ["something else"]))
+        gate.set()
+        first.result(10)
+        expected = handler.embed_batch(same)
+        for future in futures[:4]:
+            np.testing.assert_allclose(future.result(10), expected, atol=1e-5)
+        assert futures[4].result(10).shape == (1, handler.dim)
+    finally:
+        gate.set()
+        batcher.stop()

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 WINDOW_BATCHES = 32  # the candidates a pass is chosen from, in batches of max_batch_size
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: field equality would compare output arrays
 class _Ticket:
     """One ``submit`` call: its inputs, where their outputs go, and who waits for them."""
 
@@ -63,7 +63,7 @@ class _Ticket:
         return self.future.done() or (self.cancel_event is not None and self.cancel_event.is_set())
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # by identity (``list.index`` finds the anchor)
 class _Item:
     ticket: _Ticket
     index: int

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,25 +25,29 @@ from workers.events import EventPublisher, JobEvents, streamed_output
 log = logging.getLogger(__name__)
 
 
-CANCEL_POLL_SEC = 1.0  # a job re-reads its status this often (in case a cancel was missed)
+CANCEL_POLL_SEC = 1.0  # waits wake up this often to look at their job's cancel event
+# A job re-reads its status this often, in case a cancel message was missed (the pub/sub
+# listener was reconnecting). Under load most interactive jobs wait about a second, so a
+# 1 s re-read cost a Redis round trip per job for a case that hardly ever happens.
+MISSED_CANCEL_POLL_SEC = 5.0
 
 
 class CancelWatch:
     """The fallback for a missed cancel message: a check that reads the job's status at most
-    once per ``CANCEL_POLL_SEC`` and sets ``event`` once the job stopped running (cancelled,
+    once per ``MISSED_CANCEL_POLL_SEC`` and sets ``event`` once the job stopped running (cancelled,
     finished elsewhere or expired). True once the work should stop."""
 
     def __init__(self, client: redis.Redis, job_id: str, event: threading.Event):
         self.redis = client
         self.job_id = job_id
         self.event = event
-        self._last = 0.0
+        self._last = time.monotonic()  # START just read the status
 
     def __call__(self) -> bool:
         if self.event.is_set():
             return True
         now = time.monotonic()
-        if now - self._last >= CANCEL_POLL_SEC:
+        if now - self._last >= MISSED_CANCEL_POLL_SEC:
             self._last = now
             status = self.redis.hget(p.job_key(self.job_id), p.JobField.STATUS)
             if status != p.JobStatus.RUNNING.value.encode():
@@ -125,6 +129,7 @@ class JobRuntime:
         self._start = self.redis.register_script(p.START_SCRIPT)
         self._finish = self.redis.register_script(p.FINISH_SCRIPT)
         self._publisher: EventPublisher | None = None
+        self._companions: ThreadPoolExecutor | None = None  # threads of multi-job messages
         self.running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -137,8 +142,49 @@ class JobRuntime:
             return self._publisher
 
     def run(self, job_id: str, serve: Callable[[JobContext], bytes]) -> None:
-        key = p.job_key(job_id)
-        started = self._start(keys=[key, p.events_key(job_id)], args=[f"{p.now():.6f}"])
+        self._run_started(job_id, self._start(**self._start_args(job_id)), serve)
+
+    def run_many(self, job_ids: Sequence[str], serve: Callable[[JobContext], bytes]) -> None:
+        """The jobs of one message (``inferq.protocol.COALESCED_ENDPOINTS``), all at once so
+        that they share the batcher's passes: started in one round trip, then each served and
+        finished on its own (the first in this thread, the others in companion threads), as
+        :meth:`run` would. Returns when every one is done: the message is acknowledged then,
+        and a worker that dies before redelivers all of them (``START`` skips the finished)."""
+        if len(job_ids) == 1:
+            self.run(job_ids[0], serve)
+            return
+        starts = self._start_all(job_ids)
+        with self._lock:
+            if self._companions is None:
+                self._companions = ThreadPoolExecutor(256, thread_name_prefix="job")
+            companions = self._companions
+        others = [
+            companions.submit(self._run_started, job_id, started, serve)
+            for job_id, started in zip(job_ids[1:], starts[1:], strict=True)
+        ]
+        try:
+            self._run_started(job_ids[0], starts[0], serve)
+        finally:
+            for other in others:
+                other.result()
+
+    def _start_args(self, job_id: str) -> dict[str, list]:
+        return {"keys": [p.job_key(job_id), p.events_key(job_id)], "args": [f"{p.now():.6f}"]}
+
+    def _start_all(self, job_ids: Sequence[str]) -> list:
+        """``START`` of each job, pipelined (one round trip; EVALSHA of the loaded script)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            call = self._start_args(job_id)
+            pipe.evalsha(self._start.sha, len(call["keys"]), *call["keys"], *call["args"])
+        try:
+            return pipe.execute()
+        except redis.exceptions.NoScriptError:  # not loaded yet (or Redis lost its scripts)
+            return [self._start(**self._start_args(job_id)) for job_id in job_ids]
+
+    def _run_started(
+        self, job_id: str, started: list | None, serve: Callable[[JobContext], bytes]
+    ) -> None:
         if started is None:
             log.info(
                 "job %s: not queued any more (cancelled, finished or expired); skipped", job_id

@@ -19,8 +19,9 @@ def _model_of(ctx: JobContext):
 
 
 @app.task(name=TASK_NAMES[Endpoint.EMBEDDINGS], acks_late=True, reject_on_worker_lost=True)
-def embeddings(job_id: str) -> None:
-    runtime.current().jobs.run(job_id, lambda ctx: _serve_embeddings(ctx, _model_of(ctx)))
+def embeddings(*job_ids: str) -> None:
+    """One or more job ids (the API coalesces interactive jobs: ``api/publisher.py``)."""
+    runtime.current().jobs.run_many(job_ids, lambda ctx: _serve_embeddings(ctx, _model_of(ctx)))
 
 
 def _serve_embeddings(ctx: JobContext, model) -> bytes:
@@ -42,8 +43,8 @@ def completions(job_id: str) -> None:
 
 
 @app.task(name=TASK_NAMES[Endpoint.RERANK], acks_late=True, reject_on_worker_lost=True)
-def rerank(job_id: str) -> None:
-    runtime.current().jobs.run(job_id, lambda ctx: serve_rerank(ctx, _model_of(ctx)))
+def rerank(*job_ids: str) -> None:
+    runtime.current().jobs.run_many(job_ids, lambda ctx: serve_rerank(ctx, _model_of(ctx)))
 
 
 @app.task(name=TASK_PLAN, acks_late=True, reject_on_worker_lost=True)

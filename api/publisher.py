@@ -1,0 +1,97 @@
+"""Publishing job ids to Celery, several interactive jobs of one model per message.
+
+Celery's cost is per message, not per job: the API's publish (a thread hop and a kombu
+``LPUSH``), the worker's fetch, its unacked bookkeeping, the pool's dispatch and the ack. So
+jobs of one (task, queue, priority) that are submitted while that key's previous message is
+being published wait for it and then go out together, at most ``max_jobs`` per message. A job
+that finds nothing in flight is published at once: coalescing never adds a delay, it only
+uses the time a publish takes anyway. Each job keeps its own record, status, cancel and
+result; the message carries only their ids (``inferq.protocol.COALESCED_ENDPOINTS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from celery import Celery
+
+
+@dataclass
+class _Lane:
+    """Jobs of one (task, queue, priority) waiting for the message being published."""
+
+    waiting: list[tuple[str, str, asyncio.Future]] = field(default_factory=list)
+    busy: bool = False
+    drain: asyncio.Task | None = None  # the task sending them
+
+
+class Publisher:
+    def __init__(self, celery: Celery, max_jobs: int):
+        self.celery = celery
+        self.max_jobs = max(1, max_jobs)
+        self._lanes: dict[tuple[str, str, int], _Lane] = {}
+        self.sent: dict[str, list[int]] = {}  # queue -> [messages, jobs] (for /metrics)
+
+    async def publish(
+        self, task: str, queue: str, priority: int, job_id: str, request_id: str, *, alone: bool
+    ) -> None:
+        """Put ``job_id`` on ``queue``; returns once its message is in Redis (raises what the
+        publish raised). ``alone``: a message of its own (a task that takes one id)."""
+        if alone or self.max_jobs == 1:
+            await self._send(task, queue, priority, [job_id], [request_id])
+            return
+        lane = self._lanes.setdefault((task, queue, priority), _Lane())
+        future = asyncio.get_running_loop().create_future()
+        lane.waiting.append((job_id, request_id, future))
+        if not lane.busy:
+            lane.busy = True
+            lane.drain = asyncio.create_task(self._drain(task, queue, priority, lane))
+        await future
+
+    async def _drain(self, task: str, queue: str, priority: int, lane: _Lane) -> None:
+        """Send what waits, in messages of up to ``max_jobs``, until nothing does."""
+        try:
+            while lane.waiting:
+                group, lane.waiting = lane.waiting[: self.max_jobs], lane.waiting[self.max_jobs :]
+                try:
+                    await self._send(
+                        task, queue, priority, [g[0] for g in group], [g[1] for g in group]
+                    )
+                except Exception as exc:  # each waiter raises it (its job is then removed)
+                    _settle(group, exc)
+                except BaseException:  # the drain was cancelled (the API stops)
+                    _settle(group, RuntimeError("publish interrupted"))
+                    raise
+                else:
+                    _settle(group, None)
+        finally:
+            lane.busy, lane.drain = False, None
+            _settle(lane.waiting, RuntimeError("publish interrupted"))  # left by a cancel
+            lane.waiting = []
+
+    async def _send(
+        self, task: str, queue: str, priority: int, job_ids: list[str], request_ids: list[str]
+    ) -> None:
+        counts = self.sent.setdefault(queue, [0, 0])
+        counts[0] += 1
+        counts[1] += len(job_ids)
+        await asyncio.to_thread(
+            self.celery.send_task,
+            task,
+            args=job_ids,
+            queue=queue,
+            priority=priority,
+            headers={"request_id": ",".join(request_ids)},
+            retry=False,
+        )
+
+
+def _settle(group: list[tuple[str, str, asyncio.Future]], error: Exception | None) -> None:
+    for _, _, future in group:
+        if future.done():  # its request was cancelled meanwhile
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
