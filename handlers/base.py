@@ -277,17 +277,15 @@ class WindowPlanningSpeechModel(SpeechModel, Protocol):
     parameter of ``transcribe`` (next to ``clip``), and then, for a long job:
 
     * calls ``plan_windows(audio_path, vad=...)`` once where the job is planned: the
-      windows to decode, ``(start_s, end_s)`` or ``(start_s, end_s, gaps)`` in order
-      (``gaps``: the pauses inside the window, ``[start_s, end_s]`` each, given back as
-      they came), never cutting speech (``vad``: the request's ``server_vad`` settings,
-      only when the signature names it);
+      windows to decode, ``(start_s, end_s)`` in order, never cutting speech (``vad``: the
+      request's ``server_vad`` settings, only when the signature names it);
     * groups consecutive windows into parts, each part a range of the file holding whole
       windows, and has each part transcribed with ``transcribe(..., clip=(start_s, end_s),
       windows=[its windows])``: the handler decodes exactly those windows (times in the
       file) and plans nothing of its own.
     """
 
-    def plan_windows(self, audio_path: str) -> list[tuple]: ...
+    def plan_windows(self, audio_path: str) -> list[tuple[float, float]]: ...
 
 
 def plans_windows(handler: Any) -> bool:

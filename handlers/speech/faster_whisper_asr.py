@@ -142,8 +142,7 @@ class FasterWhisperASR(SpeechHandler):
         if options.language is None and self.multilingual and len(windows) > 1:
             return [self.decode_windows(options, [w], cancel_event)[0] for w in windows]
         check_cancelled(cancel_event)
-        squeeze = not options.timestamps  # no times to keep: the pauses are left out
-        pieces = [w.speech if squeeze else w.samples for w in windows]
+        pieces = [w.samples for w in windows]
         starts = np.cumsum([0] + [len(x) for x in pieces])
         self.pipeline.temperatures = options.temperatures
         self.pipeline.cancel_event = cancel_event
@@ -175,13 +174,11 @@ class FasterWhisperASR(SpeechHandler):
                 offset=starts[index] / SAMPLE_RATE,
                 start=windows[index].window.start_seconds,
             )
-            window = windows[index].window
             outputs[index].segments.append(
                 SpeechSegment(
                     id=0,
-                    # without timestamps: one segment, the whole window
-                    start=window.start_seconds if squeeze else place(produced.start),
-                    end=window.end / SAMPLE_RATE if squeeze else place(produced.end),
+                    start=place(produced.start),
+                    end=place(produced.end),
                     text=produced.text,
                     tokens=list(produced.tokens),
                     temperature=used[index],

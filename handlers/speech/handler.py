@@ -69,7 +69,7 @@ class SpeechHandler:
         clip: tuple[float, float] | None = None,
         vad: dict[str, float] | None = None,
         window_submit: Submit | None = None,
-        windows: list[tuple] | None = None,
+        windows: list[tuple[float, float]] | None = None,
         timestamps: bool = True,
     ) -> SpeechResult:
         """``timestamps=False``: the caller shows no segment times (OpenAI's ``json`` and
@@ -105,18 +105,14 @@ class SpeechHandler:
 
     def plan_windows(
         self, audio_path: str, *, vad: dict[str, float] | None = None
-    ) -> list[tuple[float, float, list[list[float]]]]:
-        """The windows the pipeline would decode for the whole file, in order, as
-        ``(start_s, end_s, gaps)`` (``gaps``: the pauses inside the window, ``[start_s,
-        end_s]`` each): where a long job is planned, so that its parts, each given its
-        windows (``transcribe(..., clip=..., windows=...)``), run no VAD of their own and no
-        part boundary cuts speech."""
+    ) -> list[tuple[float, float]]:
+        """The windows (``(start_s, end_s)``, in order) the pipeline would decode for the
+        whole file: where a long job is planned, so that its parts, each given its windows
+        (``transcribe(..., clip=..., windows=...)``), run no VAD of their own and no part
+        boundary cuts speech."""
         audio = decode_audio(audio_path, SAMPLE_RATE)
         found = speech_windows(audio, VadParameters(**vad) if vad else None)
-        return [
-            (w.start / SAMPLE_RATE, w.end / SAMPLE_RATE, [_seconds(g) for g in w.gaps])
-            for w in found
-        ]
+        return [(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE) for w in found]
 
     def window_options(
         self, request: SpeechRequest, language: str | None, first: bool
@@ -133,25 +129,15 @@ class SpeechHandler:
         raise NotImplementedError
 
 
-def _seconds(gap: tuple[int, int]) -> list[float]:
-    return [gap[0] / SAMPLE_RATE, gap[1] / SAMPLE_RATE]
-
-
-def clip_windows(windows: list[tuple], request: SpeechRequest) -> list[Window]:
-    """Planned windows (``(start_s, end_s[, gaps])``, seconds in the file) as sample ranges
-    of the request's audio (which starts at ``request.offset``), cut to it; empty ones
-    dropped."""
-
-    def sample(t: float) -> int:
-        return min(len(request.audio), max(0, round((t - request.offset) * SAMPLE_RATE)))
-
+def clip_windows(windows: list[tuple[float, float]], request: SpeechRequest) -> list[Window]:
+    """Planned windows (seconds in the file) as sample ranges of the request's audio (which
+    starts at ``request.offset``), cut to it; empty ones dropped."""
     found = []
-    for start, end, *rest in windows:
-        first, last = sample(start), sample(end)
-        gaps = tuple((sample(a), sample(b)) for a, b in (rest[0] if rest else []))
-        gaps = tuple((a, b) for a, b in gaps if first < a < b < last)
+    for start, end in windows:
+        first = max(0, round((start - request.offset) * SAMPLE_RATE))
+        last = min(len(request.audio), round((end - request.offset) * SAMPLE_RATE))
         if last > first:
-            found.append(Window(first, last, gaps))
+            found.append(Window(first, last))
     return found
 
 

@@ -32,10 +32,6 @@ from handlers.speech.audio import SAMPLE_RATE
 from handlers.speech.request import SpeechRequest
 from handlers.speech.vad import Window, speech_windows
 
-# A window decoded without timestamps keeps this much (samples) of each side of a pause
-# between its regions (with the VAD's 200 ms of padding: pauses of up to 0.8 s, as in
-# faster-whisper's batched pipeline, whose regions are padded by 400 ms)
-GAP_KEPT = SAMPLE_RATE // 5
 TAIL_SECONDS = 1.0  # an uncovered end of a window longer than this is decoded again
 WAIT_POLL_SEC = 0.2  # how often a request waiting for its windows looks at its cancel event
 
@@ -64,21 +60,6 @@ class AudioWindow:
     @property
     def samples(self) -> np.ndarray:
         return self.audio[self.window.start : self.window.end]
-
-    @property
-    def speech(self) -> np.ndarray:
-        """The window's speech regions end to end, its pauses left out (what a window
-        decoded without timestamps is given, as faster-whisper's batched pipeline does)."""
-        if not self.window.gaps:
-            return self.samples
-        pieces, at = [], self.window.start
-        for start, end in self.window.gaps:
-            if end - start <= 2 * GAP_KEPT:
-                continue
-            pieces.append(self.audio[at : start + GAP_KEPT])
-            at = end - GAP_KEPT
-        pieces.append(self.audio[at : self.window.end])
-        return np.concatenate(pieces)
 
 
 @dataclass

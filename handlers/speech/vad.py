@@ -39,13 +39,10 @@ class VadParameters:
 
 @dataclass(frozen=True)
 class Window:
-    """A range of the request's audio, in samples: ``audio[start:end]``; ``gaps``: the
-    pauses between its speech regions (sample ranges of the same audio, in order), which a
-    window decoded without timestamps leaves out (:attr:`AudioWindow.speech`)."""
+    """A range of the request's audio, in samples: ``audio[start:end]``."""
 
     start: int
     end: int
-    gaps: tuple[tuple[int, int], ...] = ()
 
     @property
     def start_seconds(self) -> float:
@@ -86,9 +83,7 @@ def merge_regions(
     windows: list[Window] = []
     for start, end in regions:
         if windows and end - windows[-1].start <= window_samples:
-            last = windows[-1]
-            gaps = last.gaps + (((last.end, start),) if start > last.end else ())
-            windows[-1] = Window(last.start, end, gaps)
+            windows[-1] = Window(windows[-1].start, end)
         else:
             windows.append(Window(start, min(end, start + window_samples)))
     return windows

@@ -25,7 +25,7 @@ def transcribe(
     on_segment: Callable[[SpeechSegment], None] | None = None,
     clip: tuple[float, float] | None = None,
     window_submit: Any = None,
-    windows: list[list[Any]] | None = None,
+    windows: list[list[float]] | None = None,
 ) -> SpeechResult:
     """``handler.transcribe`` with the job's options; ``on_segment`` only where it is taken;
     ``window_submit`` (a window batcher's :class:`~workers.audio.batcher.Submitter`'s
@@ -50,12 +50,7 @@ def transcribe(
     if window_submit is not None:
         kwargs["window_submit"] = window_submit
     if windows is not None:
-        kwargs["windows"] = [
-            (float(w[0]), float(w[1]), [(float(a), float(b)) for a, b in w[2]])
-            if len(w) > 2
-            else (float(w[0]), float(w[1]))
-            for w in windows
-        ]
+        kwargs["windows"] = [(float(start), float(end)) for start, end in windows]
     if not job.shows_times and transcribe_accepts(handler, "timestamps"):
         kwargs["timestamps"] = False  # windows decoded without timestamp tokens, if it can
     return handler.transcribe(str(path), **kwargs)
