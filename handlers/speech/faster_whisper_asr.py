@@ -122,7 +122,6 @@ class FasterWhisperASR(SpeechHandler):
             temperatures=request.temperatures,  # the fallback ladder (WindowPipeline)
             prompt=prompt,  # every window (faster-whisper's batched pipeline)
             word_timestamps=request.word_timestamps,
-            timestamps=request.timestamps or request.word_timestamps,
         )
 
     def decode_windows(
@@ -155,7 +154,7 @@ class FasterWhisperASR(SpeechHandler):
             temperature=options.temperatures[0],
             initial_prompt=options.prompt,
             condition_on_previous_text=False,
-            without_timestamps=not options.timestamps,
+            without_timestamps=False,
             word_timestamps=options.word_timestamps,
             clip_timestamps=[
                 {"start": starts[i] / SAMPLE_RATE, "end": starts[i + 1] / SAMPLE_RATE}

@@ -70,13 +70,7 @@ class SpeechHandler:
         vad: dict[str, float] | None = None,
         window_submit: Submit | None = None,
         windows: list[tuple[float, float]] | None = None,
-        timestamps: bool = True,
     ) -> SpeechResult:
-        """``timestamps=False``: the caller shows no segment times (OpenAI's ``json`` and
-        ``text`` formats), so a handler may decode each window without timestamp tokens
-        (faster-whisper: ``without_timestamps``, as its batched pipeline does by default);
-        each such window is then one segment spanning the window. Ignored with word
-        timestamps."""
         request = prepare_request(
             audio_path,
             model_name=self.name,
@@ -95,7 +89,6 @@ class SpeechHandler:
             windows=None if windows is None else clip_windows(windows, request),
             cancel_event=cancel_event,
             on_segment=on_segment,
-            timestamps=timestamps or request.word_timestamps,
         )
         if window_submit is None:
             window_submit = DirectWindows(

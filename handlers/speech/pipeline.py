@@ -45,9 +45,6 @@ class WindowOptions:
     temperatures: tuple[float, ...]
     prompt: str | None
     word_timestamps: bool
-    # False: the response shows no segment times (json, text), so a handler may decode a
-    # window without timestamp tokens; the window is then one segment spanning it
-    timestamps: bool = True
 
 
 @dataclass(frozen=True, eq=False)

@@ -31,7 +31,6 @@ class SpeechRequest:
     windows: list[Window] | None = None  # planned already (a long job's part): no VAD here
     cancel_event: threading.Event | None = None
     on_segment: SegmentCallback | None = None  # called as each segment becomes final
-    timestamps: bool = True  # False: segment times are not shown (a window may be a segment)
 
 
 def prepare_request(

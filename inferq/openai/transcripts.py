@@ -39,17 +39,6 @@ class TranscriptionJob(JobRequest):
         """What the handler timestamps: ``word`` if words were asked for, else ``segment``."""
         return "word" if "word" in self.timestamp_granularities else "segment"
 
-    @property
-    def shows_times(self) -> bool:
-        """Whether the response shows segment or word times (``verbose_json``, ``srt``,
-        ``vtt``, or words asked for); ``json`` and ``text`` show only the text (and
-        ``logprobs``, kept on the timestamped path)."""
-        return (
-            self.response_format not in ("json", "text")
-            or self.granularity == "word"
-            or (self.logprobs)
-        )
-
 
 def _clock(seconds: float, separator: str) -> str:
     millis = max(0, round(seconds * 1000))

@@ -30,8 +30,7 @@ def transcribe(
     """``handler.transcribe`` with the job's options; ``on_segment`` only where it is taken;
     ``window_submit`` (a window batcher's :class:`~workers.audio.batcher.Submitter`'s
     ``submit``) only for a handler that batches windows; ``windows`` (a part's planned
-    windows) only for a handler that plans them; ``timestamps=False`` where the response
-    shows no times and the handler takes it (a job's progress then lists windows)."""
+    windows) only for a handler that plans them."""
     handler = model.handler
     kwargs: dict[str, Any] = {
         "language": job.language,
@@ -51,8 +50,6 @@ def transcribe(
         kwargs["window_submit"] = window_submit
     if windows is not None:
         kwargs["windows"] = [(float(start), float(end)) for start, end in windows]
-    if not job.shows_times and transcribe_accepts(handler, "timestamps"):
-        kwargs["timestamps"] = False  # windows decoded without timestamp tokens, if it can
     return handler.transcribe(str(path), **kwargs)
 
 
