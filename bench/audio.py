@@ -7,9 +7,7 @@ recall (the share of the script's words found: a check that no figure comes from
 speech).
 
 (a) in process, the handler on the whole file (what a sync request runs: VAD windows decoded
-    in batches of 8, :mod:`handlers.speech.pipeline`), with segment timestamps (what
-    ``verbose_json``, ``srt`` and ``vtt`` run) and without (``timestamps=False``: what
-    ``json`` and ``text``, the formats of (c)-(f), run);
+    in batches of 8, :mod:`handlers.speech.pipeline`);
 (b) in process, batched: faster-whisper's ``BatchedInferencePipeline`` (VAD-cut 30 s windows,
     ``batch_size`` 8): the fastest way to run the model in one process;
 (c) through the stack as a job (``POST /v1/jobs/audio/transcriptions``, upload to result),
@@ -61,9 +59,6 @@ def in_process(path: Path, duration: float, reference: list[str], threads: int) 
     started = time.perf_counter()
     whole = handler.transcribe(str(path))
     handler_wall = time.perf_counter() - started
-    started = time.perf_counter()
-    plain = handler.transcribe(str(path), timestamps=False)  # what json and text responses run
-    plain_wall = time.perf_counter() - started
 
     pipeline = BatchedInferencePipeline(handler.model)
     started = time.perf_counter()
@@ -74,7 +69,6 @@ def in_process(path: Path, duration: float, reference: list[str], threads: int) 
     return {
         "threads": threads,
         "handler": figures(duration, handler_wall, reference, whole.text),
-        "handler_no_timestamps": figures(duration, plain_wall, reference, plain.text),
         "batched": figures(duration, batched_wall, reference, batched_text),
     }
 
@@ -245,7 +239,6 @@ def report(result: dict) -> str:
         f"audio: {result['audio']['seconds']} s of espeak-ng speech, {result['cores']} cores "
         f"(load averages at start and end: {result['load_average_at_start_and_end']})",
         line(f"(a) in process, the handler ({local['threads']} threads)", local["handler"]),
-        line("(a) the same, timestamps=False (json, text)", local["handler_no_timestamps"]),
         line(f"(b) in process, batched ({local['threads']} threads)", local["batched"]),
     ]
     labels = {

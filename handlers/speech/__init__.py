@@ -18,9 +18,7 @@ so a worker decodes the windows of concurrent requests together
   :mod:`~handlers.speech.fallback`) and keep each window's most likely result; a positive
   value samples at exactly that temperature.
 * ``timestamp_granularity="word"`` adds word timings (cross-attention DTW); segments are
-  always returned. ``timestamps=False`` (the caller shows no times: OpenAI's ``json`` and
-  ``text``) lets faster-whisper decode each window without timestamp tokens, its pauses
-  shortened; each window is then one segment spanning it (WhisperASR ignores it).
+  always returned.
 * extras: ``on_segment(segment)`` is called as each segment becomes final (progress), and
   ``clip=(start, end)`` transcribes only that range of the file; all timestamps stay
   absolute (offset by ``start``) and ``duration`` is the clip's.

@@ -105,8 +105,7 @@ def test_one_long_job_fills_batches_with_the_windows_of_several_parts(
 ):
     """A long job alone on the worker: its parts hold one window each (``AUDIO_CHUNK_SEC``
     30), yet its batches hold more than two windows (the worker keeps up to two batches of
-    the job's windows in flight, not two parts), and the json response (decoded without
-    timestamp tokens) has every sentence."""
+    the job's windows in flight, not two parts), and the response has every sentence."""
     before_total, before_small = batch_windows(worker_metrics_port)
     job = wait_job(stack, submit_job(stack, long_flac)["id"])
     assert job["status"] == "succeeded", job["error"]
@@ -114,6 +113,5 @@ def test_one_long_job_fills_batches_with_the_windows_of_several_parts(
     large = (after_total - after_small) - (before_total - before_small)
     assert job["progress"]["chunks_total"] >= 5  # parts, each of one window
     assert large >= 1, (before_total, before_small, after_total, after_small)
-    assert after_total - before_total < job["progress"]["chunks_total"]  # fewer batches than parts
     for sentence in SENTENCES:
         assert len(words_of(job["result"]["text"]) & words_of(sentence)) >= 5

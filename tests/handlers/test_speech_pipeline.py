@@ -133,24 +133,3 @@ def test_noise_gives_no_text(tiny_en, noise_60s):
     result = tiny_en.transcribe(str(noise_60s))
     assert len(result.text.split()) <= 3, result.text
     assert result.duration == pytest.approx(60, abs=0.05)
-
-
-def test_without_timestamps_each_window_is_one_segment(tiny_en, continuous):
-    """``timestamps=False`` (a response that shows no times): faster-whisper decodes each
-    window without timestamp tokens, and each window becomes one segment spanning it; the
-    words are the same >= 90 % of the script. WhisperASR ignores it (segments as usual)."""
-    from handlers.speech import FasterWhisperASR
-
-    script, path = continuous
-    result = tiny_en.transcribe(str(path), timestamps=False)
-    assert_well_formed(result, words=False)
-    assert words_kept(script, result.text) >= 0.9, result.text
-    assert result.segments[-1].end >= result.duration - 5
-    if isinstance(tiny_en, FasterWhisperASR):
-        windows = speech_windows(decode_audio(str(path)))
-        spans = [(s.start, s.end) for s in result.segments]
-        expected = [(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE) for w in windows]
-        assert spans == pytest.approx(expected, abs=0.002)
-    worded = tiny_en.transcribe(str(path), timestamps=False, timestamp_granularity="word")
-    assert_well_formed(worded, words=True)  # words need times: decoded with them
-    assert len(worded.segments) > len(result.segments) or not isinstance(tiny_en, FasterWhisperASR)
