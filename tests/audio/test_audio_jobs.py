@@ -62,7 +62,10 @@ def test_long_file_job_reports_progress_then_the_whole_transcript(
         time.sleep(0.25)
     assert current["status"] == "succeeded", current["error"]
     running = [s["progress"] for s in snapshots if s["status"] == "running"]
-    assert len(running) >= 3
+    # planned, then at least one partial state: this file's seven one-window parts may share
+    # one batch (a worker keeps up to two batches of a job's windows in flight), so most of
+    # them may settle together
+    assert len(running) >= 2
     fractions = [r["fraction"] for r in running]
     assert fractions == sorted(fractions) and fractions[0] < 1
     assert all(r["unit"] == "seconds" and r["chunks_total"] >= 5 for r in running)
