@@ -213,10 +213,12 @@ class Settings(BaseSettings):
         description="Largest audio upload on the sync routes (also capped by MAX_AUDIO_BYTES).",
     )
     audio_chunk_sec: float = Field(
-        60.0,
+        30.0,
         description="A long audio job is cut into parts of at most this many seconds (groups "
         "of whole VAD windows; at pauses for a handler that plans none) "
-        "that all workers of the model transcribe in parallel.",
+        "that all workers of the model transcribe in parallel. Small parts share out evenly "
+        "between workers; a worker's batches still fill, since it keeps up to two batches of "
+        "a job's windows in flight, however many parts that takes.",
     )
 
     # Access and limits

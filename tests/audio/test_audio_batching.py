@@ -11,7 +11,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.audio.conftest import TINY_EN, speech_with_pauses, submit_job, wait_job
+from tests.audio.conftest import (
+    SENTENCES,
+    TINY_EN,
+    speech_with_pauses,
+    submit_job,
+    wait_job,
+    words_of,
+)
 from tests.handlers.speech_audio import encode_audio
 
 pytestmark = pytest.mark.timeout(900)
@@ -32,6 +39,23 @@ def batch_requests(port: int) -> tuple[float, float]:
             elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 1.0:
                 single = sample.value
     return total, single
+
+
+def batch_windows(port: int) -> tuple[float, float]:
+    """(speech batches so far, of which those of at most two windows) of TINY_EN."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    total = small = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "inferq_worker_speech_batch_windows":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model") != TINY_EN:
+                continue
+            if sample.name.endswith("_count"):
+                total = sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 2.0:
+                small = sample.value
+    return total, small
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +98,20 @@ def test_four_jobs_share_batches_and_keep_their_solo_transcripts(
         assert together["text"] == alone["text"]
         assert times(together) == pytest.approx(times(alone), abs=0.005)
     assert all(job["progress"]["chunks_total"] >= 2 for job in jobs)  # parts, not whole files
+
+
+def test_one_long_job_fills_batches_with_the_windows_of_several_parts(
+    stack, audio_worker, worker_metrics_port, long_flac, redis_client
+):
+    """A long job alone on the worker: its parts hold one window each (``AUDIO_CHUNK_SEC``
+    30), yet its batches hold more than two windows (the worker keeps up to two batches of
+    the job's windows in flight, not two parts), and the response has every sentence."""
+    before_total, before_small = batch_windows(worker_metrics_port)
+    job = wait_job(stack, submit_job(stack, long_flac)["id"])
+    assert job["status"] == "succeeded", job["error"]
+    after_total, after_small = batch_windows(worker_metrics_port)
+    large = (after_total - after_small) - (before_total - before_small)
+    assert job["progress"]["chunks_total"] >= 5  # parts, each of one window
+    assert large >= 1, (before_total, before_small, after_total, after_small)
+    for sentence in SENTENCES:
+        assert len(words_of(job["result"]["text"]) & words_of(sentence)) >= 5

@@ -62,7 +62,10 @@ def test_long_file_job_reports_progress_then_the_whole_transcript(
         time.sleep(0.25)
     assert current["status"] == "succeeded", current["error"]
     running = [s["progress"] for s in snapshots if s["status"] == "running"]
-    assert len(running) >= 3
+    # planned, then at least one partial state: this file's seven one-window parts may share
+    # one batch (a worker keeps up to two batches of a job's windows in flight), so most of
+    # them may settle together
+    assert len(running) >= 2
     fractions = [r["fraction"] for r in running]
     assert fractions == sorted(fractions) and fractions[0] < 1
     assert all(r["unit"] == "seconds" and r["chunks_total"] >= 5 for r in running)
@@ -114,12 +117,14 @@ def test_long_file_job_reports_progress_then_the_whole_transcript(
 def test_cancel_stops_a_long_job_within_a_part(stack, client, redis_client, long_flac, fox_wav):
     before = blob_keys(redis_client)
     job = submit_job(stack, long_flac)
+    # A worker claims parts until two batches of windows are in flight: this file's seven
+    # one-window parts may all be in the first batch, so cancel once parts are being decoded
+    # (claimed), not after one is done (the job might be over by then).
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        current = get_job(stack, job["id"])
-        if current["progress"] and current["progress"]["chunks_completed"] >= 1:
+        if any(k.startswith(b"c:") for k in redis_client.hkeys(a.parts_key(job["id"]))):
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     cancelled = httpx.post(f"{stack.v1}/jobs/{job['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
     done_at_cancel = int(redis_client.hget(a.parts_key(job["id"]), "done"))

@@ -165,3 +165,30 @@ TEXTS = [
     "The meeting started with a short report on sales.",
     "On the long walk home we crossed the old stone bridge over the river.",
 ]
+
+
+def test_a_batch_waits_for_requests_still_preparing_and_a_lone_request_does_not(
+    tiny_en, fox, monkeypatch
+):
+    """A batch that is not full waits for a request that is still preparing its windows
+    (here: as long as it takes, the bound raised), so both share one batch; once no
+    request is preparing, a lone window is decoded at once (the bound, an hour, never
+    runs out in this test)."""
+    from workers.audio import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "FILL_WAIT_SEC", 3600.0)
+    recording = Recording(tiny_en)
+    batcher = WindowBatcher(recording, "t")
+    preparing = batcher.submitter(6, None)  # a part just claimed: its audio still decoding
+    early = batcher.submitter(6, None).submit(OPTIONS, tagged("early", fox, 1))
+    late = preparing.submit(OPTIONS, tagged("late", fox, 2))
+    outputs = [f.result(120) for f in early + late]
+    assert recording.batches == [["late0", "late1", "early0"]]  # the older request first
+    assert all("fox" in "".join(s.text for s in o.segments).lower() for o in outputs)
+    gave_up = batcher.submitter(0, None)  # prepared nothing (bad audio): closed unsubmitted
+    alone = batcher.submitter(0, None).submit(OPTIONS, tagged("alone", fox, 1))
+    gave_up.close()
+    assert alone[0].result(120).segments
+    solo = batcher.submitter(0, None).submit(OPTIONS, tagged("solo", fox, 1))
+    assert solo[0].result(120).segments
+    assert recording.batches[1:] == [["alone0"], ["solo0"]]

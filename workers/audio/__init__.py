@@ -22,7 +22,8 @@ is thread-safe, the most urgent first (a sync request goes before the next part 
   (:mod:`inferq.audio`), sends one helper task per part on the model's queue, and starts one
   local *puller* thread (:mod:`.parts`). A puller (local, or on any worker that
   received a helper task: at most one per job and worker) claims a pending part (with a window
-  batcher: whenever the batcher is hungry; else once it holds the model's gate), transcribes
+  batcher: while its parts in flight hold fewer than two batches of windows and fewer than
+  its share of the parts left; else once it holds the model's gate), transcribes
   that range (timestamps stay absolute), records the result
   once, and claims the next, until none are left. Meanwhile the coordinator publishes progress
   after every part (audio seconds done, total, fraction, and the segments so far), watches for

@@ -13,6 +13,11 @@ a :class:`Submitter`; one thread per model and worker then runs the model, repea
    same order, whatever request or priority they come from) whose decoding options (the
    ``key``) equal the first one's: windows are decoded together only when they are decoded
    the same way (task, language, temperature, prompt, word timestamps);
+   A batch that is not full waits, at most ``FILL_WAIT_SEC`` after its oldest window was
+   submitted, while some request is still *preparing* (see :class:`Submitter`): sixteen
+   sync requests arriving at once, or the parts a long job's puller has just claimed, then
+   share full batches instead of the first one being decoded alone. A request alone (none
+   preparing) never waits;
 3. one ``decode_windows`` call; each window's future gets its output. A failing batch fails
    only the requests with a window in it; a cancelled request's pending windows are dropped
    before the next batch (their futures raise :class:`Cancelled`).
@@ -37,11 +42,14 @@ from workers import metrics
 
 log = logging.getLogger(__name__)
 
+FILL_WAIT_SEC = 0.2  # the longest a batch that is not full waits for preparing requests
+
 
 class Submitter:
     """One request's way into the batcher: ``submit(key, windows)`` returns a future per
     window. Until its first ``submit`` (or ``close``) the request counts as *preparing*
-    (decoding its audio, finding its windows): see :meth:`WindowBatcher.hungry`."""
+    (decoding its audio, finding its windows): a batch that is not full waits a moment for
+    it (see the module docstring)."""
 
     def __init__(self, batcher: WindowBatcher, priority: int, cancel_event: threading.Event | None):
         self.batcher = batcher
@@ -73,6 +81,7 @@ class _Item:
     window: Any
     future: Future
     order: tuple[int, int, int]  # (priority, the request's arrival, the window's)
+    submitted: float  # time.monotonic() when submitted
 
 
 class _AllCancelled:
@@ -101,22 +110,24 @@ class WindowBatcher:
     def submitter(self, priority: int, cancel_event: threading.Event | None) -> Submitter:
         return Submitter(self, priority, cancel_event)
 
-    def hungry(self) -> bool:
-        """Whether more work would fill the batches: nothing is being prepared and fewer
-        windows than a batch are pending (a long job's puller claims its next part then)."""
+    def pending(self) -> int:
+        """How many windows wait for a batch."""
         with self._cond:
-            return self._preparing == 0 and len(self._pending) < self.batch_size
+            return len(self._pending)
 
     def _preparing_changed(self, delta: int) -> None:
         with self._cond:
             self._preparing += delta
+            if delta < 0:
+                self._cond.notify_all()  # a batch waiting to fill may go now
 
     def _enqueue(self, submitter: Submitter, key: Hashable, windows: list[Any]) -> list[Future]:
         futures = [Future() for _ in windows]
+        now = time.monotonic()
         with self._cond:
             for window, future in zip(windows, futures, strict=True):
                 order = (submitter.priority, submitter.arrival, next(self._arrival))
-                self._pending.append(_Item(submitter, key, window, future, order))
+                self._pending.append(_Item(submitter, key, window, future, order, now))
             self._cond.notify_all()
         return futures
 
@@ -140,11 +151,22 @@ class WindowBatcher:
         self._pending = rest
         return batch
 
+    def _fill(self) -> None:
+        """Wait (lock held) while the pending windows do not fill a batch and some request
+        is preparing, until ``FILL_WAIT_SEC`` after the oldest pending window came."""
+        deadline = min(item.submitted for item in self._pending) + FILL_WAIT_SEC
+        while self._preparing > 0 and len(self._pending) < self.batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
+
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._pending:
                     self._cond.wait()
+                self._fill()
                 batch = self._take()
             if batch:
                 self._execute(batch)

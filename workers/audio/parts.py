@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -25,12 +26,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Parts of one job decoded at once on one worker (window batcher). Two keep the model busy
-# (one part's audio is decoded and its windows found while the other's are decoded) and
-# fill batches with other requests' windows; more would put every part of a job in one
-# long batch: progress would come only at the end, and a cancelled job's batch (CTranslate2
-# cannot stop mid-batch) would hold the model longer.
-MAX_PARTS_IN_FLIGHT = 2
+# A worker bounds a job's work in flight in *windows*, not parts: it claims the job's next
+# part while the windows of its parts in flight (planned, or about one per 30 s) are fewer
+# than ``IN_FLIGHT_BATCHES`` batches of the model's ``batch_size`` and fewer than a batch are
+# waiting in the batcher. Parts stay small (about ``AUDIO_CHUNK_SEC``: progress part by
+# part, fair sharing between workers, a dead worker's part redelivered) while the batches
+# fill to ``batch_size``. More in flight would put a job in long batches: progress would
+# come in bigger steps, and a cancelled job's batch (CTranslate2 cannot stop mid-batch)
+# would hold the model longer.
+IN_FLIGHT_BATCHES = 2
+WINDOW_SEC = 30.0  # a part without planned windows counts one window per this much audio
 HUNGRY_POLL_SEC = 0.05
 
 
@@ -87,21 +92,23 @@ class Puller:
 
     def _run_batched(self, batcher: WindowBatcher, path: Path) -> None:
         """Parts in threads of their own, their windows decoded by the model's window batcher
-        with every other request's: the next part is claimed when this job has none in
-        flight, or fewer than ``MAX_PARTS_IN_FLIGHT`` and the batcher is hungry (nothing
-        being prepared, less than a batch pending), so a worker takes parts as fast as its
-        model can use them, no faster."""
-        running: list[threading.Thread] = []
+        with every other request's. The next part is claimed when this job has none in
+        flight here, or when :meth:`_wants_more` says so; each part's :class:`Submitter`
+        exists before its claim (the part counts as *preparing* from then on), so the
+        batcher waits for the windows of parts just claimed instead of starting a small
+        batch without them."""
+        running: list[tuple[threading.Thread, int]] = []  # (part thread, its windows)
         try:
             while not self.check():
-                running = [thread for thread in running if thread.is_alive()]
-                if len(running) >= MAX_PARTS_IN_FLIGHT or (running and not batcher.hungry()):
+                running = [(thread, n) for thread, n in running if thread.is_alive()]
+                if running and not self._wants_more(batcher, running):
                     time.sleep(HUNGRY_POLL_SEC)
                     continue
+                submitter = batcher.submitter(self.priority, self.cancel_event)
                 index = self._claim()
                 if index < 0:
+                    submitter.close()
                     return
-                submitter = batcher.submitter(self.priority, self.cancel_event)
                 thread = threading.Thread(
                     target=self._run_part,
                     args=(index, path, submitter),
@@ -109,10 +116,33 @@ class Puller:
                     daemon=True,
                 )
                 thread.start()
-                running.append(thread)
+                running.append((thread, self._windows_of(index)))
         finally:
-            for thread in running:
+            for thread, _ in running:
                 thread.join()
+
+    def _windows_of(self, index: int) -> int:
+        if self.windows is not None:
+            return len(self.windows[index])
+        start, end = self.ranges[index]
+        return max(1, math.ceil((end - start) / WINDOW_SEC))
+
+    def _wants_more(self, batcher: WindowBatcher, running: list[tuple[threading.Thread, int]]):
+        """Whether to claim another part beside those ``running`` here: while their windows
+        are fewer than ``IN_FLIGHT_BATCHES`` batches, fewer than a batch wait in the batcher,
+        and this worker holds fewer parts than its share of what is left (the parts still
+        pending and its own, over the model's live workers), so that a second worker that
+        comes a moment later still finds its half of the parts."""
+        windows = sum(n for _, n in running)
+        if windows >= IN_FLIGHT_BATCHES * batcher.batch_size:
+            return False
+        if batcher.pending() >= batcher.batch_size:
+            return False
+        left = self.client.llen(a.pending_key(self.job_id))
+        if not left:
+            return False
+        live = self.client.zcount(p.workers_key(self.model.name), f"({p.now()}", "+inf")
+        return len(running) < math.ceil((left + len(running)) / max(1, live))
 
     def _run_part(self, index: int, path: Path, submitter: Submitter | None = None) -> None:
         start, end = self.ranges[index]
