@@ -228,7 +228,9 @@ class Settings(BaseSettings):
     )
     api_keys_file: Path | None = Field(None, description="A file with one API key per line.")
     max_queue_depth: int = Field(
-        10_000, description="Queued jobs per model beyond which new requests get 429."
+        10_000,
+        description="Queued messages per model beyond which new requests get 429 (a message "
+        "carries one job, or up to PUBLISH_COALESCE_MAX interactive embeddings/rerank jobs).",
     )
 
     # API process
