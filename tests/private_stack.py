@@ -30,6 +30,17 @@ FAST_PRESENCE = {
 }
 
 
+def slow_chat_no_eos() -> dict[str, int]:
+    """A ``logit_bias`` that keeps ``SLOW_CHAT`` from ending its answer: a sampled random
+    model may otherwise stop after a few dozen tokens, before a test could act mid-answer."""
+    from transformers import AutoTokenizer
+
+    from tests.tiny.chat import tiny_llama_chat_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_chat_dir())
+    return {str(tokenizer.convert_tokens_to_ids(t)): -100 for t in ("<|im_end|>", "<|endoftext|>")}
+
+
 def private_catalog(folder: Path, bert_dir: Path) -> Path:
     from tests.tiny.chat import tiny_llama_chat_dir
     from tests.tiny.whisper import tiny_whisper_dir

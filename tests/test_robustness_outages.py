@@ -15,7 +15,7 @@ import pytest
 
 from inferq import protocol as p
 from tests.chat_support import sse_events
-from tests.private_stack import CRASH_BERT, SLOW_CHAT, start_private_stack
+from tests.private_stack import CRASH_BERT, SLOW_CHAT, slow_chat_no_eos, start_private_stack
 
 MODELS = [SLOW_CHAT, CRASH_BERT]
 
@@ -31,12 +31,7 @@ def private(tmp_path_factory, tiny_embedders):
 
 @pytest.fixture(scope="module")
 def no_eos() -> dict[str, int]:
-    from transformers import AutoTokenizer
-
-    from tests.tiny.chat import tiny_llama_chat_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_chat_dir())
-    return {str(tokenizer.convert_tokens_to_ids(t)): -100 for t in ("<|im_end|>", "<|endoftext|>")}
+    return slow_chat_no_eos()
 
 
 def wait_for(predicate, timeout: float, what: str):
