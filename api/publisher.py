@@ -22,8 +22,7 @@ class _Lane:
     """Jobs of one (task, queue, priority) waiting for the message being published."""
 
     waiting: list[tuple[str, str, asyncio.Future]] = field(default_factory=list)
-    busy: bool = False
-    drain: asyncio.Task | None = None  # the task sending them
+    drain: asyncio.Task | None = None  # the task sending them (None: no publish in flight)
 
 
 class Publisher:
@@ -44,8 +43,7 @@ class Publisher:
         lane = self._lanes.setdefault((task, queue, priority), _Lane())
         future = asyncio.get_running_loop().create_future()
         lane.waiting.append((job_id, request_id, future))
-        if not lane.busy:
-            lane.busy = True
+        if lane.drain is None:
             lane.drain = asyncio.create_task(self._drain(task, queue, priority, lane))
         await future
 
@@ -66,7 +64,7 @@ class Publisher:
                 else:
                     _settle(group, None)
         finally:
-            lane.busy, lane.drain = False, None
+            lane.drain = None
             _settle(lane.waiting, RuntimeError("publish interrupted"))  # left by a cancel
             lane.waiting = []
 

@@ -30,6 +30,16 @@ FAST_PRESENCE = {
 }
 
 
+def wait_for(predicate, timeout: float, what: str):
+    """``predicate()``'s first truthy value, polled every 50 ms for up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def slow_chat_no_eos() -> dict[str, int]:
     """A ``logit_bias`` that keeps ``SLOW_CHAT`` from ending its answer: a sampled random
     model may otherwise stop after a few dozen tokens, before a test could act mid-answer."""
@@ -158,11 +168,14 @@ class PrivateStack:
             stop(self.redis_proc)
 
 
-def start_private_stack(folder: Path, bert_dir: Path, workers: list[list[str]]) -> PrivateStack:
+def start_private_stack(
+    folder: Path, bert_dir: Path, workers: list[list[str]], catalog: Path | None = None
+) -> PrivateStack:
+    """Redis, an API and ``workers`` on ``catalog`` (default: :func:`private_catalog`)."""
     port = free_port()
     env = {
         "REDIS_URL": f"redis://127.0.0.1:{port}/0",
-        "MODEL_CONFIG_PATH": str(private_catalog(folder, bert_dir)),
+        "MODEL_CONFIG_PATH": str(catalog or private_catalog(folder, bert_dir)),
         "HF_HUB_OFFLINE": "1",
         "LOG_LEVEL": "INFO",
         **FAST_PRESENCE,

@@ -13,11 +13,8 @@ import pytest
 
 from inferq import batches as b
 from inferq import protocol as p
+from tests.batches_support import jsonl, wait_batch
 from tests.conftest import MINILM, SMOL
-
-
-def _jsonl(lines: list[dict]) -> bytes:
-    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
 def _embedding_line(i: int, texts: list[str], model: str = MINILM) -> dict:
@@ -29,22 +26,7 @@ def _embedding_line(i: int, texts: list[str], model: str = MINILM) -> dict:
     }
 
 
-def _wait(
-    client,
-    batch_id: str,
-    statuses=("completed", "failed", "cancelled", "expired"),
-    timeout: float = 180,
-):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in statuses:
-            return batch
-        time.sleep(0.2)
-    raise AssertionError(f"batch {batch_id} still {batch.status}")
-
-
-def _read_jsonl(client, file_id: str) -> list[dict]:
+def _readjsonl(client, file_id: str) -> list[dict]:
     return [json.loads(line) for line in client.files.content(file_id).text.splitlines() if line]
 
 
@@ -77,7 +59,7 @@ def test_upload_over_the_limit_is_413(stack):
 
 def test_embeddings_batch_end_to_end(openai_client):
     lines = [_embedding_line(i, [f"batch text {i} {j}" for j in range(8)]) for i in range(150)]
-    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    upload = openai_client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
     batch = openai_client.batches.create(
         input_file_id=upload.id,
         endpoint="/v1/embeddings",
@@ -86,14 +68,14 @@ def test_embeddings_batch_end_to_end(openai_client):
     )
     assert batch.status in ("validating", "in_progress")
     assert batch.metadata == {"job": "nightly"}
-    done = _wait(openai_client, batch.id)
+    done = wait_batch(openai_client, batch.id)
     assert done.status == "completed", done
     assert done.request_counts.total == 150
     assert done.request_counts.completed == 150
     assert done.request_counts.failed == 0
     assert done.in_progress_at and done.finalizing_at and done.completed_at
     assert done.error_file_id is None
-    output = _read_jsonl(openai_client, done.output_file_id)
+    output = _readjsonl(openai_client, done.output_file_id)
     assert sorted(o["custom_id"] for o in output) == sorted(f"req-{i}" for i in range(150))
     by_id = {o["custom_id"]: o for o in output}
     sync = openai_client.embeddings.create(
@@ -113,18 +95,18 @@ def test_bad_lines_go_to_the_error_file(openai_client):
     lines = [_embedding_line(i, [f"fine {i}"]) for i in range(5)]
     lines[1]["body"]["input"] = ""
     lines[3]["body"]["dimensions"] = 5000
-    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    upload = openai_client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
     batch = openai_client.batches.create(
         input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
     )
-    done = _wait(openai_client, batch.id)
+    done = wait_batch(openai_client, batch.id)
     assert done.status == "completed"
     assert (done.request_counts.completed, done.request_counts.failed) == (3, 2)
-    errors = _read_jsonl(openai_client, done.error_file_id)
+    errors = _readjsonl(openai_client, done.error_file_id)
     assert sorted(e["custom_id"] for e in errors) == ["req-1", "req-3"]
     assert all(e["response"]["status_code"] == 400 for e in errors)
     assert {e["response"]["body"]["error"]["param"] for e in errors} == {"input", "dimensions"}
-    assert len(_read_jsonl(openai_client, done.output_file_id)) == 3
+    assert len(_readjsonl(openai_client, done.output_file_id)) == 3
 
 
 def test_batch_carries_model_usage_and_output_expiry(openai_client, stack):
@@ -134,17 +116,17 @@ def test_batch_carries_model_usage_and_output_expiry(openai_client, stack):
         _embedding_line(i, [f"usage text {i}", "and a second one " * (i + 1)]) for i in range(6)
     ]
     lines[2]["body"]["input"] = ""  # a failed line counts no tokens
-    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    upload = openai_client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
     batch = openai_client.batches.create(
         input_file_id=upload.id,
         endpoint="/v1/embeddings",
         completion_window="24h",
         output_expires_after={"anchor": "created_at", "seconds": 7200},
     )
-    done = _wait(openai_client, batch.id)
+    done = wait_batch(openai_client, batch.id)
     assert done.status == "completed", done
     assert done.model == MINILM
-    output = _read_jsonl(openai_client, done.output_file_id)
+    output = _readjsonl(openai_client, done.output_file_id)
     prompt = sum(o["response"]["body"]["usage"]["prompt_tokens"] for o in output)
     assert len(output) == 5 and prompt > 5 * 4
     assert (done.usage.input_tokens, done.usage.output_tokens) == (prompt, 0)
@@ -172,15 +154,15 @@ def test_batch_carries_model_usage_and_output_expiry(openai_client, stack):
 
 
 def test_malformed_line_fails_validation_naming_the_line(openai_client):
-    good = _jsonl([_embedding_line(0, ["ok"]), _embedding_line(1, ["ok"])])
+    good = jsonl([_embedding_line(0, ["ok"]), _embedding_line(1, ["ok"])])
     upload = openai_client.files.create(
-        file=("in.jsonl", good + b"{not json\n" + _jsonl([_embedding_line(1, ["dup"])])),
+        file=("in.jsonl", good + b"{not json\n" + jsonl([_embedding_line(1, ["dup"])])),
         purpose="batch",
     )
     batch = openai_client.batches.create(
         input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
     )
-    done = _wait(openai_client, batch.id)
+    done = wait_batch(openai_client, batch.id)
     assert done.status == "failed"
     assert done.failed_at
     errors = {e.line: e.code for e in done.errors.data}
@@ -190,7 +172,7 @@ def test_malformed_line_fails_validation_naming_the_line(openai_client):
 
 def test_batch_creation_errors(openai_client):
     upload = openai_client.files.create(
-        file=("in.jsonl", _jsonl([_embedding_line(0, ["x"])])), purpose="user_data"
+        file=("in.jsonl", jsonl([_embedding_line(0, ["x"])])), purpose="user_data"
     )
     with pytest.raises(openai.BadRequestError):
         openai_client.batches.create(
@@ -211,7 +193,7 @@ def test_cancel_mid_way_keeps_finished_output(openai_client):
         _embedding_line(i, [f"long running text {i} {j} " * 6 for j in range(8)])
         for i in range(3000)
     ]
-    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    upload = openai_client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
     batch = openai_client.batches.create(
         input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
     )
@@ -223,14 +205,14 @@ def test_cancel_mid_way_keeps_finished_output(openai_client):
         time.sleep(0.1)
     cancelled = openai_client.batches.cancel(batch.id)
     assert cancelled.status in ("cancelling", "cancelled")
-    done = _wait(openai_client, batch.id)
+    done = wait_batch(openai_client, batch.id)
     assert done.status == "cancelled"
     assert done.cancelling_at and done.cancelled_at
     assert 0 < done.request_counts.completed < 3000
-    output = _read_jsonl(openai_client, done.output_file_id)
+    output = _readjsonl(openai_client, done.output_file_id)
     assert len(output) == done.request_counts.completed
     # every line not run is in the error file, marked as OpenAI marks it
-    errors = _read_jsonl(openai_client, done.error_file_id)
+    errors = _readjsonl(openai_client, done.error_file_id)
     assert len(errors) == done.request_counts.failed == 3000 - len(output)
     assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
     assert all(e["response"] is None for e in errors)
@@ -251,13 +233,13 @@ def test_rerank_batch(stack, openai_client):
         }
         for i in range(10)
     ]
-    upload = openai_client.files.create(file=("r.jsonl", _jsonl(lines)), purpose="batch")
+    upload = openai_client.files.create(file=("r.jsonl", jsonl(lines)), purpose="batch")
     batch = openai_client.batches.create(
         input_file_id=upload.id, endpoint="/v1/rerank", completion_window="24h"
     )
-    done = _wait(openai_client, batch.id)
+    done = wait_batch(openai_client, batch.id)
     assert done.status == "completed"
-    output = {o["custom_id"]: o for o in _read_jsonl(openai_client, done.output_file_id)}
+    output = {o["custom_id"]: o for o in _readjsonl(openai_client, done.output_file_id)}
     sync = httpx.post(f"{stack.v1}/rerank", json=lines[4]["body"]).json()
     assert [r["index"] for r in output["r4"]["response"]["body"]["results"]] == [
         r["index"] for r in sync["results"]
@@ -294,17 +276,15 @@ def test_chat_batch_on_smollm2(smol_stack, openai_client):
             tool_choice={"type": "function", "function": {"name": "g"}},
         ),
     ]
-    upload = openai_client.files.create(file=("chat.jsonl", _jsonl(lines)), purpose="batch")
+    upload = openai_client.files.create(file=("chat.jsonl", jsonl(lines)), purpose="batch")
     batch = openai_client.batches.create(
         input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
-    done = _wait(openai_client, batch.id, timeout=300)
+    done = wait_batch(openai_client, batch.id, timeout=300)
     assert done.status == "completed", done
     assert (done.request_counts.total, done.request_counts.completed) == (16, 13)
     assert done.request_counts.failed == 3
-    output = {
-        o["custom_id"]: o["response"] for o in _read_jsonl(openai_client, done.output_file_id)
-    }
+    output = {o["custom_id"]: o["response"] for o in _readjsonl(openai_client, done.output_file_id)}
     assert set(output) == {"capital", "short", "two-choices", *(f"q{i}" for i in range(10))}
     two = output["two-choices"]["body"]["choices"]
     assert [c["index"] for c in two] == [0, 1]
@@ -326,7 +306,7 @@ def test_chat_batch_on_smollm2(smol_stack, openai_client):
     usages = [o["body"]["usage"] for o in output.values()]
     assert done.usage.input_tokens == sum(u["prompt_tokens"] for u in usages)
     assert done.usage.output_tokens == sum(u["completion_tokens"] for u in usages) > 12
-    errors = {e["custom_id"]: e["response"] for e in _read_jsonl(openai_client, done.error_file_id)}
+    errors = {e["custom_id"]: e["response"] for e in _readjsonl(openai_client, done.error_file_id)}
     assert {cid: e["status_code"] for cid, e in errors.items()} == {
         "unknown": 400,
         "streamed": 400,
@@ -342,26 +322,26 @@ def test_chat_batch_on_smollm2(smol_stack, openai_client):
 def test_cancelling_a_chat_batch_stops_running_generations(smol_stack, openai_client):
     story = "Write a very long story about a dragon and a knight."
     lines = [_chat_line(f"s{i}", story, max_tokens=1000) for i in range(8)]  # one part
-    upload = openai_client.files.create(file=("story.jsonl", _jsonl(lines)), purpose="batch")
+    upload = openai_client.files.create(file=("story.jsonl", jsonl(lines)), purpose="batch")
     batch = openai_client.batches.create(
         input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
-    _wait(openai_client, batch.id, statuses=("in_progress",), timeout=60)
+    wait_batch(openai_client, batch.id, statuses=("in_progress",), timeout=60)
     time.sleep(2)  # the part is decoding: eight long generations, far from done
     openai_client.batches.cancel(batch.id)
-    done = _wait(openai_client, batch.id, timeout=120)
+    done = wait_batch(openai_client, batch.id, timeout=120)
     assert done.status == "cancelled"
     # the running lines were stopped, not finished: each is a batch_cancelled error
     assert (done.request_counts.completed, done.request_counts.failed) == (0, 8)
     assert done.output_file_id is None
-    errors = _read_jsonl(openai_client, done.error_file_id)
+    errors = _readjsonl(openai_client, done.error_file_id)
     assert sorted(e["custom_id"] for e in errors) == [f"s{i}" for i in range(8)]
     assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
 
 
 def test_list_and_paginate_batches(openai_client):
     upload = openai_client.files.create(
-        file=("in.jsonl", _jsonl([_embedding_line(0, ["x"])])), purpose="batch"
+        file=("in.jsonl", jsonl([_embedding_line(0, ["x"])])), purpose="batch"
     )
     ids = [
         openai_client.batches.create(
@@ -375,7 +355,7 @@ def test_list_and_paginate_batches(openai_client):
     rest = openai_client.batches.list(limit=2, after=page.data[-1].id)
     assert rest.data[0].id == ids[0]
     for batch_id in ids:
-        _wait(openai_client, batch_id)
+        wait_batch(openai_client, batch_id)
 
 
 UNSERVED = "Qwen/Qwen3-Embedding-4B"  # in the catalog, no worker in the tests
@@ -394,31 +374,31 @@ def test_a_batch_no_worker_runs_expires_with_every_line_in_the_error_file(stack,
     base = stack.start_api(BATCH_EXPIRY_SEC="5")
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
     lines = [_embedding_line(i, ["never embedded"], model=UNSERVED) for i in range(5)]
-    upload = client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    upload = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
     batch = client.batches.create(
         input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
     )
     assert batch.expires_at - batch.created_at == 5
-    done = _wait(client, batch.id, timeout=90)  # the sweep acts 10 s after the expiry
+    done = wait_batch(client, batch.id, timeout=90)  # the sweep acts 10 s after the expiry
     assert done.status == "expired" and done.expired_at >= batch.expires_at
     assert done.output_file_id is None
     assert (done.request_counts.total, done.request_counts.failed) == (5, 5)
-    errors = _read_jsonl(client, done.error_file_id)
+    errors = _readjsonl(client, done.error_file_id)
     assert sorted(e["custom_id"] for e in errors) == [f"req-{i}" for i in range(5)]
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
 
 
 def test_cancelling_a_batch_no_worker_runs_ends_cancelled(openai_client, unserved_queue):
     lines = [_embedding_line(i, ["never embedded"], model=UNSERVED) for i in range(3)]
-    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    upload = openai_client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
     batch = openai_client.batches.create(
         input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
     )
-    _wait(openai_client, batch.id, statuses=("in_progress",), timeout=30)
+    wait_batch(openai_client, batch.id, statuses=("in_progress",), timeout=30)
     assert openai_client.batches.cancel(batch.id).status == "cancelling"
-    done = _wait(openai_client, batch.id, timeout=60)  # the sweep, after the grace period
+    done = wait_batch(openai_client, batch.id, timeout=60)  # the sweep, after the grace period
     assert done.status == "cancelled" and done.cancelled_at
-    errors = _read_jsonl(openai_client, done.error_file_id)
+    errors = _readjsonl(openai_client, done.error_file_id)
     assert sorted(e["custom_id"] for e in errors) == ["req-0", "req-1", "req-2"]
     assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
 
@@ -427,20 +407,20 @@ def test_a_finalize_that_died_is_finished_by_the_sweep(openai_client, redis_clie
     """A worker that died inside finalize leaves the batch ``finalizing``; once it is due the
     sweep sends finalize again, which finishes the batch from there."""
     lines = [_embedding_line(i, ["never embedded"], model=UNSERVED) for i in range(4)]
-    upload = openai_client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    upload = openai_client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
     batch = openai_client.batches.create(
         input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
     )
-    _wait(openai_client, batch.id, statuses=("in_progress",), timeout=30)
+    wait_batch(openai_client, batch.id, statuses=("in_progress",), timeout=30)
     # what the dead finalize had done: moved the (expired) batch to finalizing, nothing more
     redis_client.hset(
         b.batch_key(batch.id),
         mapping={"status": "finalizing", "finalizing_at": batch.expires_at + 1},
     )
     redis_client.zadd(b.open_batches_key(), {batch.id: p.now()})  # its retry time has come
-    done = _wait(openai_client, batch.id, timeout=60)
+    done = wait_batch(openai_client, batch.id, timeout=60)
     assert done.status == "expired"
-    errors = _read_jsonl(openai_client, done.error_file_id)
+    errors = _readjsonl(openai_client, done.error_file_id)
     assert sorted(e["custom_id"] for e in errors) == [f"req-{i}" for i in range(4)]
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
     assert redis_client.zscore(b.open_batches_key(), batch.id) is None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import numpy as np
 import openai
@@ -20,15 +19,15 @@ import pytest
 import yaml
 
 from inferq.devstack import ROOT, stop
-from tests.conftest import free_port
-from tests.private_stack import PrivateStack
+from tests.batches_support import jsonl, wait_batch
+from tests.private_stack import start_private_stack
 
 NEW_MODEL = "tiny-bert-mean"  # in the full catalog only
 OLD_MODEL = "tiny-bert-cls"  # in both
 
 
 def _lines(model: str, texts: list[str]) -> bytes:
-    lines = [
+    return jsonl(
         {
             "custom_id": f"{model}-{i}",
             "method": "POST",
@@ -36,18 +35,7 @@ def _lines(model: str, texts: list[str]) -> bytes:
             "body": {"model": model, "input": text},
         }
         for i, text in enumerate(texts)
-    ]
-    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
-
-
-def _wait(client: openai.OpenAI, batch_id: str, statuses: tuple[str, ...], timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in statuses:
-            return batch
-        time.sleep(0.2)
-    raise AssertionError(f"batch {batch_id} still {batch.status}")
+    )
 
 
 @pytest.fixture()
@@ -65,17 +53,8 @@ def mixed(tmp_path, stack_catalog, tiny_embedders):
         "local_dir": str(tiny_embedders["bert"]),
     }
     (narrow / "models.local.yaml").write_text(yaml.safe_dump({"models": [entry]}))
-    port = free_port()
-    env = {
-        "REDIS_URL": f"redis://127.0.0.1:{port}/0",
-        "MODEL_CONFIG_PATH": str(stack_catalog),
-        "HF_HUB_OFFLINE": "1",
-        "LOG_LEVEL": "INFO",
-    }
-    stack = PrivateStack(tmp_path, env, port)
+    stack = start_private_stack(tmp_path, tiny_embedders["bert"], [], catalog=stack_catalog)
     try:
-        stack.start_redis()
-        stack.base_url = stack.start_api()
         yield stack, narrow / "models.yaml"
     except BaseException:
         print(stack.logs())
@@ -99,12 +78,12 @@ def test_a_worker_without_the_model_in_its_catalog_plans_a_batch_another_worker_
     batch = client.batches.create(
         input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
     )
-    planned = _wait(client, batch.id, ("in_progress", "failed", "completed"), timeout=60)
+    planned = wait_batch(client, batch.id, ("in_progress", "failed", "completed"), timeout=60)
     assert planned.status == "in_progress", planned.errors
     assert f"batch {batch.id}: 4 lines in 2 parts" in old_worker.log_path.read_text()
 
     stack.start_worker([NEW_MODEL])  # the new worker is back: it runs its lines
-    done = _wait(client, batch.id, ("completed", "failed", "expired"), timeout=120)
+    done = wait_batch(client, batch.id, ("completed", "failed", "expired"), timeout=120)
     assert done.status == "completed"
     assert (done.request_counts.completed, done.request_counts.failed) == (4, 0)
     rows = {
@@ -126,7 +105,7 @@ def test_a_model_no_worker_ever_announced_still_fails_the_line(mixed):
     batch = client.batches.create(
         input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
     )
-    done = _wait(client, batch.id, ("failed", "completed", "in_progress"), timeout=60)
+    done = wait_batch(client, batch.id, ("failed", "completed", "in_progress"), timeout=60)
     assert done.status == "failed"
     assert [(e.code, e.line) for e in done.errors.data] == [("model_not_found", 1)]
     assert "not served" in done.errors.data[0].message

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,7 +16,7 @@ from celery import Celery
 
 from inferq import protocol as p
 from tests.conftest import MINILM
-from tests.private_stack import CRASH_BERT, start_private_stack
+from tests.private_stack import CRASH_BERT, start_private_stack, wait_for
 
 
 def _sent(base: str, model: str) -> tuple[int, int]:
@@ -143,17 +142,8 @@ def _record(stack, job_id: str) -> dict:
     return {k.decode(): v for k, v in raw.items()}
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _terminal(stack, job_id: str, timeout: float = 120) -> dict:
-    return _wait(
+    return wait_for(
         lambda: (
             (r := _record(stack, job_id)).get("status", b"").decode() in p.TERMINAL_STATUSES and r
         ),
@@ -178,7 +168,7 @@ def test_a_cancelled_job_of_a_message_leaves_the_others_their_results(private):
     small = [["alpha beta", "gamma"], ["delta epsilon zeta"]]
     long = [f"long job text {i}" for i in range(3000)]  # ~25 passes of 0.15 s
     long_id, *small_ids = _one_message(private, [long, *small])
-    _wait(lambda: _record(private, long_id).get("status") == b"running", 60, "the long job")
+    wait_for(lambda: _record(private, long_id).get("status") == b"running", 60, "the long job")
     cancel = httpx.post(f"{private.v1}/jobs/{long_id}/cancel")
     assert cancel.status_code == 200, cancel.text
     assert _terminal(private, long_id)["status"] == b"cancelled"
@@ -194,7 +184,7 @@ def test_a_killed_worker_hands_every_job_of_its_message_on(private):
     small = [["one small request"], ["another", "small request"]]
     long_id, *small_ids = _one_message(private, [long, *small])
     holder = private.holder(long_id)
-    _wait(lambda: _record(private, long_id).get("progress"), 60, "progress of the long job")
+    wait_for(lambda: _record(private, long_id).get("progress"), 60, "progress of the long job")
     done_before = {
         job_id for job_id in small_ids if _record(private, job_id).get("status") == b"succeeded"
     }

@@ -15,7 +15,13 @@ import pytest
 
 from inferq import protocol as p
 from tests.chat_support import sse_events
-from tests.private_stack import CRASH_BERT, SLOW_CHAT, slow_chat_no_eos, start_private_stack
+from tests.private_stack import (
+    CRASH_BERT,
+    SLOW_CHAT,
+    slow_chat_no_eos,
+    start_private_stack,
+    wait_for,
+)
 
 MODELS = [SLOW_CHAT, CRASH_BERT]
 
@@ -32,15 +38,6 @@ def private(tmp_path_factory, tiny_embedders):
 @pytest.fixture(scope="module")
 def no_eos() -> dict[str, int]:
     return slow_chat_no_eos()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def kill(worker) -> float:

@@ -153,10 +153,8 @@ def transcribe_windows(
     planned ``request.windows``, else the VAD's of its audio) are handed
     to ``submit`` at once (grouped by the options ``options_for(request, language, first)``
     gives it), then the outputs are read in order; an uncovered tail is submitted as soon as
-    its window's output is read, and before waiting for a window, the tails of the later
-    windows already decoded are submitted too (so tails share the next batch). Without a
-    ``language``, the first window is decoded alone first and the language it was decoded
-    in is the request's."""
+    its window's output is read. Without a ``language``, the first window is decoded alone
+    first and the language it was decoded in is the request's."""
     check_cancelled(request.cancel_event)
     windows = request.windows
     if windows is None:
@@ -182,42 +180,18 @@ def transcribe_windows(
                 send(rest, False)
         known = list(windows)
         tails: set[Window] = set()
-        outputs: dict[Window, WindowOutput] = {}
         segments: list[SpeechSegment] = []
         words: list[SpeechWord] = []
-
-        def read(at: int) -> None:
-            """Take ``known[at]``'s output; submit its uncovered tail (placed after it)."""
-            window = known[at]
-            outputs[window] = output = _wait(futures.pop(window), request.cancel_event)
-            tail = None if window in tails else uncovered_tail(window, output)
-            if tail is not None:
-                tails.add(tail)
-                known.insert(at + 1, tail)
-                send([tail], False)
-
         i = 0
         while i < len(known):
             window = known[i]
-            if window not in outputs:
-                if not futures[window].done():
-                    # before waiting: the tails of the later windows decoded already, so
-                    # they are decoded in the next batch with the windows still pending
-                    j = i + 1
-                    while j < len(known):
-                        later = futures.get(known[j])
-                        if (
-                            later is not None
-                            and later.done()
-                            and not later.cancelled()
-                            and later.exception() is None
-                        ):
-                            before = len(known)
-                            read(j)
-                            j += len(known) - before  # past its tail
-                        j += 1
-                read(i)
-            _emit(request, window, outputs.pop(window), segments, words)
+            output = _wait(futures.pop(window), request.cancel_event)
+            tail = None if window in tails else uncovered_tail(window, output)
+            if tail is not None:
+                tails.add(tail)
+                known.insert(i + 1, tail)
+                send([tail], False)
+            _emit(request, window, output, segments, words)
             i += 1
     except BaseException:  # cancelled or failed: the windows still pending are not wanted
         for future in futures.values():

@@ -24,38 +24,32 @@ from tests.handlers.speech_audio import encode_audio
 pytestmark = pytest.mark.timeout(900)
 
 
-def batch_requests(port: int) -> tuple[float, float]:
-    """(speech batches so far, of which those with windows of one request only) of TINY_EN."""
+def batch_histogram(port: int, metric: str, le: float) -> tuple[float, float]:
+    """(speech batches so far, of which those with a ``metric`` value <= ``le``) of TINY_EN:
+    ``metric`` is ``requests`` (requests per batch) or ``windows`` (windows per batch)."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    total = single = 0.0
+    total = at_most = 0.0
     for family in text_string_to_metric_families(text):
-        if family.name != "inferq_worker_speech_batch_requests":
+        if family.name != f"inferq_worker_speech_batch_{metric}":
             continue
         for sample in family.samples:
             if sample.labels.get("model") != TINY_EN:
                 continue
             if sample.name.endswith("_count"):
                 total = sample.value
-            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 1.0:
-                single = sample.value
-    return total, single
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == le:
+                at_most = sample.value
+    return total, at_most
+
+
+def batch_requests(port: int) -> tuple[float, float]:
+    """(speech batches so far, of which those with windows of one request only)."""
+    return batch_histogram(port, "requests", 1.0)
 
 
 def batch_windows(port: int) -> tuple[float, float]:
-    """(speech batches so far, of which those of at most two windows) of TINY_EN."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    total = small = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name != "inferq_worker_speech_batch_windows":
-            continue
-        for sample in family.samples:
-            if sample.labels.get("model") != TINY_EN:
-                continue
-            if sample.name.endswith("_count"):
-                total = sample.value
-            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 2.0:
-                small = sample.value
-    return total, small
+    """(speech batches so far, of which those of at most two windows)."""
+    return batch_histogram(port, "windows", 2.0)
 
 
 @pytest.fixture(scope="module")

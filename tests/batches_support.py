@@ -1,0 +1,27 @@
+"""What the Batch API tests share."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+
+def jsonl(lines: Iterable[dict]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def wait_batch(
+    client,
+    batch_id: str,
+    statuses=("completed", "failed", "cancelled", "expired"),
+    timeout: float = 180,
+):
+    """The batch once its status is one of ``statuses`` (polled every 0.2 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in statuses:
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} still {batch.status}")
