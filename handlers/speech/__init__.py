@@ -1,7 +1,7 @@
 """Speech-to-text handlers: Whisper through transformers or through faster-whisper (CTranslate2).
 
 Both handlers run one speech pipeline (:mod:`~handlers.speech.pipeline`): decoded audio, Silero
-VAD windows of at most 30 s (:mod:`~handlers.speech.vad`), windows decoded in batches,
+VAD windows of at most 26 s (:mod:`~handlers.speech.vad`), windows decoded in batches,
 segments clamped into their windows. Both implement ``decode_windows`` (one batched pass over
 windows of one or many requests with equal :class:`~handlers.speech.pipeline.WindowOptions`),
 so a worker decodes the windows of concurrent requests together

@@ -18,7 +18,7 @@ from tests.handlers.speech_audio import FOX_SENTENCE, encode_audio, espeak
 TINY_EN = "Systran/faster-whisper-tiny.en"
 RANDOM = "tiny-whisper-random"
 CHUNK_SEC = "30"
-LONG_SECONDS = 180.0
+LONG_SECONDS = 240.0  # ten windows: more than one batch (8) holds
 SENTENCES = [
     FOX_SENTENCE,
     "A journey of a thousand miles begins with a single step.",

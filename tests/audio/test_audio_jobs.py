@@ -62,9 +62,9 @@ def test_long_file_job_reports_progress_then_the_whole_transcript(
         time.sleep(0.25)
     assert current["status"] == "succeeded", current["error"]
     running = [s["progress"] for s in snapshots if s["status"] == "running"]
-    # planned, then at least one partial state: this file's seven one-window parts may share
-    # one batch (a worker keeps up to two batches of a job's windows in flight), so most of
-    # them may settle together
+    # planned, then at least one partial state: this file's ten one-window parts need two
+    # batches of 8 at least (a worker keeps up to two batches of a job's windows in flight,
+    # so the parts of one batch settle together)
     assert len(running) >= 2
     fractions = [r["fraction"] for r in running]
     assert fractions == sorted(fractions) and fractions[0] < 1

@@ -15,7 +15,7 @@ is thread-safe, the most urgent first (a sync request goes before the next part 
 * **Long jobs** fan out (:mod:`.coordinator`). The job's task thread is the *coordinator*: it
   plans the parts (:mod:`.planning`): a handler that plans windows
   (:class:`handlers.base.WindowPlanningSpeechModel`, both Whisper handlers) runs its VAD once
-  over the whole file, and consecutive windows (each <= 30 s, never cutting speech) are
+  over the whole file, and consecutive windows (each <= 26 s, never cutting speech) are
   grouped into parts of at most ``AUDIO_CHUNK_SEC``, each part decoding exactly its windows
   (no VAD of its own, so no part boundary cuts speech); any other handler's file is cut into
   ranges ending at pauses. It stores the plan and the list of pending parts
