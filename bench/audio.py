@@ -45,7 +45,15 @@ import yaml
 from bench.audio_batching import batching_ceiling, sixteen_at_once
 from bench.audio_common import MODEL, SENTENCES, build_audio, figures
 from inferq import audio as a
-from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
+from inferq.devstack import (
+    ROOT,
+    ensure_redis,
+    free_port,
+    spawn,
+    stop,
+    wait_http_ready,
+    wait_workers,
+)
 
 
 def in_process(path: Path, duration: float, reference: list[str], threads: int) -> dict:
@@ -145,6 +153,9 @@ def through_stack(
                 "MODEL_CONFIG_PATH": str(_catalog(folder, threads)),
                 "OMP_NUM_THREADS": str(threads),
             }
+            metrics_port = free_port()
+            if len(pins) == 1:  # (f) reads the batches it made
+                env["WORKER_METRICS_PORT"] = str(metrics_port)
             workers = []
             try:
                 for i, cpus in enumerate(pins):
@@ -179,7 +190,9 @@ def through_stack(
                 }
                 print(f"  {name}: {results[name]}", flush=True)
                 if name == "c_1_worker_all_cores":
-                    results["f_16_sync_requests"] = sixteen_at_once(base, folder)
+                    results["f_16_sync_requests"] = sixteen_at_once(
+                        base, folder, metrics_url=f"http://127.0.0.1:{metrics_port}/metrics"
+                    )
                     print(f"  f_16_sync_requests: {results['f_16_sync_requests']}", flush=True)
             finally:
                 for proc in workers:
@@ -263,6 +276,14 @@ def report(result: dict) -> str:
             f"(f) at once / one after another, wall time = {f['at_once_over_sequential_time']:.3f}"
             f"  [goal <= 0.5]; {f['same_text']}/{f['files']} transcripts identical"
         )
+        for way in ("sequential", "at_once"):
+            batches = f.get(f"batches_{way}") or {}
+            if batches.get("batches"):
+                lines.append(
+                    f"(f) {way.replace('_', ' ')}: {batches['batches']} batches,"
+                    f" {batches['windows_per_batch']} windows and"
+                    f" {batches['requests_per_batch']} requests per batch"
+                )
     if "f_batching_ceiling" in result:
         c = result["f_batching_ceiling"]
         lines.append(

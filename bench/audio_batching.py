@@ -24,21 +24,64 @@ def _sync(base: str, path: Path) -> str:
     return response.text
 
 
-def sixteen_at_once(base: str, folder: Path, count: int = 16, seconds: float = 20.0) -> dict:
+def speech_batches(metrics_url: str | None) -> dict[str, float]:
+    """The worker's speech batches so far (``inferq_worker_speech_batch_*``): how many, and
+    the windows and requests they held in all."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = {"batches": 0.0, "windows": 0.0, "requests": 0.0}
+    if metrics_url is None:
+        return totals
+    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text):
+        what = family.name.removeprefix("inferq_worker_speech_batch_")
+        if what not in ("windows", "requests"):
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model") != MODEL:
+                continue
+            if sample.name.endswith("_count"):
+                totals["batches"] = sample.value
+            elif sample.name.endswith("_sum"):
+                totals[what] = sample.value
+    return totals
+
+
+def _composition(before: dict[str, float], after: dict[str, float]) -> dict:
+    batches = after["batches"] - before["batches"]
+    if not batches:
+        return {"batches": 0}
+    return {
+        "batches": int(batches),
+        "windows_per_batch": round((after["windows"] - before["windows"]) / batches, 2),
+        "requests_per_batch": round((after["requests"] - before["requests"]) / batches, 2),
+    }
+
+
+def sixteen_at_once(
+    base: str,
+    folder: Path,
+    count: int = 16,
+    seconds: float = 20.0,
+    metrics_url: str | None = None,
+) -> dict:
     """(f): ``count`` different files of ``seconds`` through the sync route, one after
-    another, then all at once; WER over all of them together."""
+    another, then all at once; WER over all of them together, and (with the worker's
+    ``metrics_url``) the batches each way: how many, windows and requests per batch."""
     from concurrent.futures import ThreadPoolExecutor
 
     files = [build_audio(folder, seconds, seed=i, name=f"short{i}") for i in range(count)]
     audio_s = sum(duration for _, duration, _ in files)
     reference = [word for _, _, ref in files for word in ref]
+    first = speech_batches(metrics_url)
     started = time.perf_counter()
     sequential = [_sync(base, path) for path, _, _ in files]
     sequential_wall = time.perf_counter() - started
+    between = speech_batches(metrics_url)
     started = time.perf_counter()
     with ThreadPoolExecutor(count) as pool:
         together = list(pool.map(lambda f: _sync(base, f[0]), files))
     together_wall = time.perf_counter() - started
+    last = speech_batches(metrics_url)
     return {
         "files": count,
         "seconds_each": seconds,
@@ -46,6 +89,8 @@ def sixteen_at_once(base: str, folder: Path, count: int = 16, seconds: float = 2
         "at_once": figures(audio_s, together_wall, reference, " ".join(together)),
         "at_once_over_sequential_time": round(together_wall / sequential_wall, 3),
         "same_text": sum(a == b for a, b in zip(sequential, together, strict=True)),
+        "batches_sequential": _composition(first, between),
+        "batches_at_once": _composition(between, last),
     }
 
 

@@ -105,6 +105,13 @@ def ensure_redis(
     raise RuntimeError(f"could not start {binary} on port {port} (see {data_dir / 'redis.log'})")
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 free right now (the OS's choice)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def port_in_use(host: str, port: int) -> bool:
     """Whether ``host:port`` cannot be bound (as uvicorn binds it: SO_REUSEADDR, so a port
     left in TIME_WAIT counts as free)."""

@@ -24,6 +24,7 @@ import yaml
 from inferq.devstack import (
     ROOT,
     ensure_redis,
+    free_port,
     spawn,
     stop,
     wait_http_ready,
@@ -47,12 +48,6 @@ WORKER_START_SEC = 360
 # bfloat16 (what `auto` picks on CPUs with bf16 units) has tests of its own:
 # tests/handlers/test_dtype.py and tests/test_dtype_stack.py.
 os.environ["MODEL_DTYPE"] = "float32"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _claim_test_db() -> tuple[str, redis.Redis | None]:

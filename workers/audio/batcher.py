@@ -42,7 +42,11 @@ from workers import metrics
 
 log = logging.getLogger(__name__)
 
-FILL_WAIT_SEC = 0.2  # the longest a batch that is not full waits for preparing requests
+# The longest a batch that is not full waits for requests still preparing. Sixteen 20 s files
+# sent at once to one 2-core worker reach it over ~0.3-0.5 s (uploads, decoding, VAD): with
+# 0.2 s their windows went in batches of 7, 8 and 1 (or 5, 8 and 3), with 0.5 s in 8 and 8
+# (bench/audio.py (f), 2026-12-04). A request alone never waits.
+FILL_WAIT_SEC = 0.5
 
 
 class Submitter:
