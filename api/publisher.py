@@ -7,6 +7,10 @@ being published wait for it and then go out together, at most ``max_jobs`` per m
 that finds nothing in flight is published at once: coalescing never adds a delay, it only
 uses the time a publish takes anyway. Each job keeps its own record, status, cancel and
 result; the message carries only their ids (``inferq.protocol.COALESCED_ENDPOINTS``).
+
+Given the API's asyncio Redis client, a message is built here (``api/task_messages.py``) and
+pushed on the event loop; without one (``TASK_EVENTS=1``), ``Celery.send_task`` sends it from
+a thread.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import redis.asyncio as aioredis
 from celery import Celery
+
+from api.task_messages import TaskMessages
 
 
 @dataclass
@@ -26,8 +33,10 @@ class _Lane:
 
 
 class Publisher:
-    def __init__(self, celery: Celery, max_jobs: int):
+    def __init__(self, celery: Celery, max_jobs: int, client: aioredis.Redis | None = None):
         self.celery = celery
+        self.client = client
+        self.messages = TaskMessages(celery) if client is not None else None
         self.max_jobs = max(1, max_jobs)
         self._lanes: dict[tuple[str, str, int], _Lane] = {}
         self.sent: dict[str, list[int]] = {}  # queue -> [messages, jobs] (for /metrics)
@@ -74,13 +83,18 @@ class Publisher:
         counts = self.sent.setdefault(queue, [0, 0])
         counts[0] += 1
         counts[1] += len(job_ids)
+        headers = {"request_id": ",".join(request_ids)}
+        if self.messages is not None:
+            key, payload = self.messages.encode(task, job_ids, queue, priority, headers)
+            await self.client.lpush(key, payload)
+            return
         await asyncio.to_thread(
             self.celery.send_task,
             task,
             args=job_ids,
             queue=queue,
             priority=priority,
-            headers={"request_id": ",".join(request_ids)},
+            headers=headers,
             retry=False,
         )
 

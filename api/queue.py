@@ -66,7 +66,12 @@ class JobQueue:
                 transport_options=broker_transport_options(settings),
             )
         )
-        self.publisher = Publisher(self.celery, settings.publish_coalesce_max)
+        # Messages pushed by this client (Celery's send_task when task-sent events are wanted).
+        self.publisher = Publisher(
+            self.celery,
+            settings.publish_coalesce_max,
+            None if settings.task_events else self.redis,
+        )
         self.notify_channel = f"{p.PREFIX}:notify:{instance_name('api')}"
         self._cancel = self.redis.register_script(p.CANCEL_SCRIPT)
         self._waiters: dict[str, asyncio.Future] = {}
