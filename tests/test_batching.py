@@ -245,3 +245,75 @@ def test_requests_with_the_same_texts_pending_together_each_get_their_vectors(ha
     finally:
         gate.set()
         batcher.stop()
+
+
+class Threads(Recording):
+    """Records which thread ran each pass and the most passes that ever overlapped."""
+
+    def __init__(self, handler, **kwargs):
+        super().__init__(handler, **kwargs)
+        self.threads: list[str] = []
+        self.running = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def embed_batch(self, texts):
+        with self._lock:
+            self.threads.append(threading.current_thread().name)
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            return super().embed_batch(texts)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_an_idle_batcher_runs_a_lone_submission_in_its_thread(handler):
+    """The idle pass: nothing pending, no pass running: the submitting thread runs it (no
+    hand-off to the model thread); its vectors are the handler's."""
+    recording = Threads(handler)
+    batcher = _batcher(recording, batch_tokens=4096, max_batch_size=8, inline=True)
+    texts = ["one lone request", "and its second text"]
+    try:
+        future = _submit(batcher, handler, texts)
+        assert future.done()  # settled before submit returned
+        np.testing.assert_allclose(future.result(), handler.embed_batch(texts), atol=1e-5)
+        too_many = [f"text {i}" for i in range(9)]  # more than one pass: the model thread's
+        np.testing.assert_allclose(
+            _submit(batcher, handler, too_many).result(10),
+            handler.embed_batch(too_many),
+            atol=1e-5,
+        )
+    finally:
+        batcher.stop()
+    assert recording.threads[0] == threading.current_thread().name
+    assert all(name.startswith("batcher:") for name in recording.threads[1:])
+    assert len(recording.calls) == 3  # 2 texts here, then 8 + 1 on the model thread
+
+
+def test_work_arriving_during_an_idle_pass_waits_for_it_then_shares_a_pass(handler):
+    gate = threading.Event()
+    recording = Threads(handler, gate=gate)
+    batcher = _batcher(recording, batch_tokens=4096, max_batch_size=64, inline=True)
+    first: list = []
+    holder = threading.Thread(target=lambda: first.append(_submit(batcher, handler, ["warm"])))
+    try:
+        holder.start()
+        assert recording.entered.wait(10)  # the idle pass runs in `holder`, held at the gate
+        jobs = [[f"job {j} text {i}" for i in range(3)] for j in range(4)]
+        futures = [_submit(batcher, handler, texts) for texts in jobs]  # queued, not run
+        assert not any(f.done() for f in futures)
+        gate.set()
+        holder.join(10)
+        results = [f.result(10) for f in futures]
+    finally:
+        gate.set()
+        batcher.stop()
+    assert first[0].done()
+    assert recording.most == 1  # never two passes at once
+    assert recording.threads[0] == holder.name
+    assert len(recording.calls) == 2  # the 12 texts that came meanwhile shared one pass
+    assert recording.threads[1].startswith("batcher:")
+    for texts, vectors in zip(jobs, results, strict=True):
+        np.testing.assert_allclose(vectors, handler.embed_batch(texts), atol=1e-5)
