@@ -24,12 +24,6 @@ file's): an interactive request then waits for neither that pass nor the bulk qu
 passes share the device for a moment (the forward must be safe to call from two threads);
 without bulk work in flight the second thread stays idle, so ordinary traffic still forms
 full batches on one thread.
-
-The idle pass (``inline``). When nothing is pending and no pass runs, a submission that fits
-one pass runs it in the submitting thread: a lone request skips the hand-off to the model
-thread and back (two thread wake-ups inside its latency). The model thread waits while such a
-pass runs, and takes what arrived meanwhile after it, so passes never overlap except through
-the urgent lane, as before.
 """
 
 from __future__ import annotations
@@ -105,10 +99,8 @@ class Batcher:
         window: int | None = None,
         max_padding: float = float("inf"),
         min_batch_size: int = 1,
-        inline: bool = False,
     ):
         self.forward = forward
-        self.inline = inline
         self.width = width
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
@@ -150,35 +142,11 @@ class Batcher:
             ticket.future.set_result(ticket.outputs)
             return ticket.future
         with self._cond:
-            items = [
-                _Item(ticket, i, max(1, length), priority, next(self._seq))
-                for i, length in enumerate(lengths)
-            ]
-            here = self._idle_pass(items)
-            if here:
-                self._main_pass_priority = priority  # the model is this thread's now
-            else:
-                self._pending.setdefault(priority, deque()).extend(items)
-                self._cond.notify_all()
-        if here:
-            try:
-                self._execute(items)
-            finally:
-                with self._cond:
-                    self._main_pass_priority = None
-                    self._cond.notify_all()  # what arrived meanwhile goes to the model thread
+            queue = self._pending.setdefault(priority, deque())
+            for i, length in enumerate(lengths):
+                queue.append(_Item(ticket, i, max(1, length), priority, next(self._seq)))
+            self._cond.notify_all()
         return ticket.future
-
-    def _idle_pass(self, items: list[_Item]) -> bool:
-        """Whether ``items`` run now, in the submitting thread (see "The idle pass")."""
-        return (
-            self.inline
-            and not self._stopped
-            and self._main_pass_priority is None
-            and not any(self._pending.values())
-            and len(items) <= self.max_batch_size
-            and len(items) * max(it.length for it in items) <= self.batch_tokens
-        )
 
     def stop(self) -> None:
         with self._cond:
@@ -253,9 +221,7 @@ class Batcher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopped and (
-                    not any(self._pending.values()) or self._main_pass_priority is not None
-                ):  # nothing to do, or a submitting thread's idle pass holds the model
+                while not self._stopped and not any(self._pending.values()):
                     self._cond.wait()
                 if self._stopped:
                     return
