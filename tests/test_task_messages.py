@@ -81,3 +81,37 @@ def test_publisher_pushes_its_messages(redis_client, redis_url):
     assert [b["headers"]["request_id"] for b in bodies] == ["req-1,req-2,req-3", "req-4"]
     assert {b["headers"]["task"] for b in bodies} == {task}
     redis_client.delete(queue)
+
+
+def test_a_claimed_lane_holds_later_jobs_until_released(redis_client, redis_url):
+    """A job pushing its own message (in its creating transaction) holds its lane: jobs that
+    come meanwhile wait, then go out together when it releases the lane."""
+    queue = f"{p.PREFIX}.model.task-messages-claim"
+    redis_client.delete(queue)
+    task = p.TASK_NAMES[p.Endpoint.EMBEDDINGS]
+
+    async def publish() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        publisher = Publisher(_celery(redis_url), 8, client)
+        assert publisher.claim(task, queue, 0, alone=False)
+        assert not publisher.claim(task, queue, 0, alone=False)  # the lane is held
+        assert publisher.claim(task, queue, 0, alone=True)  # a message of its own: no lane
+        await client.lpush(*publisher.message(task, queue, 0, "job-1", "req-1"))
+        later = [
+            asyncio.create_task(
+                publisher.publish(task, queue, 0, f"job-{i}", f"req-{i}", alone=False)
+            )
+            for i in (2, 3)
+        ]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in later) and redis_client.llen(queue) == 1
+        publisher.release(task, queue, 0, alone=False)
+        await asyncio.gather(*later)
+        assert publisher.sent[queue] == [2, 3]
+        assert publisher.claim(task, queue, 0, alone=False)  # free again
+        await client.aclose()
+
+    asyncio.run(publish())
+    bodies = [_normalised(m) for m in reversed(redis_client.lrange(queue, 0, -1))]
+    assert [b["body"][0] for b in bodies] == [["job-1"], ["job-2", "job-3"]]
+    redis_client.delete(queue)
