@@ -1,4 +1,8 @@
-"""Dependencies injected into routes (``Annotated`` aliases)."""
+"""Dependencies injected into routes (``Annotated`` aliases).
+
+Every one is ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a
+thread hop (and an event-loop wake-up) each, five of them per sync request before this
+changed; these only read attributes."""
 
 from __future__ import annotations
 
@@ -13,23 +17,23 @@ from api.submit import Submitter
 from inferq.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
-def get_files(request: Request) -> FilesAndBatches:
+async def get_files(request: Request) -> FilesAndBatches:
     return request.app.state.files
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     return request.state.request_id
 
 
-def get_owner(request: Request) -> str:
+async def get_owner(request: Request) -> str:
     """Who owns the jobs this request creates or reads (an API key's id once auth is on)."""
     return getattr(request.state, "owner", ANONYMOUS_OWNER)
 
@@ -41,7 +45,7 @@ RequestIdDep = Annotated[str, Depends(get_request_id)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 
 
-def get_submitter(
+async def get_submitter(
     request: Request,
     queue: QueueDep,
     settings: SettingsDep,

@@ -7,6 +7,13 @@ being published wait for it and then go out together, at most ``max_jobs`` per m
 that finds nothing in flight is published at once: coalescing never adds a delay, it only
 uses the time a publish takes anyway. Each job keeps its own record, status, cancel and
 result; the message carries only their ids (``inferq.protocol.COALESCED_ENDPOINTS``).
+
+Given the API's asyncio Redis client, a message is built here (``api/task_messages.py``) and
+pushed on the event loop; without one (``TASK_EVENTS=1``), ``Celery.send_task`` sends it from
+a thread. A job that finds its lane free pushes its own message in the transaction that
+creates it (:meth:`Publisher.claim`, :meth:`Publisher.message`, :meth:`Publisher.release`):
+one round trip for the record and the message; jobs that come while that transaction is in
+flight wait for it, as for any publish, and go out together after it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import redis.asyncio as aioredis
 from celery import Celery
+
+from api.task_messages import TaskMessages
 
 
 @dataclass
@@ -23,11 +33,14 @@ class _Lane:
 
     waiting: list[tuple[str, str, asyncio.Future]] = field(default_factory=list)
     drain: asyncio.Task | None = None  # the task sending them (None: no publish in flight)
+    claimed: bool = False  # a job's own transaction is pushing its message
 
 
 class Publisher:
-    def __init__(self, celery: Celery, max_jobs: int):
+    def __init__(self, celery: Celery, max_jobs: int, client: aioredis.Redis | None = None):
         self.celery = celery
+        self.client = client
+        self.messages = TaskMessages(celery) if client is not None else None
         self.max_jobs = max(1, max_jobs)
         self._lanes: dict[tuple[str, str, int], _Lane] = {}
         self.sent: dict[str, list[int]] = {}  # queue -> [messages, jobs] (for /metrics)
@@ -43,9 +56,44 @@ class Publisher:
         lane = self._lanes.setdefault((task, queue, priority), _Lane())
         future = asyncio.get_running_loop().create_future()
         lane.waiting.append((job_id, request_id, future))
-        if lane.drain is None:
+        if lane.drain is None and not lane.claimed:
             lane.drain = asyncio.create_task(self._drain(task, queue, priority, lane))
         await future
+
+    def claim(self, task: str, queue: str, priority: int, *, alone: bool) -> bool:
+        """Whether the caller pushes its job's message itself, now (with :meth:`message`, in
+        the transaction that creates the job): messages are pushed on the event loop and no
+        publish of the job's lane is in flight. Then :meth:`release` must follow, once the
+        transaction is done (the lane's jobs that came meanwhile go out then)."""
+        if self.messages is None:
+            return False
+        if alone or self.max_jobs == 1:
+            return True
+        lane = self._lanes.setdefault((task, queue, priority), _Lane())
+        if lane.drain is not None or lane.claimed:
+            return False
+        lane.claimed = True
+        return True
+
+    def message(
+        self, task: str, queue: str, priority: int, job_id: str, request_id: str
+    ) -> tuple[str, bytes]:
+        """``(list key, payload)`` of the message of a claimed job (see :meth:`claim`)."""
+        self._count(queue, 1)
+        return self.messages.encode(task, [job_id], queue, priority, {"request_id": request_id})
+
+    def release(self, task: str, queue: str, priority: int, *, alone: bool) -> None:
+        if alone or self.max_jobs == 1:
+            return
+        lane = self._lanes[(task, queue, priority)]
+        lane.claimed = False
+        if lane.waiting and lane.drain is None:
+            lane.drain = asyncio.create_task(self._drain(task, queue, priority, lane))
+
+    def _count(self, queue: str, jobs: int) -> None:
+        counts = self.sent.setdefault(queue, [0, 0])
+        counts[0] += 1
+        counts[1] += jobs
 
     async def _drain(self, task: str, queue: str, priority: int, lane: _Lane) -> None:
         """Send what waits, in messages of up to ``max_jobs``, until nothing does."""
@@ -71,16 +119,19 @@ class Publisher:
     async def _send(
         self, task: str, queue: str, priority: int, job_ids: list[str], request_ids: list[str]
     ) -> None:
-        counts = self.sent.setdefault(queue, [0, 0])
-        counts[0] += 1
-        counts[1] += len(job_ids)
+        self._count(queue, len(job_ids))
+        headers = {"request_id": ",".join(request_ids)}
+        if self.messages is not None:
+            key, payload = self.messages.encode(task, job_ids, queue, priority, headers)
+            await self.client.lpush(key, payload)
+            return
         await asyncio.to_thread(
             self.celery.send_task,
             task,
             args=job_ids,
             queue=queue,
             priority=priority,
-            headers={"request_id": ",".join(request_ids)},
+            headers=headers,
             retry=False,
         )
 

@@ -66,7 +66,12 @@ class JobQueue:
                 transport_options=broker_transport_options(settings),
             )
         )
-        self.publisher = Publisher(self.celery, settings.publish_coalesce_max)
+        # Messages pushed by this client (Celery's send_task when task-sent events are wanted).
+        self.publisher = Publisher(
+            self.celery,
+            settings.publish_coalesce_max,
+            None if settings.task_events else self.redis,
+        )
         self.notify_channel = f"{p.PREFIX}:notify:{instance_name('api')}"
         self._cancel = self.redis.register_script(p.CANCEL_SCRIPT)
         self._waiters: dict[str, asyncio.Future] = {}
@@ -207,22 +212,42 @@ class JobQueue:
         )
         key = p.job_key(job_id)
         note_model(entry.name)
-        pipe = self.redis.pipeline(transaction=True)
-        for queued in p.queue_lists(entry.name):
-            pipe.llen(queued)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, self.settings.result_ttl_sec)
-        events = p.events_key(job_id)
-        pipe.xadd(events, p.event_fields(p.EventType.STATUS, {"status": p.JobStatus.QUEUED}))
-        pipe.expire(events, self.settings.result_ttl_sec)
-        if not sync:
-            index = p.jobs_index_key(owner)
-            pipe.zadd(index, {job_id: int(p.now() * 1000)})
-            pipe.expire(index, self.settings.result_ttl_sec)
-        replies = await pipe.execute()
+        task, queue = p.TASK_NAMES[endpoint], p.queue_name(entry.name)
+        alone = not sync or endpoint not in p.COALESCED_ENDPOINTS
+        # A free lane: the job's message goes in the transaction that creates it.
+        own = self.publisher.claim(task, queue, int(priority), alone=alone)
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            for queued in p.queue_lists(entry.name):
+                pipe.llen(queued)
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, self.settings.result_ttl_sec)
+            events = p.events_key(job_id)
+            pipe.xadd(events, p.event_fields(p.EventType.STATUS, {"status": p.JobStatus.QUEUED}))
+            pipe.expire(events, self.settings.result_ttl_sec)
+            if not sync:
+                index = p.jobs_index_key(owner)
+                pipe.zadd(index, {job_id: int(p.now() * 1000)})
+                pipe.expire(index, self.settings.result_ttl_sec)
+            if own:
+                message = self.publisher.message(task, queue, int(priority), job_id, request_id)
+                pipe.lpush(*message)
+            if sync and wait:  # before the message is out: the job may finish at once
+                self._waiters[job_id] = asyncio.get_running_loop().create_future()
+            try:
+                replies = await pipe.execute()
+            except BaseException:
+                self._waiters.pop(job_id, None)
+                raise
+        finally:
+            if own:
+                self.publisher.release(task, queue, int(priority), alone=alone)
         depth = sum(replies[: len(p.PRIORITY_STEPS)])
         if depth >= self.settings.max_queue_depth:
+            self._waiters.pop(job_id, None)
             await self.redis.delete(key, events)
+            if own:  # a worker that took it meanwhile finds no job and skips it
+                await self.redis.lrem(message[0], 1, message[1])
             if not sync:
                 await self.redis.zrem(p.jobs_index_key(owner), job_id)
             raise ServiceError(
@@ -232,21 +257,15 @@ class JobQueue:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": "2"},
             )
-        if sync and wait:
-            self._waiters[job_id] = asyncio.get_running_loop().create_future()
-        try:
-            await self.publisher.publish(
-                p.TASK_NAMES[endpoint],
-                p.queue_name(entry.name),
-                int(priority),
-                job_id,
-                request_id,
-                alone=not sync or endpoint not in p.COALESCED_ENDPOINTS,
-            )
-        except BaseException:
-            self._waiters.pop(job_id, None)
-            await self.redis.delete(key, events)
-            raise
+        if not own:
+            try:
+                await self.publisher.publish(
+                    task, queue, int(priority), job_id, request_id, alone=alone
+                )
+            except BaseException:
+                self._waiters.pop(job_id, None)
+                await self.redis.delete(key, events)
+                raise
         if self.settings.redis_wait_replicas:
             await self._replicate(key)
         return job_id
@@ -297,10 +316,8 @@ class JobQueue:
                         final=before == p.JobStatus.RUNNING,  # a retry would run it again
                     )
                 if future is not None:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            asyncio.shield(future), min(POLL_FALLBACK_SEC, remaining)
-                        )
+                    if not future.done():  # (asyncio.wait: no shield, no task; fewer loop turns)
+                        await asyncio.wait((future,), timeout=min(POLL_FALLBACK_SEC, remaining))
                     if future.done() and future.result()[1] is not None:
                         status, result = future.result()  # the result came with the notification
                         return {

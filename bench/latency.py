@@ -10,6 +10,10 @@ the p50 of each leg: client -> job created (HTTP, validation, the API), created 
 (the Celery publish, the worker's fetch and dispatch, START), started -> finished (serving:
 tokenising, the batcher, the forward pass, FINISH), finished -> client (the notification, the
 result read, the response). Clocks: one machine, so the legs add up to the total.
+
+Before the stack starts, the same inputs go one at a time through the handler in this process
+(the same dtype and batch settings): its p50 is the goal's reference (issue 14: the stack's
+one-input p50 within +6 ms of it). ``BENCH_LATENCY_IN_PROCESS=0`` skips it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import httpx
 import redis
 
 from bench.embeddings import MODEL, bench_dtype, corpus
+from bench.load import timed
 from bench.stack import one_worker_stack
 from inferq import protocol as p
 
@@ -44,11 +49,43 @@ def requests(suite: str, n: int) -> tuple[str, str, list[dict], dict[str, str]]:
     return MODEL, "/v1/embeddings", bodies, {}
 
 
+def in_process_p50(suite: str, bodies: list[dict]) -> float:
+    """Seconds, p50 of one input at a time through the handler in this process."""
+    from inferq.settings import get_settings
+
+    settings = get_settings()
+    options = {
+        "torch_dtype": bench_dtype(),
+        "batch_tokens": settings.embed_batch_tokens,
+        "max_batch_size": settings.embed_max_batch_size,
+    }
+    if suite == "rerank":
+        from bench.rerank import weights_dir as rerank_weights
+        from handlers.rerank import HFRerankModel
+
+        handler = HFRerankModel(str(rerank_weights()), "cpu", **options)
+        inputs = [[(b["query"], b["documents"][0])] for b in bodies]
+        forward = handler.score
+    else:
+        from bench.embeddings import weights_dir
+        from handlers.embedding import HFEmbeddingModel
+
+        handler = HFEmbeddingModel(str(weights_dir()), "cpu", **options)
+        inputs = [[b["input"]] for b in bodies]
+        forward = handler.embed
+    for one in inputs[-20:]:  # warm-up
+        forward(one)
+    return statistics.median(timed(lambda i: forward(inputs[i]), len(inputs)))
+
+
 def main() -> int:
     runs = int(os.environ.get("BENCH_LATENCY_RUNS", "100"))
     suite = os.environ.get("BENCH_LATENCY_SUITE", "embeddings")
     model, route, bodies, env = requests(suite, runs + 20)
     worker_env = {"MODEL_DTYPE": bench_dtype()}
+    reference = None
+    if os.environ.get("BENCH_LATENCY_IN_PROCESS", "1") != "0":
+        reference = in_process_p50(suite, bodies[:runs])
     with one_worker_stack(
         "latency", model, port=8769, redis_db=REDIS_DB, env=env, worker_env=worker_env
     ) as stack:
@@ -87,6 +124,10 @@ def main() -> int:
     print(f"{suite}, dtype {bench_dtype()}, {len(jobs)} of {runs} one-input requests in a row")
     for name, values in legs.items():
         print(f"  {name:20s} p50 {1000 * statistics.median(values):7.2f} ms")
+    if reference is not None and legs:
+        total = statistics.median(legs["total"])
+        print(f"  {'in process':20s} p50 {1000 * reference:7.2f} ms")
+        print(f"  stack - in process: {1000 * (total - reference):+.2f} ms  [goal <= +6]")
     return 0
 
 

@@ -20,6 +20,7 @@ from inferq.logs import job_id_var, request_id_var
 from inferq.redisconn import redis_client
 from inferq.settings import Settings
 from workers import metrics
+from workers.deadlines import Deadlines
 from workers.events import EventPublisher, JobEvents, streamed_output
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class JobRuntime:
         self._publisher: EventPublisher | None = None
         self._companions: ThreadPoolExecutor | None = None  # threads of multi-job messages
         self.running: dict[str, threading.Event] = {}
+        self.deadlines = Deadlines()  # every running job's time limit, on one thread
         self._lock = threading.Lock()
 
     @property
@@ -214,9 +216,7 @@ class JobRuntime:
         counter = f"{endpoint}|{model}|"  # + the outcome: counted by the finish script
         cancel_event, timed_out = threading.Event(), threading.Event()
         limit = self.settings.job_timeout(endpoint)
-        timer = threading.Timer(limit, lambda: (timed_out.set(), cancel_event.set()))
-        timer.daemon = True
-        timer.start()
+        deadline = self.deadlines.add(limit, lambda: (timed_out.set(), cancel_event.set()))
         with self._lock:
             self.running[job_id] = cancel_event
         ctx = JobContext(
@@ -263,7 +263,7 @@ class JobRuntime:
             else:
                 log.info("job %s: result dropped, the job was finished or cancelled", job_id)
         finally:
-            timer.cancel()
+            self.deadlines.cancel(deadline)
             with self._lock:
                 self.running.pop(job_id, None)
             metrics.record_job(
