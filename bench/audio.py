@@ -12,6 +12,9 @@ speech).
     ``batch_size`` 8): the fastest way to run the model in one process;
 (c) through the stack as a job (``POST /v1/jobs/audio/transcriptions``, upload to result),
     1 worker using every core;
+(c2) the same with the worker's model decoding one batch per core at once, one thread each
+    (``decode_lanes`` = cores, ``cpu_threads`` 1: the catalog's default on CPU), and (f2) =
+    (f) on that stack;
 (d) the same with 1 worker pinned to one core (``taskset -c 0``), and
 (e) with 2 workers pinned to a core each (``taskset -c 0`` / ``taskset -c 1``): the job's
     parts are shared by both. (e) / (d) is the scaling from a second worker;
@@ -95,12 +98,14 @@ def _spawn_worker(env: dict, cpus: str | None, log_path: Path) -> subprocess.Pop
     )
 
 
-def _catalog(folder: Path, threads: int) -> Path:
-    """models.yaml plus a local override giving CTranslate2 ``threads`` threads."""
-    target = folder / f"catalog-{threads}"
+def _catalog(folder: Path, threads: int, lanes: int = 1) -> Path:
+    """models.yaml plus a local override giving CTranslate2 ``threads`` threads per batch
+    and ``lanes`` batches at once (``decode_lanes``)."""
+    target = folder / f"catalog-{threads}-{lanes}"
     target.mkdir(exist_ok=True)
     shutil.copy(ROOT / "models.yaml", target / "models.yaml")
-    override = {"models": [{"hf_repo_id": MODEL, "options": {"cpu_threads": threads}}]}
+    options = {"cpu_threads": threads, "decode_lanes": lanes}
+    override = {"models": [{"hf_repo_id": MODEL, "options": options}]}
     (target / "models.local.yaml").write_text(yaml.safe_dump(override))
     return target / "models.yaml"
 
@@ -138,19 +143,24 @@ def through_stack(
     base_env = {"REDIS_URL": redis_url, "PORT": str(port), "LOG_LEVEL": "WARNING"}
     api = spawn("api", base_env, log_path=logs / "audio-api.log")
     base = f"http://127.0.0.1:{port}"
-    scenarios = [("c_1_worker_all_cores", [None], cores)]
+    scenarios = [("c_1_worker_all_cores", [None], cores, 1)]
+    if cores >= 2:  # one thread per batch, as many batches at once as cores
+        scenarios += [("c2_1_worker_lanes", [None], 1, cores)]
     if cores >= 2 and shutil.which("taskset"):
-        scenarios += [("d_1_worker_1_core", ["0"], 1), ("e_2_workers_1_core_each", ["0", "1"], 1)]
+        scenarios += [
+            ("d_1_worker_1_core", ["0"], 1, 1),
+            ("e_2_workers_1_core_each", ["0", "1"], 1, 1),
+        ]
     results: dict = {}
     warm = folder / "warm.wav"
     subprocess.run(["espeak-ng", "-w", str(warm), SENTENCES[0]], check=True, capture_output=True)
     try:
         wait_http_ready(f"{base}/health", timeout=30, proc=api)
-        for name, pins, threads in scenarios:
+        for name, pins, threads, lanes in scenarios:
             env = {
                 **base_env,
                 "MODELS": MODEL,
-                "MODEL_CONFIG_PATH": str(_catalog(folder, threads)),
+                "MODEL_CONFIG_PATH": str(_catalog(folder, threads, lanes)),
                 "OMP_NUM_THREADS": str(threads),
             }
             metrics_port = free_port()
@@ -185,15 +195,17 @@ def through_stack(
                     "parts_per_worker": sorted(by_worker.values(), reverse=True),
                     "pinning": [f"taskset -c {c}" if c else "none" for c in pins],
                     "cpu_threads_per_worker": threads,
+                    "decode_lanes": lanes,
                     "parts": job["progress"]["chunks_total"] if job["progress"] else 1,
                     **figures(duration, wall, reference, job["result"]["text"]),
                 }
                 print(f"  {name}: {results[name]}", flush=True)
-                if name == "c_1_worker_all_cores":
-                    results["f_16_sync_requests"] = sixteen_at_once(
+                if name in ("c_1_worker_all_cores", "c2_1_worker_lanes"):
+                    key = "f_16_sync_requests" + ("_lanes" if lanes > 1 else "")
+                    results[key] = sixteen_at_once(
                         base, folder, metrics_url=f"http://127.0.0.1:{metrics_port}/metrics"
                     )
-                    print(f"  f_16_sync_requests: {results['f_16_sync_requests']}", flush=True)
+                    print(f"  {key}: {results[key]}", flush=True)
             finally:
                 for proc in workers:
                     stop(proc)
@@ -230,6 +242,9 @@ def run() -> dict:
     if one:
         result["c_over_b"] = round(one["x_real_time"] / local["batched"]["x_real_time"], 3)
         result["c_over_a"] = round(one["x_real_time"] / local["handler"]["x_real_time"], 3)
+    lanes = stack.get("c2_1_worker_lanes")
+    if lanes:
+        result["c2_over_b"] = round(lanes["x_real_time"] / local["batched"]["x_real_time"], 3)
     if "e_2_workers_1_core_each" in stack:
         result["e_over_d"] = round(
             stack["e_2_workers_1_core_each"]["x_real_time"]
@@ -256,6 +271,7 @@ def report(result: dict) -> str:
     ]
     labels = {
         "c_1_worker_all_cores": "(c) stack job, 1 worker, all cores",
+        "c2_1_worker_lanes": "(c2) stack job, 1 worker, a lane per core (default)",
         "d_1_worker_1_core": "(d) stack job, 1 worker, taskset -c 0",
         "e_2_workers_1_core_each": "(e) stack job, 2 workers, taskset -c 0 / -c 1",
     }
@@ -266,21 +282,26 @@ def report(result: dict) -> str:
     if "c_over_b" in result:
         lines.append(f"(c) / (b) = {result['c_over_b']:.3f}  [goal >= 0.9]")
         lines.append(f"(c) / (a) = {result['c_over_a']:.3f}")
+    if "c2_over_b" in result:
+        lines.append(f"(c2) / (b) = {result['c2_over_b']:.3f}  [goal >= 0.9]")
     if "e_over_d" in result:
         lines.append(f"(e) / (d) = {result['e_over_d']:.3f}  [goal >= 1.7]")
-    if "f_16_sync_requests" in stack:
-        f = stack["f_16_sync_requests"]
-        lines.append(line("(f) 16 x 20 s sync, one after another", f["sequential"]))
-        lines.append(line("(f) 16 x 20 s sync, all at once", f["at_once"]))
+    for key, tag in (("f_16_sync_requests", "(f)"), ("f_16_sync_requests_lanes", "(f2)")):
+        if key not in stack:
+            continue
+        f = stack[key]
+        lines.append(line(f"{tag} 16 x 20 s sync, one after another", f["sequential"]))
+        lines.append(line(f"{tag} 16 x 20 s sync, all at once", f["at_once"]))
         lines.append(
-            f"(f) at once / one after another, wall time = {f['at_once_over_sequential_time']:.3f}"
+            f"{tag} at once / one after another, wall time ="
+            f" {f['at_once_over_sequential_time']:.3f}"
             f"  [goal <= 0.5]; {f['same_text']}/{f['files']} transcripts identical"
         )
         for way in ("sequential", "at_once"):
             batches = f.get(f"batches_{way}") or {}
             if batches.get("batches"):
                 lines.append(
-                    f"(f) {way.replace('_', ' ')}: {batches['batches']} batches,"
+                    f"{tag} {way.replace('_', ' ')}: {batches['batches']} batches,"
                     f" {batches['windows_per_batch']} windows and"
                     f" {batches['requests_per_batch']} requests per batch"
                 )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
+import queue
 import threading
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from handlers.speech.ct2_weights import resolve_ct2_model
 from handlers.speech.handler import SpeechHandler, model_name
 from handlers.speech.pipeline import AudioWindow, WindowOptions, WindowOutput
 from handlers.speech.request import SpeechRequest
+
+if TYPE_CHECKING:
+    from handlers.speech.faster_whisper_batch import WindowPipeline
 
 FRAMES_PER_SECOND = 100  # Whisper's mel frames per second (a segment's ``seek`` unit)
 
@@ -45,6 +50,30 @@ def default_compute_type(device: str, supported: set[str] | None = None) -> str:
     return "default"
 
 
+MAX_AUTO_LANES = 4  # more lanes, more batches in flight per worker (and model replicas)
+
+
+def auto_lanes(device: str, cpu_threads: int, lanes: int | str) -> tuple[int, int]:
+    """``(cpu_threads, decode_lanes)`` for a catalog's values (``lanes`` ``auto`` or a count).
+
+    On CPU, CTranslate2 decodes more audio per second as several batches at once with few
+    threads each than as one batch with every core: on a 2-core CPU two lanes of one thread
+    ran a 600 s job 14-16 % faster than one lane of two (docs/benchmarks.md, "Decode
+    lanes"). ``auto``: on CUDA one lane; on CPU, with ``cpu_threads`` given, as many lanes
+    as fit the usable cores, else one lane per core (at most ``MAX_AUTO_LANES``, the cores
+    shared out as threads)."""
+    if lanes not in (None, "auto"):
+        return cpu_threads, max(1, int(lanes))
+    if device != "cpu":
+        return cpu_threads, 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = max(1, cores or 1)
+    if cpu_threads > 0:
+        return cpu_threads, max(1, min(MAX_AUTO_LANES, cores // cpu_threads))
+    count = min(MAX_AUTO_LANES, cores)
+    return max(1, cores // count), count
+
+
 class FasterWhisperASR(SpeechHandler):
     """Whisper through faster-whisper (CTranslate2).
 
@@ -62,7 +91,10 @@ class FasterWhisperASR(SpeechHandler):
 
     Catalog extras: ``beam_size``, ``batch_size`` (default 8), ``compute_type`` (default
     ``auto``: :func:`default_compute_type`, int8 on CPU, float16 on CUDA), ``cpu_threads``
-    (0: CTranslate2's default), ``weights_package`` ("module/dir" holding model.bin).
+    (threads per batch; 0: see ``decode_lanes``), ``decode_lanes`` (batches decoded at once,
+    each with ``cpu_threads`` threads; a worker's window batcher runs one batch per lane;
+    default ``auto``: :func:`auto_lanes`), ``weights_package`` ("module/dir" holding
+    model.bin).
     """
 
     family = Family.SPEECH
@@ -79,6 +111,7 @@ class FasterWhisperASR(SpeechHandler):
         batch_size: int = 8,
         compute_type: str | None = None,
         cpu_threads: int = 0,
+        decode_lanes: int | str = "auto",
         weights_package: str | None = None,
         **entry: Any,
     ):
@@ -94,16 +127,22 @@ class FasterWhisperASR(SpeechHandler):
             compute_type = default_compute_type(self.device)
         self.compute_type = compute_type
         self.model_path = resolve_ct2_model(source, weights_package)
+        cpu_threads, self.decode_lanes = auto_lanes(self.device, int(cpu_threads), decode_lanes)
         self.model = WhisperModel(
             self.model_path,
             device=self.device,
             device_index=device_index,
             compute_type=compute_type,
             cpu_threads=cpu_threads,
+            num_workers=self.decode_lanes,  # CTranslate2's inter_threads
             download_root=cache_dir,
             local_files_only=True,
         )
-        self.pipeline = WindowPipeline(self.model)
+        # One pipeline per lane: a pipeline holds the state of the batch it decodes.
+        self._pipelines: queue.SimpleQueue[WindowPipeline] = queue.SimpleQueue()
+        for _ in range(self.decode_lanes):
+            self._pipelines.put(WindowPipeline(self.model))
+        self.pipeline: WindowPipeline | None = None  # the last batch's (its tries, for a look)
         self.beam_size = max(1, int(beam_size))
         self.batch_size = max(1, int(batch_size))
         self._set_multilingual(bool(self.model.model.is_multilingual))
@@ -141,11 +180,25 @@ class FasterWhisperASR(SpeechHandler):
         if options.language is None and self.multilingual and len(windows) > 1:
             return [self.decode_windows(options, [w], cancel_event)[0] for w in windows]
         check_cancelled(cancel_event)
+        pipeline = self._pipelines.get()  # a free lane's (one per batch decoded at once)
+        try:
+            return self._decode(pipeline, options, windows, cancel_event)
+        finally:
+            self.pipeline = pipeline
+            self._pipelines.put(pipeline)
+
+    def _decode(
+        self,
+        pipeline: WindowPipeline,
+        options: WindowOptions,
+        windows: list[AudioWindow],
+        cancel_event: threading.Event | None,
+    ) -> list[WindowOutput]:
         pieces = [w.samples for w in windows]
         starts = np.cumsum([0] + [len(x) for x in pieces])
-        self.pipeline.temperatures = options.temperatures
-        self.pipeline.cancel_event = cancel_event
-        generated, info = self.pipeline.transcribe(
+        pipeline.temperatures = options.temperatures
+        pipeline.cancel_event = cancel_event
+        generated, info = pipeline.transcribe(
             np.concatenate(pieces).astype(np.float32, copy=False),
             language=options.language or ("en" if not self.multilingual else None),
             task=options.task,
@@ -164,7 +217,7 @@ class FasterWhisperASR(SpeechHandler):
         outputs = [WindowOutput(language=info.language) for _ in windows]
         seeks = [starts[i] / SAMPLE_RATE * FRAMES_PER_SECOND for i in range(len(windows))]
         generated = list(generated)  # decodes the batch: used_temperatures is set then
-        used = self.pipeline.used_temperatures
+        used = pipeline.used_temperatures
         for produced in generated:
             # a segment's seek is its window's start in frames (windows are >= 0.25 s long)
             index = min(range(len(windows)), key=lambda i: abs(seeks[i] - produced.seek))

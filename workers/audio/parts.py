@@ -28,13 +28,14 @@ log = logging.getLogger(__name__)
 
 # A worker bounds a job's work in flight in *windows*, not parts: it claims the job's next
 # part while the windows of its parts in flight (planned, or about one per 30 s) are fewer
-# than ``IN_FLIGHT_BATCHES`` batches of the model's ``batch_size`` and fewer than a batch are
+# than ``IN_FLIGHT_BATCHES`` batches of the model's ``batch_size`` per decode lane (one more
+# than the lanes: a batch waits while each lane decodes one) and fewer than a batch are
 # waiting in the batcher. Parts stay small (about ``AUDIO_CHUNK_SEC``: progress part by
 # part, fair sharing between workers, a dead worker's part redelivered) while the batches
 # fill to ``batch_size``. More in flight would put a job in long batches: progress would
 # come in bigger steps, and a cancelled job's batch (CTranslate2 cannot stop mid-batch)
 # would hold the model longer.
-IN_FLIGHT_BATCHES = 2
+IN_FLIGHT_BATCHES = 1  # per decode lane, plus one
 WINDOW_SEC = 30.0  # a part without planned windows counts one window per this much audio
 HUNGRY_POLL_SEC = 0.05
 
@@ -129,12 +130,13 @@ class Puller:
 
     def _wants_more(self, batcher: WindowBatcher, running: list[tuple[threading.Thread, int]]):
         """Whether to claim another part beside those ``running`` here: while their windows
-        are fewer than ``IN_FLIGHT_BATCHES`` batches, fewer than a batch wait in the batcher,
+        are fewer than ``IN_FLIGHT_BATCHES`` batches per lane plus one, fewer than a batch
+        wait in the batcher,
         and this worker holds fewer parts than its share of what is left (the parts still
         pending and its own, over the model's live workers), so that a second worker that
         comes a moment later still finds its half of the parts."""
         windows = sum(n for _, n in running)
-        if windows >= IN_FLIGHT_BATCHES * batcher.batch_size:
+        if windows >= (IN_FLIGHT_BATCHES * batcher.lanes + 1) * batcher.batch_size:
             return False
         if batcher.pending() >= batcher.batch_size:
             return False
