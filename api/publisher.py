@@ -50,7 +50,7 @@ class Publisher:
     ) -> None:
         """Put ``job_id`` on ``queue``; returns once its message is in Redis (raises what the
         publish raised). ``alone``: a message of its own (a task that takes one id)."""
-        if alone or self.max_jobs == 1:
+        if self._laneless(alone):
             await self._send(task, queue, priority, [job_id], [request_id])
             return
         lane = self._lanes.setdefault((task, queue, priority), _Lane())
@@ -67,7 +67,7 @@ class Publisher:
         transaction is done (the lane's jobs that came meanwhile go out then)."""
         if self.messages is None:
             return False
-        if alone or self.max_jobs == 1:
+        if self._laneless(alone):
             return True
         lane = self._lanes.setdefault((task, queue, priority), _Lane())
         if lane.drain is not None or lane.claimed:
@@ -83,12 +83,16 @@ class Publisher:
         return self.messages.encode(task, [job_id], queue, priority, {"request_id": request_id})
 
     def release(self, task: str, queue: str, priority: int, *, alone: bool) -> None:
-        if alone or self.max_jobs == 1:
+        if self._laneless(alone):
             return
         lane = self._lanes[(task, queue, priority)]
         lane.claimed = False
         if lane.waiting and lane.drain is None:
             lane.drain = asyncio.create_task(self._drain(task, queue, priority, lane))
+
+    def _laneless(self, alone: bool) -> bool:
+        """Whether a job goes out in a message of its own, outside any coalescing lane."""
+        return alone or self.max_jobs == 1
 
     def _count(self, queue: str, jobs: int) -> None:
         counts = self.sent.setdefault(queue, [0, 0])

@@ -111,7 +111,6 @@ class WindowBatcher:
         self.name = name
         self._pending: list[_Item] = []
         self._preparing = 0
-        self._busy = 0  # lanes decoding a batch
         self._arrival = itertools.count()
         self._cond = threading.Condition()
         self._threads = [
@@ -187,13 +186,8 @@ class WindowBatcher:
                     self._cond.wait()
                 self._fill()
                 batch = self._take()
-                self._busy += 1
-            try:
-                if batch:
-                    self._execute(batch)
-            finally:
-                with self._cond:
-                    self._busy -= 1
+            if batch:
+                self._execute(batch)
 
     def _execute(self, batch: list[_Item]) -> None:
         submitters = list({id(it.submitter): it.submitter for it in batch}.values())
