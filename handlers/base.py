@@ -288,6 +288,14 @@ class WindowPlanningSpeechModel(SpeechModel, Protocol):
     def plan_windows(self, audio_path: str) -> list[tuple[float, float]]: ...
 
 
+def plans_window_blocks(handler: Any) -> bool:
+    """Whether a window-planning handler also plans block by block (optional:
+    ``plan_window_blocks(audio_path, vad=..., start_s=...)`` yielding lists of windows as the
+    VAD finds them; both Whisper handlers): a long job's first parts then start while the
+    rest of the file is planned."""
+    return callable(getattr(handler, "plan_window_blocks", None))
+
+
 def plans_windows(handler: Any) -> bool:
     """Whether a long job's windows are planned once by the handler (see
     :class:`WindowPlanningSpeechModel`)."""

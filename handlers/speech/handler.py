@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any, Literal
 
 from handlers.base import SpeechResult
@@ -25,7 +25,7 @@ from handlers.speech.pipeline import (
     transcribe_windows,
 )
 from handlers.speech.request import SegmentCallback, SpeechRequest, prepare_request
-from handlers.speech.vad import VadParameters, Window, speech_windows
+from handlers.speech.vad import VadParameters, Window, window_blocks
 
 
 class SpeechHandler:
@@ -103,9 +103,19 @@ class SpeechHandler:
         whole file: where a long job is planned, so that its parts, each given its windows
         (``transcribe(..., clip=..., windows=...)``), run no VAD of their own and no part
         boundary cuts speech."""
+        return [w for block in self.plan_window_blocks(audio_path, vad=vad) for w in block]
+
+    def plan_window_blocks(
+        self, audio_path: str, *, vad: dict[str, float] | None = None, start_s: float = 0.0
+    ) -> Iterator[list[tuple[float, float]]]:
+        """``plan_windows`` from ``start_s`` on, as the VAD finds them: a list of windows per
+        block of audio (:func:`handlers.speech.vad.window_blocks`), so a long job's first
+        parts start decoding while the rest of the file is planned. ``start_s`` (a pause: a
+        plan's resume point) lets a redelivered job carry on with a plan half made."""
         audio = decode_audio(audio_path, SAMPLE_RATE)
-        found = speech_windows(audio, VadParameters(**vad) if vad else None)
-        return [(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE) for w in found]
+        start = min(len(audio), max(0, round(start_s * SAMPLE_RATE)))
+        for block in window_blocks(audio, VadParameters(**vad) if vad else None, start):
+            yield [(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE) for w in block]
 
     def window_options(
         self, request: SpeechRequest, language: str | None, first: bool

@@ -25,6 +25,7 @@ On two minutes of continuous speech, <= 30 s windows left 3 tails, <= 26 s none.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,8 @@ WINDOW_AUDIO_SECONDS = 26  # the most audio one window holds (see the module doc
 MAX_REGION_SECONDS = WINDOW_AUDIO_SECONDS - 1.0  # room for the padding around a cut region
 MIN_SILENCE_MS = 160  # a pause this long ends a speech region (faster-whisper's batched value)
 SPEECH_PAD_MS = 200
+BLOCK_SECONDS = 120  # audio per VAD call (see window_blocks)
+BLOCK_MARGIN_SECONDS = 2  # a region ending this close to a block's end is heard again
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,50 @@ def merge_regions(
     return windows
 
 
+def window_blocks(
+    audio: np.ndarray, vad: VadParameters | None = None, start: int = 0
+) -> Iterator[list[Window]]:
+    """The windows of ``audio[start:]`` (16 kHz mono), block by block: the VAD runs over
+    ``BLOCK_SECONDS`` at a time, and each block's windows are yielded as soon as they are
+    final, so a long job's first parts can be decoded while the VAD goes on through the rest
+    of the file (a 600 s file's VAD takes about a second of one core).
+
+    A block's regions count only up to its last one that ends at least ``BLOCK_MARGIN_SECONDS``
+    before the block's end (the pause after it was heard in full); the next block starts
+    there, so the VAD hears every sample once more at most and a region running past a
+    block's end is found whole in the next. The last window stays open (later regions may
+    still join it) until a region that cannot join it comes, or the audio ends. Windows are
+    those of the file's VAD region by region: ``speech_windows`` is these blocks joined."""
+    block = BLOCK_SECONDS * SAMPLE_RATE
+    margin = BLOCK_MARGIN_SECONDS * SAMPLE_RATE
+    held: list[tuple[int, int]] = []  # the regions of the window still open
+    while start < len(audio):
+        end = min(len(audio), start + block)
+        found = [(start + a, start + b) for a, b in speech_regions(audio[start:end], vad)]
+        resume = end
+        if end < len(audio):
+            final = [region for region in found if region[1] <= end - margin]
+            if final:
+                resume = final[-1][1]
+            elif found:  # no region ends in time: hear the block's speech with the next
+                resume = found[0][0]
+            else:
+                resume = end - margin
+            if resume > start:
+                found = final
+            else:  # a region as long as a block (the VAD cuts them at MAX_REGION_SECONDS)
+                resume = end
+        windows = merge_regions(held + found)
+        if windows:  # every window but the last is final: no later region joins it
+            yield windows[:-1]
+            last = windows[-1]
+            held = [r for r in held + found if r[0] >= last.start]
+        start = resume
+    if held:
+        yield merge_regions(held)
+
+
 def speech_windows(audio: np.ndarray, vad: VadParameters | None = None) -> list[Window]:
     """The windows to decode for ``audio`` (16 kHz mono): speech only, each at most
     ``WINDOW_AUDIO_SECONDS``."""
-    return merge_regions(speech_regions(audio, vad))
+    return [window for block in window_blocks(audio, vad) for window in block]

@@ -13,7 +13,7 @@ from handlers.base import plans_windows
 from handlers.speech.audio import SAMPLE_RATE, decode_audio
 from handlers.speech.vad import speech_windows
 from tests.handlers.speech_audio import encode_audio, espeak, normalise, words_kept
-from workers.audio.planning import group_windows
+from workers.audio.planning import PartPlanner, group_windows
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -91,3 +91,89 @@ def test_parts_are_groups_of_whole_windows():
     assert group_windows([], 12.0, 60.0) == ([(0.0, 12.0)], [[]])
     # a header duration shorter than the decoded audio: the ranges reach the last window
     assert group_windows([(0.0, 10.0)], 9.0, 60.0)[0] == [(0.0, 10.0)]
+
+
+def test_parts_published_block_by_block_are_those_grouped_at_once():
+    """The coordinator groups windows as the VAD yields them, block by block: whatever the
+    blocks, the parts are the ones the whole list gives at once."""
+    windows = [(0.5, 20.0), (21.0, 45.0), (46.0, 50.0), (52.0, 80.0), (90.0, 95.0), (99, 120)]
+    at_once = group_windows(windows, 130.0, 60.0)
+    for cuts in ([], [0], [2], [1, 3], [0, 0, 5], [1, 2, 3, 4, 5]):
+        planner = PartPlanner(60.0)
+        parts, begin = [], 0
+        for cut in [*cuts, len(windows)]:
+            parts += planner.add(windows[begin:cut])
+            begin = max(begin, cut)
+        parts += planner.finish(130.0)
+        assert ([r for r, _ in parts], [g for _, g in parts]) == at_once, cuts
+
+
+@pytest.fixture(scope="session")
+def sentences_audio(audio_dir, espeak_available):
+    """The three sentences one after another, no pauses (about 10 s of speech)."""
+    return np.concatenate(
+        [decode_audio(espeak(s, audio_dir / f"block{i}.wav")) for i, s in enumerate(SENTENCES)]
+    )
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+
+
+def seconds_of(windows) -> list[tuple[float, float]]:
+    return [(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE) for w in windows]
+
+
+def test_the_vad_goes_block_by_block_and_yields_windows_before_the_end(
+    sentences_audio, monkeypatch
+):
+    """A long job's first parts can start while the rest is planned: the first windows come
+    after the VAD has heard the first block only. Speech running across a block's end is
+    heard again, whole, with the next block (never cut there), and the windows match one
+    VAD pass over the whole file."""
+    from handlers.speech import vad
+
+    speech = sentences_audio
+    audio = np.concatenate(
+        [
+            speech,
+            silence(40),
+            speech,  # a window that later speech cannot join (more than 26 s apart)
+            silence(vad.BLOCK_SECONDS - 5 - 40 - 2 * len(speech) / SAMPLE_RATE),
+            speech,  # from 5 s before the first block's end, past it
+            speech,
+            silence(60),
+            speech,  # in the second block
+            silence(5),
+        ]
+    )
+    heard: list[int] = []
+    one_pass = vad.speech_regions
+
+    def recording(samples, parameters=None):
+        heard.append(len(samples))
+        return one_pass(samples, parameters)
+
+    monkeypatch.setattr(vad, "speech_regions", recording)
+    blocks = vad.window_blocks(audio)
+    first = next(blocks)
+    assert heard == [vad.BLOCK_SECONDS * SAMPLE_RATE]  # one block heard so far
+    assert first and seconds_of(first)[0][0] < 1.0  # the first windows, final
+    assert seconds_of(first)[-1][1] < vad.BLOCK_SECONDS - vad.BLOCK_MARGIN_SECONDS
+    rest = [w for block in blocks for w in block]
+    assert len(heard) == 2 and sum(heard) < len(audio) + 10 * SAMPLE_RATE  # heard again: < 10 s
+    windows = seconds_of(first + rest)
+    # the speech across the first block's end is one window, from its start to its end
+    across = [w for w in windows if w[0] < vad.BLOCK_SECONDS < w[1]]
+    assert len(across) == 1, windows
+    start = vad.BLOCK_SECONDS - 5
+    assert across[0][0] == pytest.approx(start, abs=0.5)
+    assert across[0][1] == pytest.approx(start + 2 * len(speech) / SAMPLE_RATE, abs=0.5)
+    # ordered, not overlapping, at most a window long, and as one pass over the file finds
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(windows))
+    assert all(end - begin <= vad.WINDOW_AUDIO_SECONDS for begin, end in windows)
+    monkeypatch.setattr(vad, "speech_regions", one_pass)
+    whole = seconds_of(vad.merge_regions(vad.speech_regions(audio)))
+    assert len(windows) == len(whole)
+    for mine, theirs in zip(windows, whole, strict=True):
+        assert mine == pytest.approx(theirs, abs=0.1)

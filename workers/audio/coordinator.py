@@ -8,15 +8,16 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handlers.base import Cancelled, plans_windows
+from handlers.base import Cancelled, plans_window_blocks, plans_windows
 from inferq import audio as a
 from inferq import protocol as p
 from inferq.errors import ServiceError
 from inferq.openai.transcripts import TranscriptionJob
-from workers.audio.planning import TAIL_SLACK_SEC, group_windows, plan_ranges
+from workers.audio.planning import TAIL_SLACK_SEC, PartPlanner, plan_ranges
 from workers.audio.transcribe import progress, render_body
 from workers.jobs import JobContext
 
@@ -59,42 +60,85 @@ class Coordinator:
     # -- plan -------------------------------------------------------------------------------
 
     def _plan(self) -> dict[str, Any]:
+        """The job's plan, made here or carried on from a redelivery's stored one. Parts are
+        published as the plan grows (a block of the file's VAD at a time, see
+        :meth:`handlers.speech.handler.SpeechHandler.plan_window_blocks`): the first ones are
+        decoded, here and by helpers, while the rest of the file is planned. The parts hash's
+        ``total`` is written with the last part: until then pullers wait for more."""
         stored = self.client.hget(self.parts_key, "plan")
-        if stored is not None:  # a redelivery: carry on with the stored plan
-            plan = p.loads(stored)
+        plan: dict[str, Any] = p.loads(stored) if stored is not None else {}
+        if plan:
             log.info("job %s: resuming %d parts", self.job_id, len(plan["ranges"]))
-            return plan
+            self._send_helpers(self.client.llen(self.pending_key))
+            self._start_local_puller(plan)
+            if self.client.hexists(self.parts_key, "total"):
+                return plan
         chunk_s = self.service.settings.audio_chunk_sec
         handler = self.model.handler
-        plan: dict[str, Any] = {}
-        if plans_windows(handler):  # the file's windows, once; parts are groups of them
-            takes_vad = "vad" in inspect.signature(handler.plan_windows).parameters
-            vad = {"vad": self.job.vad} if self.job.vad and takes_vad else {}
-            windows = handler.plan_windows(str(self.path), **vad)
-            found, groups = group_windows(windows, self.duration, chunk_s)
-            ranges = [list(r) for r in found]
-            plan["windows"] = [[list(w) for w in group] for group in groups]
-        else:
-            ranges = [list(r) for r in plan_ranges(self.path, self.duration, chunk_s)]
-        ranges[-1][1] = round(max(ranges[-1][1], self.duration) + TAIL_SLACK_SEC, 3)
-        plan.update(ranges=ranges, duration=self.duration, coordinator=self.service.worker_name())
+        if not plans_windows(handler):  # ranges ending at pauses, all at once
+            ranges = plan_ranges(self.path, self.duration, chunk_s)
+            self._publish(plan, [(r, None) for r in ranges], last=True)
+            return plan
+        start = plan["ranges"][-1][1] if plan else 0.0  # a cut: in a pause
+        planner = PartPlanner(chunk_s, start)
+        for block in self._window_blocks(handler, start):
+            if self.ctx.is_cancelled():
+                raise Cancelled()
+            parts = planner.add(block)
+            if parts:
+                self._publish(plan, parts)
+        self._publish(plan, planner.finish(self.duration), last=True)
+        return plan
+
+    def _window_blocks(self, handler: Any, start: float) -> Iterator[list[tuple[float, float]]]:
+        vad = self.job.vad
+        if plans_window_blocks(handler):
+            return handler.plan_window_blocks(str(self.path), vad=vad or None, start_s=start)
+        takes_vad = "vad" in inspect.signature(handler.plan_windows).parameters
+        return iter(
+            [handler.plan_windows(str(self.path), **({"vad": vad} if vad and takes_vad else {}))]
+        )
+
+    def _publish(self, plan: dict[str, Any], parts: list, *, last: bool = False) -> None:
+        """Add ``parts`` (``(range, windows or None)``) to the plan and the pending list,
+        send a helper task per part, and start this worker's puller with the first."""
+        first = not plan
+        if first:
+            plan.update(ranges=[], duration=self.duration, coordinator=self.service.worker_name())
+            if parts[0][1] is not None:
+                plan["windows"] = []
+        base = len(plan["ranges"])
+        plan["ranges"] += [[round(r[0], 3), round(r[1], 3)] for r, _ in parts]
+        if "windows" in plan:
+            plan["windows"] += [[list(w) for w in windows] for _, windows in parts]
+        fields: dict[str, Any] = {"plan": None}
+        if last:
+            end = plan["ranges"][-1]
+            end[1] = round(max(end[1], self.duration) + TAIL_SLACK_SEC, 3)
+            fields["total"] = len(plan["ranges"])
+        fields["plan"] = p.dumps(plan)
         ttl = max(60, int(self.client.ttl(p.job_key(self.job_id))))
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.parts_key, mapping={"plan": p.dumps(plan), "total": len(ranges), "done": 0})
-        pipe.delete(self.pending_key)
-        pipe.rpush(self.pending_key, *range(len(ranges)))
+        if first:
+            fields["done"] = 0
+            pipe.delete(self.pending_key)
+        pipe.hset(self.parts_key, mapping=fields)
+        pipe.rpush(self.pending_key, *range(base, len(plan["ranges"])))
         pipe.expire(self.parts_key, ttl)
         pipe.expire(self.pending_key, ttl)
         pipe.execute()
-        log.info(
-            "job %s: %.1f s of audio in %d parts at %s%s",
-            self.job_id,
-            self.duration,
-            len(ranges),
-            ", ".join(f"{r[0]:.1f}" for r in ranges),
-            f" ({sum(map(len, plan['windows']))} windows)" if "windows" in plan else "",
-        )
-        return plan
+        self._send_helpers(len(parts))
+        if self.local is None:
+            self._start_local_puller(plan)
+        if last:
+            log.info(
+                "job %s: %.1f s of audio in %d parts at %s%s",
+                self.job_id,
+                self.duration,
+                len(plan["ranges"]),
+                ", ".join(f"{r[0]:.1f}" for r in plan["ranges"]),
+                f" ({sum(map(len, plan['windows']))} windows)" if "windows" in plan else "",
+            )
 
     def _send_helpers(self, count: int) -> None:
         for _ in range(min(count, MAX_HELPERS)):
@@ -121,9 +165,7 @@ class Coordinator:
         plan = self._plan()
         ranges = plan["ranges"]
         total = len(ranges)
-        self._collect(ranges, initial=True)  # parts recorded before a redelivery, or none
-        self._send_helpers(total - len(self.results))
-        self._start_local_puller(plan)
+        self._collect(ranges, initial=True)  # parts recorded so far
         last_claim_check = time.monotonic()
         settled = len(self.results)
         while len(self.results) < total:

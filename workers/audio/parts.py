@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 IN_FLIGHT_BATCHES = 1  # per decode lane, plus one
 WINDOW_SEC = 30.0  # a part without planned windows counts one window per this much audio
 HUNGRY_POLL_SEC = 0.05
+NOT_YET, NONE_LEFT = -2, -1  # what ``Puller._claim`` returns when it claims no part
 
 
 class Puller:
@@ -84,12 +85,24 @@ class Puller:
                 while not self.check():
                     with service.gate(self.model).hold(self.priority, self.check):
                         index = self._claim()
-                        if index < 0:
-                            return
-                        self._run_part(index, path)
+                        if index >= 0:
+                            self._run_part(index, path)
+                    if index == NONE_LEFT:
+                        return
+                    if index == NOT_YET:
+                        time.sleep(HUNGRY_POLL_SEC)
 
     def _claim(self) -> int:
-        return int(self.service.scripts.claim(keys=self.claim_keys, args=[self.worker]))
+        """The index of the part claimed here; ``NOT_YET`` when none is pending but the plan
+        is still growing (its coordinator publishes parts block by block), ``NONE_LEFT`` when
+        the job has no part left to claim or is over."""
+        index = int(self.service.scripts.claim(keys=self.claim_keys, args=[self.worker]))
+        if index >= len(self.ranges):  # a part published after this puller read the plan
+            plan = p.loads(self.client.hget(self.parts_key, "plan"))
+            self.ranges, self.windows = plan["ranges"], plan.get("windows")
+        if index == -2 and not self.client.hexists(self.parts_key, "total"):
+            return NOT_YET
+        return index if index >= 0 else NONE_LEFT
 
     def _run_batched(self, batcher: WindowBatcher, path: Path) -> None:
         """Parts in threads of their own, their windows decoded by the model's window batcher
@@ -109,7 +122,10 @@ class Puller:
                 index = self._claim()
                 if index < 0:
                     submitter.close()
-                    return
+                    if index == NONE_LEFT:
+                        return
+                    time.sleep(HUNGRY_POLL_SEC)
+                    continue
                 thread = threading.Thread(
                     target=self._run_part,
                     args=(index, path, submitter),

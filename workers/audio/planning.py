@@ -4,7 +4,6 @@ the whole file), else, for a handler that does not plan windows, ranges of about
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 from handlers.base import InvalidInput
@@ -43,29 +42,56 @@ def plan_ranges(path: str | Path, duration: float, chunk_s: float) -> list[tuple
     return chunk_ranges(duration, cuts)
 
 
+class PartPlanner:
+    """Consecutive windows (seconds, in order, not overlapping), given as the VAD finds them,
+    grouped into parts of at most ``chunk_s`` seconds from the start of their first window to
+    the end of their last (a part holds one window at least).
+
+    ``add`` returns the parts that are final (a later window cannot join them) as
+    ``(range, windows)``; ``finish(end)`` the rest. The ranges cover ``[start, end]`` end to
+    end, each cut in the middle of the pause between two parts' windows, so each range holds
+    its part's windows whole (progress counts seconds of the file) and no window lies across
+    two ranges. No window at all (silence): one part, the whole file, none."""
+
+    def __init__(self, chunk_s: float, start: float = 0.0):
+        self.chunk_s = chunk_s
+        self.cut = start  # where the next part's range begins
+        self.group: list[tuple[float, float]] = []
+        self.last_end = start
+
+    def add(self, windows: list[tuple[float, float]]) -> list[Part]:
+        parts: list[Part] = []
+        for window in windows:
+            window = (float(window[0]), float(window[1]))
+            self.last_end = window[1]
+            if self.group and window[1] - self.group[0][0] <= self.chunk_s:
+                self.group.append(window)
+                continue
+            if self.group:
+                cut = (self.group[-1][1] + window[0]) / 2
+                parts.append(((self.cut, cut), self.group))
+                self.cut = cut
+            self.group = [window]
+        return parts
+
+    def finish(self, end: float) -> list[Part]:
+        """The last part, up to ``end`` (or its last window's end, if later)."""
+        part = ((self.cut, max(end, self.last_end)), self.group)
+        self.group = []
+        return [part]
+
+
+Part = tuple[tuple[float, float], list[tuple[float, float]]]  # (range, its windows)
+
+
 def group_windows(
     windows: list[tuple[float, float]], duration: float, chunk_s: float
 ) -> tuple[list[tuple[float, float]], list[list[tuple[float, float]]]]:
-    """Consecutive ``windows`` (seconds, in order, not overlapping) grouped into parts of at
-    most ``chunk_s`` seconds from the start of their first window to the end of their last
-    (a part holds one window at least): ``(ranges, windows_of_each_part)``.
-
-    The ranges cover ``[0, end]`` end to end (``end``: ``duration``, or the last window's
-    end if later), each cut in the middle of the pause between two parts' windows, so each
-    range holds its part's windows whole (progress counts seconds of the file) and no
-    window lies across two ranges. No window (silence): one part, the whole file, none."""
-    end = max([duration, *(w[1] for w in windows)])
-    if not windows:
-        return [(0.0, end)], [[]]
-    groups: list[list[tuple[float, float]]] = [[windows[0]]]
-    for window in windows[1:]:
-        if window[1] - groups[-1][0][0] <= chunk_s:
-            groups[-1].append(window)
-        else:
-            groups.append([window])
-    cuts = [(before[-1][1] + after[0][0]) / 2 for before, after in itertools.pairwise(groups)]
-    bounds = [0.0, *cuts, end]
-    return list(itertools.pairwise(bounds)), groups
+    """All of a file's windows grouped at once (see :class:`PartPlanner`): ``(ranges,
+    windows_of_each_part)``, covering ``[0, duration]`` (or the last window's end)."""
+    planner = PartPlanner(chunk_s)
+    parts = planner.add(windows) + planner.finish(duration)
+    return [r for r, _ in parts], [group for _, group in parts]
 
 
 def probe_duration(path: Path) -> float:
