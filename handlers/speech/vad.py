@@ -38,6 +38,7 @@ MIN_SILENCE_MS = 160  # a pause this long ends a speech region (faster-whisper's
 SPEECH_PAD_MS = 200
 BLOCK_SECONDS = 120  # audio per VAD call (see window_blocks)
 BLOCK_MARGIN_SECONDS = 2  # a region ending this close to a block's end is heard again
+FRAME_SAMPLES = 512  # Silero VAD's frame at 16 kHz
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,15 @@ def window_blocks(
     block = BLOCK_SECONDS * SAMPLE_RATE
     margin = BLOCK_MARGIN_SECONDS * SAMPLE_RATE
     held: list[tuple[int, int]] = []  # the regions of the window still open
+    floor = start  # where the regions taken so far end: no later one starts before it
+    start -= start % FRAME_SAMPLES  # the VAD hears the frames of one pass from the start
     while start < len(audio):
         end = min(len(audio), start + block)
-        found = [(start + a, start + b) for a, b in speech_regions(audio[start:end], vad)]
+        found = [
+            (max(floor, start + a), start + b)
+            for a, b in speech_regions(audio[start:end], vad)
+            if start + b > floor
+        ]
         resume = end
         if end < len(audio):
             final = [region for region in found if region[1] <= end - margin]
@@ -132,10 +139,13 @@ def window_blocks(
                 resume = found[0][0]
             else:
                 resume = end - margin
+            resume -= resume % FRAME_SAMPLES
             if resume > start:
                 found = final
             else:  # a region as long as a block (the VAD cuts them at MAX_REGION_SECONDS)
                 resume = end
+        if found:
+            floor = found[-1][1]
         windows = merge_regions(held + found)
         if windows:  # every window but the last is final: no later region joins it
             yield windows[:-1]
