@@ -1,6 +1,6 @@
 """``python -m bench [embeddings] [batch] [batch_probe] [chat] [audio] [speech_dtypes]
-[rerank] [redis_kill]``: run benchmarks, print, save JSON results (without arguments: all but the
-``redis_kill`` outage measurement)."""
+[speech_batches] [rerank] [redis_kill]``: run benchmarks, print, save JSON results (without
+arguments: all but the ``redis_kill`` outage measurement)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from bench import (
     embeddings,
     redis_kill,
     rerank,
+    speech_batches,
     speech_dtypes,
 )
 
@@ -29,6 +30,7 @@ SUITES = {
     "audio": audio,
     "redis_kill": redis_kill,
     "speech_dtypes": speech_dtypes,
+    "speech_batches": speech_batches,
 }
 
 

@@ -58,9 +58,10 @@ def auto_batch_size(device: str, lane_threads: int, batch_size: int | str) -> in
     encoder attends over 1500 frames per window (~54 MB of attention scores for tiny), so a
     batch's working set leaves the caches and the encoder's time per window rises with the
     batch (1 thread, int8: 0.32 s per window alone, 0.39 s in a batch of 8), and the beam
-    search gains nothing either (0.66 s per 20 s window alone, 0.78 s in a batch of 8). With
-    several threads per batch, batches keep the threads busy (2 threads: 1.21 s alone, 0.58 s
-    in a batch of 8). docs/benchmarks.md, "One window per lane on CPU"."""
+    search gains nothing either (a window 0.68 s alone, 0.93 s in a batch of 8). With
+    several threads per batch, batches keep the threads busy (2 threads: 1.31 s alone, 0.63 s
+    in a batch of 8). ``python -m bench speech_batches``; docs/benchmarks.md, "One window
+    per lane on CPU"."""
     if batch_size not in (None, "auto"):
         return max(1, int(batch_size))
     if device == "cpu" and lane_threads == 1:
