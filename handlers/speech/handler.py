@@ -19,6 +19,7 @@ from handlers.speech.audio import SAMPLE_RATE, decode_audio
 from handlers.speech.pipeline import (
     AudioWindow,
     DirectWindows,
+    LaneWindows,
     Submit,
     WindowOptions,
     WindowOutput,
@@ -90,11 +91,17 @@ class SpeechHandler:
             cancel_event=cancel_event,
             on_segment=on_segment,
         )
-        if window_submit is None:
-            window_submit = DirectWindows(
-                self.decode_windows, self.batch_size, request.cancel_event
-            ).submit
-        return transcribe_windows(request, window_submit, self.window_options)
+        if window_submit is not None:
+            return transcribe_windows(request, window_submit, self.window_options)
+        lanes = int(getattr(self, "decode_lanes", 1) or 1)
+        if lanes == 1:
+            direct = DirectWindows(self.decode_windows, self.batch_size, request.cancel_event)
+            return transcribe_windows(request, direct.submit, self.window_options)
+        on_lanes = LaneWindows(self.decode_windows, self.batch_size, lanes, request.cancel_event)
+        try:
+            return transcribe_windows(request, on_lanes.submit, self.window_options)
+        finally:
+            on_lanes.close()
 
     def plan_windows(
         self, audio_path: str, *, vad: dict[str, float] | None = None

@@ -7,7 +7,8 @@ audio) and the :class:`WindowOptions` of a request's windows; this module owns t
 guards and the cancel checks. Windows are handed to a ``submit(options, windows)`` that returns
 a future per window: in a worker, the model's window batcher (``workers/audio/batcher.py``),
 which decodes windows of many requests together when their options are equal; outside one,
-:class:`DirectWindows` (this request's windows only, ``batch_size`` at a time).
+:class:`DirectWindows` (this request's windows only, ``batch_size`` at a time), or
+:class:`LaneWindows` for a handler with several decode lanes (as many batches at once).
 
 * **Nothing lost.** Whisper sometimes closes a window's last segment and stops a second or
   more before the window's speech ends (it expects the window to be cut). The sequential
@@ -20,9 +21,10 @@ which decodes windows of many requests together when their options are equal; ou
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,6 +127,48 @@ class DirectWindows:
             raise
         for (_, _, future), output in zip(batch, outputs, strict=True):
             future.set_result(output)
+
+
+class LaneWindows:
+    """The ``submit`` of a handler with several decode lanes (``decode_lanes`` > 1) called
+    outside a worker: this request's windows decoded ``batch_size`` at a time on as many
+    threads as lanes, at once (as a worker's window batcher would); ``close`` when done."""
+
+    def __init__(
+        self, decode: Decode, batch_size: int, lanes: int, cancel_event: threading.Event | None
+    ):
+        self.decode = decode
+        self.batch_size = batch_size
+        self.cancel_event = cancel_event
+        self.pool = ThreadPoolExecutor(lanes, thread_name_prefix="speech-lane")
+
+    def submit(self, options: WindowOptions, windows: list[AudioWindow]) -> list[Future]:
+        futures: list[Future] = []
+        for first in range(0, len(windows), self.batch_size):
+            batch = windows[first : first + self.batch_size]
+            batch_futures = [Future() for _ in batch]
+            self.pool.submit(self._decode, options, batch, batch_futures)
+            futures += batch_futures
+        return futures
+
+    def _decode(self, options: WindowOptions, batch: list[AudioWindow], futures: list[Future]):
+        wanted = [future.set_running_or_notify_cancel() for future in futures]
+        if not any(wanted):
+            return  # every window of the batch is no longer wanted
+        try:
+            check_cancelled(self.cancel_event)
+            outputs = self.decode(options, batch, self.cancel_event)
+        except BaseException as exc:
+            for future in futures:
+                with contextlib.suppress(InvalidStateError):
+                    future.set_exception(exc)
+            return
+        for future, output in zip(futures, outputs, strict=True):
+            with contextlib.suppress(InvalidStateError):
+                future.set_result(output)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def uncovered_tail(window: Window, output: WindowOutput) -> Window | None:

@@ -1,6 +1,7 @@
-"""A long job's plan is published part by part as the VAD goes through the file (block by
-block), and a plan left half made (its coordinator died) is carried on where it stopped: the
-coordinator's planning against a real Redis and the real handler's VAD (no decoding)."""
+"""Long files. A long job's plan is published part by part as the VAD goes through the file
+(block by block), and a plan left half made (its coordinator died) is carried on where it
+stopped: the coordinator's planning against a real Redis and the real handler's VAD. Outside
+a worker, a handler with several decode lanes decodes that many windows at once."""
 
 from __future__ import annotations
 
@@ -140,3 +141,33 @@ def test_a_plan_left_half_made_is_carried_on(redis_client, handler, four_minutes
     assert redis_client.lrange(pending, 0, -1) == [str(i).encode() for i in [2, *range(3, total)]]
     assert int(redis_client.hget(parts, "total")) == total
     assert host.helpers == 1 + (total - 3)  # the part still pending, then each new one
+
+
+def test_outside_a_worker_the_lanes_decode_at_once(four_minutes):
+    """``transcribe`` called directly on a handler with two lanes keeps both busy (two
+    ``decode_windows`` calls at once), and its transcript is the one-lane transcript."""
+    from handlers.speech import FasterWhisperASR
+
+    two = FasterWhisperASR("Systran/faster-whisper-tiny.en", "cpu", cpu_threads=1, decode_lanes=2)
+    one = FasterWhisperASR("Systran/faster-whisper-tiny.en", "cpu", cpu_threads=1, decode_lanes=1)
+    assert two.batch_size == one.batch_size == 1
+    lock = threading.Lock()
+    at_once = [0, 0]  # now, most
+
+    def counted(options, windows, cancel_event=None):
+        with lock:
+            at_once[0] += 1
+            at_once[1] = max(at_once[1], at_once[0])
+        try:
+            return decode(options, windows, cancel_event)
+        finally:
+            with lock:
+                at_once[0] -= 1
+
+    decode = two.decode_windows
+    two.decode_windows = counted
+    together = two.transcribe(str(four_minutes))
+    alone = one.transcribe(str(four_minutes))
+    assert at_once[1] == 2
+    assert together.text == alone.text and len(together.text.split()) > 400
+    assert [s.start for s in together.segments] == [s.start for s in alone.segments]
