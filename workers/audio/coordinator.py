@@ -111,12 +111,12 @@ class Coordinator:
         plan["ranges"] += [[round(r[0], 3), round(r[1], 3)] for r, _ in parts]
         if "windows" in plan:
             plan["windows"] += [[list(w) for w in windows] for _, windows in parts]
-        fields: dict[str, Any] = {"plan": None}
-        if last:
+        if last:  # the last part reads on past the header's duration (VBR files)
             end = plan["ranges"][-1]
             end[1] = round(max(end[1], self.duration) + TAIL_SLACK_SEC, 3)
+        fields: dict[str, Any] = {"plan": p.dumps(plan)}
+        if last:
             fields["total"] = len(plan["ranges"])
-        fields["plan"] = p.dumps(plan)
         ttl = max(60, int(self.client.ttl(p.job_key(self.job_id))))
         pipe = self.client.pipeline(transaction=True)
         if first:
