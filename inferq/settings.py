@@ -111,14 +111,15 @@ class Settings(BaseSettings):
     )
     embed_max_batch_size: int = Field(128, description="Most texts in one forward pass.")
     embed_max_padding: float = Field(
-        1.1,
+        1.3,
         ge=1.0,
         description="A pass of more than EMBED_MIN_BATCH_SIZE texts stops growing before its "
         "padded tokens exceed this many times its real tokens (other lengths get passes of "
-        "their own: on CPU padding costs as much as text, a smaller pass hardly more per text).",
+        "their own: on CPU padding costs as much as text; with bf16 matrix units a pass's "
+        "fixed cost makes wider passes worth some padding).",
     )
     embed_min_batch_size: int = Field(
-        16, ge=1, description="A pass grows to this many texts whatever their padding."
+        48, ge=1, description="A pass grows to this many texts whatever their padding."
     )
     embed_urgent_lane: bool = Field(
         True,
