@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     embed_min_batch_size: int = Field(
         48, ge=1, description="A pass grows to this many texts whatever their padding."
     )
+    embed_lanes: int = Field(
+        1,
+        ge=1,
+        description="Forward passes of one embedding/rerank model run at once in a worker "
+        "(model threads). On CPU, with TORCH_THREADS=1, one pass per core.",
+    )
     embed_urgent_lane: bool = Field(
         True,
         description="Interactive inputs get a forward pass of their own while a bulk pass "

@@ -181,6 +181,32 @@ def test_without_bulk_in_flight_the_urgent_lane_stays_idle(handler):
     assert {name for name, _ in recording.threads} == {"batcher:"}
 
 
+class Meeting(Recording):
+    """Each pass waits until another pass is in flight too (fails after 10 s alone)."""
+
+    def __init__(self, handler):
+        super().__init__(handler)
+        self.together = threading.Barrier(2, timeout=10)
+
+    def embed_batch(self, texts):
+        self.together.wait()
+        return super().embed_batch(texts)
+
+
+def test_two_lanes_run_two_passes_at_once(handler):
+    """``lanes`` 2: two model threads, each running a pass while the other does (a pass
+    that found itself alone would break the barrier and fail its texts)."""
+    meeting = Meeting(handler)
+    batcher = _batcher(meeting, batch_tokens=10_000, max_batch_size=4, min_batch_size=4, lanes=2)
+    texts = [f"text number {i}" for i in range(8)]
+    try:
+        together = _submit(batcher, handler, texts)
+        np.testing.assert_allclose(together.result(20), handler.embed_batch(texts), atol=1e-5)
+    finally:
+        batcher.stop()
+    assert sorted(map(len, meeting.calls)) == [4, 4]
+
+
 def test_cancelling_one_job_leaves_the_others(handler):
     gate = threading.Event()
     recording = Recording(handler, gate=gate)

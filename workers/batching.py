@@ -18,6 +18,11 @@ picking each pass's companions among all of them leaves ~2 % padding where a win
 Inputs from different jobs share a batch; a long job's inputs interleave
 with later small requests, so a single input waits about one forward pass, not a whole job.
 
+Lanes. With ``lanes`` > 1, that many main threads each run passes at once (the forward must
+be safe to call from several threads): on a CPU, passes on one torch thread each keep every
+core busy without the barrier of one pass's threads, which waits for its slowest thread
+whenever anything else takes a core (``EMBED_LANES``; docs/benchmarks.md).
+
 The urgent lane. With ``urgent_priority`` set, a second thread runs passes of inputs at that
 priority or more urgent **while the main thread is busy with a less urgent pass** (a batch
 file's): an interactive request then waits for neither that pass nor the bulk queue. The two
@@ -99,6 +104,7 @@ class Batcher:
         window: int | None = None,
         max_padding: float = float("inf"),
         min_batch_size: int = 1,
+        lanes: int = 1,
     ):
         self.forward = forward
         self.width = width
@@ -113,10 +119,14 @@ class Batcher:
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._stopped = False
-        self._main_pass_priority: int | None = None  # what the main thread is running
+        self.lanes = max(1, int(lanes))
+        self._running: dict[int, int] = {}  # a busy main lane: the priority of its pass
         self.urgent_priority = urgent_priority
-        self._thread = threading.Thread(target=self._run, name=f"batcher:{name}", daemon=True)
-        self._thread.start()
+        for lane in range(self.lanes):
+            suffix = f":{lane}" if self.lanes > 1 else ""
+            threading.Thread(
+                target=self._run, args=(lane,), name=f"batcher:{name}{suffix}", daemon=True
+            ).start()
         if urgent_priority is not None:
             threading.Thread(
                 target=self._run_urgent, name=f"batcher-urgent:{name}", daemon=True
@@ -218,7 +228,7 @@ class Batcher:
     def _abandon(ticket: _Ticket) -> None:
         _settle(ticket.future, error=Cancelled())
 
-    def _run(self) -> None:
+    def _run(self, lane: int) -> None:
         while True:
             with self._cond:
                 while not self._stopped and not any(self._pending.values()):
@@ -230,17 +240,19 @@ class Batcher:
                     continue
                 batch, rest = self._choose(candidates)
                 self._put_back(rest)
-                self._main_pass_priority = batch[0].priority
+                self._running[lane] = batch[0].priority
             try:
                 self._execute(batch)
             finally:
                 with self._cond:
-                    self._main_pass_priority = None
+                    del self._running[lane]
+                    self._cond.notify_all()  # the urgent thread may stand down
 
     def _urgent_waiting(self) -> bool:
-        """Urgent inputs wait while the main thread runs a less urgent pass."""
-        running = self._main_pass_priority
-        if running is None or running <= self.urgent_priority:
+        """Urgent inputs wait while every main lane runs a less urgent pass."""
+        if len(self._running) < self.lanes:
+            return False  # a main lane is free: it takes them
+        if min(self._running.values()) <= self.urgent_priority:
             return False
         return any(q for prio, q in self._pending.items() if prio <= self.urgent_priority)
 

@@ -170,6 +170,7 @@ class ModelRegistry:
             min_batch_size=settings.embed_min_batch_size,
             name=loaded.name,
             urgent_priority=int(Priority.INTERACTIVE) if settings.embed_urgent_lane else None,
+            lanes=settings.embed_lanes,
         )
 
     @staticmethod
