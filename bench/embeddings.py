@@ -78,13 +78,42 @@ def in_process(texts: list[str], *, repeats: int = 3, single_runs: int = 200) ->
     singles = timed(lambda i: handler.embed([texts[i % len(texts)]]), single_runs)
     narrow = handler_of(ISSUE_BATCH)  # the issue's reference: length-sorted batches of 32
     narrow_runs = timed(lambda _: narrow.embed(texts), repeats)
+    lanes_runs = timed(lambda _: on_lanes(handler.embed, texts), repeats)
     return {
         "dtype": str(handler.dtype).removeprefix("torch."),
         "texts_per_s": len(texts) / statistics.median(runs),
         "texts_per_s_batches_of_32": len(texts) / statistics.median(narrow_runs),
+        "texts_per_s_lanes": len(texts) / statistics.median(lanes_runs),
+        "lanes": lanes(),
         "one_text_p50_ms": 1000 * statistics.median(singles),
         "one_text_p99_ms": 1000 * percentile(singles, 0.99),
     }
+
+
+def lanes() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def on_lanes(call, items: list) -> None:
+    """``call`` over ``items`` split in ``lanes()`` interleaved shares, one thread each, on one
+    torch thread each (the in-process form of ``EMBED_LANES`` = cores, ``TORCH_THREADS=1``)."""
+    import threading
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        count = lanes()
+        workers = [
+            threading.Thread(target=call, args=(items[lane::count],)) for lane in range(count)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _bodies(texts: list[str], per_request: int, model: str) -> list[dict]:
@@ -192,6 +221,7 @@ def run() -> dict:
         "b_c_stack": stack,
         "b_over_a": stack["texts_per_s"] / local["texts_per_s"],
         "b_over_a32": stack["texts_per_s"] / local["texts_per_s_batches_of_32"],
+        "b_over_al": stack["texts_per_s"] / local["texts_per_s_lanes"],
         "c_added_p50_ms": stack["one_text_p50_ms"] - local["one_text_p50_ms"],
     }
     if infinity_bin() is not None:
@@ -212,6 +242,8 @@ def report(result: dict) -> str:
         f" -> {result['b_over_a']:.3f} x (a)  [goal >= 0.75]" + _per_message(s),
         f"(a32) in process, sorted batches of {ISSUE_BATCH} (the issue's reference):"
         f" {a['texts_per_s_batches_of_32']:8.1f} texts/s; (b) / (a32) = {result['b_over_a32']:.3f}",
+        f"(aL) in process, {a['lanes']} lanes of one torch thread:"
+        f" {a['texts_per_s_lanes']:8.1f} texts/s; (b) / (aL) = {result['b_over_al']:.3f}",
         f"(c) one text in-process: p50 {a['one_text_p50_ms']:6.2f} ms"
         f"  p99 {a['one_text_p99_ms']:6.2f} ms",
         f"    one text via stack:  p50 {s['one_text_p50_ms']:6.2f} ms"
