@@ -246,7 +246,7 @@ class Batcher:
             finally:
                 with self._cond:
                     del self._running[lane]
-                    self._cond.notify_all()  # the urgent thread may stand down
+                    self._cond.notify_all()  # the other lanes and the urgent thread look again
 
     def _urgent_waiting(self) -> bool:
         """Urgent inputs wait while every main lane runs a less urgent pass."""
