@@ -57,26 +57,29 @@ def weights_dir() -> Path:
     return load_catalog(ROOT / "models.yaml").get(MODEL).weights_dir()
 
 
+def handler_at(cls, weights: Path, max_batch_size: int):
+    """``cls`` (the embedding or rerank handler) on ``weights`` at the bench's dtype, with the
+    worker's token budget and passes of at most ``max_batch_size`` inputs."""
+    from inferq.settings import get_settings
+
+    return cls(
+        str(weights),
+        "cpu",
+        torch_dtype=bench_dtype(),
+        batch_tokens=get_settings().embed_batch_tokens,
+        max_batch_size=max_batch_size,
+    )
+
+
 def in_process(texts: list[str], *, repeats: int = 3, single_runs: int = 200) -> dict:
     from handlers.embedding import HFEmbeddingModel
     from inferq.settings import get_settings
 
-    settings = get_settings()
-
-    def handler_of(max_batch_size: int) -> HFEmbeddingModel:
-        return HFEmbeddingModel(
-            str(weights_dir()),
-            "cpu",
-            torch_dtype=bench_dtype(),
-            batch_tokens=settings.embed_batch_tokens,
-            max_batch_size=max_batch_size,
-        )
-
-    handler = handler_of(settings.embed_max_batch_size)
+    handler = handler_at(HFEmbeddingModel, weights_dir(), get_settings().embed_max_batch_size)
     handler.embed(texts[:64])  # warm-up
     runs = timed(lambda _: handler.embed(texts), repeats)
     singles = timed(lambda i: handler.embed([texts[i % len(texts)]]), single_runs)
-    narrow = handler_of(ISSUE_BATCH)  # the issue's reference: length-sorted batches of 32
+    narrow = handler_at(HFEmbeddingModel, weights_dir(), ISSUE_BATCH)  # the issue's reference
     narrow_runs = timed(lambda _: narrow.embed(texts), repeats)
     lanes_runs = timed(lambda _: on_lanes(handler.embed, texts), repeats)
     return {

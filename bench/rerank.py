@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from bench.embeddings import ISSUE_BATCH, bench_dtype, corpus
+from bench.embeddings import ISSUE_BATCH, bench_dtype, corpus, handler_at
 from bench.load import drive, jobs_per_message, percentile, queue_messages, timed
 from bench.stack import RESULTS, one_worker_stack
 from inferq.devstack import ROOT
@@ -50,23 +50,12 @@ def in_process(requests, *, repeats: int, single_runs: int) -> dict:
     from handlers.rerank import HFRerankModel
     from inferq.settings import get_settings
 
-    settings = get_settings()
-
-    def handler_of(max_batch_size: int) -> HFRerankModel:
-        return HFRerankModel(
-            str(weights_dir()),
-            "cpu",
-            torch_dtype=bench_dtype(),
-            batch_tokens=settings.embed_batch_tokens,
-            max_batch_size=max_batch_size,
-        )
-
-    handler = handler_of(settings.embed_max_batch_size)
+    handler = handler_at(HFRerankModel, weights_dir(), get_settings().embed_max_batch_size)
     pairs = [(q, d) for q, docs in requests for d in docs]
     handler.score(pairs[:64])  # warm-up
     runs = timed(lambda _: handler.score(pairs), repeats)
     singles = timed(lambda i: handler.score([pairs[i % len(pairs)]]), single_runs)
-    narrow = handler_of(ISSUE_BATCH)
+    narrow = handler_at(HFRerankModel, weights_dir(), ISSUE_BATCH)
     narrow_runs = timed(lambda _: narrow.score(pairs), repeats)
     return {
         "dtype": str(handler.dtype).removeprefix("torch."),
