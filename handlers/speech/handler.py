@@ -38,6 +38,7 @@ class SpeechHandler:
     name: str
     device: Any
     batch_size: int
+    decode_lanes = 1  # batches the model decodes at once (faster-whisper on CPU: more)
     multilingual: bool
     # an instance attribute, set once the model is loaded (the worker reads the class's
     # ``capabilities`` before construction, so this must not be a property)
@@ -93,7 +94,7 @@ class SpeechHandler:
         )
         if window_submit is not None:
             return transcribe_windows(request, window_submit, self.window_options)
-        lanes = int(getattr(self, "decode_lanes", 1) or 1)
+        lanes = self.decode_lanes
         if lanes == 1:
             direct = DirectWindows(self.decode_windows, self.batch_size, request.cancel_event)
             return transcribe_windows(request, direct.submit, self.window_options)

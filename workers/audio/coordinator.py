@@ -95,9 +95,10 @@ class Coordinator:
         if plans_window_blocks(handler):
             return handler.plan_window_blocks(str(self.path), vad=vad or None, start_s=start)
         takes_vad = "vad" in inspect.signature(handler.plan_windows).parameters
-        return iter(
-            [handler.plan_windows(str(self.path), **({"vad": vad} if vad and takes_vad else {}))]
+        windows = handler.plan_windows(
+            str(self.path), **({"vad": vad} if vad and takes_vad else {})
         )
+        return iter([[w for w in windows if w[0] >= start]])  # a resumed plan: the rest
 
     def _publish(self, plan: dict[str, Any], parts: list, *, last: bool = False) -> None:
         """Add ``parts`` (``(range, windows or None)``) to the plan and the pending list,

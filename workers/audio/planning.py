@@ -42,6 +42,9 @@ def plan_ranges(path: str | Path, duration: float, chunk_s: float) -> list[tuple
     return chunk_ranges(duration, cuts)
 
 
+Part = tuple[tuple[float, float], list[tuple[float, float]]]  # (range, its windows)
+
+
 class PartPlanner:
     """Consecutive windows (seconds, in order, not overlapping), given as the VAD finds them,
     grouped into parts of at most ``chunk_s`` seconds from the start of their first window to
@@ -56,14 +59,12 @@ class PartPlanner:
     def __init__(self, chunk_s: float, start: float = 0.0):
         self.chunk_s = chunk_s
         self.cut = start  # where the next part's range begins
-        self.group: list[tuple[float, float]] = []
-        self.last_end = start
+        self.group: list[tuple[float, float]] = []  # the windows of the part still open
 
     def add(self, windows: list[tuple[float, float]]) -> list[Part]:
         parts: list[Part] = []
         for window in windows:
             window = (float(window[0]), float(window[1]))
-            self.last_end = window[1]
             if self.group and window[1] - self.group[0][0] <= self.chunk_s:
                 self.group.append(window)
                 continue
@@ -76,12 +77,10 @@ class PartPlanner:
 
     def finish(self, end: float) -> list[Part]:
         """The last part, up to ``end`` (or its last window's end, if later)."""
-        part = ((self.cut, max(end, self.last_end)), self.group)
+        last_end = self.group[-1][1] if self.group else self.cut
+        part = ((self.cut, max(end, last_end)), self.group)
         self.group = []
         return [part]
-
-
-Part = tuple[tuple[float, float], list[tuple[float, float]]]  # (range, its windows)
 
 
 def group_windows(
