@@ -164,3 +164,26 @@ def test_outside_a_worker_the_lanes_decode_at_once(four_minutes):
     assert at_once[1] == 2
     assert together.text == alone.text and len(together.text.split()) > 400
     assert [s.start for s in together.segments] == [s.start for s in alone.segments]
+
+
+def test_progress_never_goes_back_when_parts_run_past_the_header(
+    redis_client, handler, four_minutes
+):
+    """A file whose header says less than its audio holds (a VBR file without a length
+    header): the VAD plans parts past the header's duration, and as they are done the
+    progress only grows, up to the total."""
+    coord, _ = coordinator(redis_client, handler, four_minutes, "past-header")
+    coord.duration = 50.0  # the header's claim; the decoded audio runs on to about 250 s
+    ranges = [[0.0, 30.0], [30.0, 60.0], [60.0, 90.0], [90.0, 310.0]]
+    reported: list[dict] = []
+    coord.ctx.report_progress = lambda stored, event: reported.append(stored)
+    parts = a.parts_key("past-header")
+    redis_client.delete(parts)
+    empty = {"segments": [], "words": [], "language": "en", "duration": 30.0}
+    for index in range(len(ranges)):
+        redis_client.hset(parts, f"r:{index}", p.dumps(empty))
+        coord._collect(ranges)
+    completed = [stored["completed"] for stored in reported]
+    assert completed == sorted(completed), completed
+    assert completed[-1] == reported[-1]["total"] == 50.0
+    assert reported[-1]["fraction"] == 1.0
