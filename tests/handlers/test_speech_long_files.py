@@ -187,3 +187,34 @@ def test_progress_never_goes_back_when_parts_run_past_the_header(
     assert completed == sorted(completed), completed
     assert completed[-1] == reported[-1]["total"] == 50.0
     assert reported[-1]["fraction"] == 1.0
+
+
+def test_a_puller_waits_for_parts_published_as_it_looks(redis_client, handler, four_minutes):
+    """A puller that finds no part pending while the plan grows waits for more, even when the
+    coordinator publishes the last parts (and the plan's ``total``) just after it looked:
+    it claims them, instead of leaving them for others as if the plan were complete."""
+    from workers.audio.parts import NONE_LEFT, NOT_YET, Puller
+    from workers.audio.scripts import Scripts
+
+    coord, host = coordinator(redis_client, handler, four_minutes, "growing")
+    coord.duration = 60.0
+    redis_client.delete(a.parts_key("growing"), a.pending_key("growing"))
+    plan: dict = {}
+    coord._publish(plan, [((0.0, 30.0), [(1.0, 20.0)])])
+    host.scripts = Scripts(redis_client)
+    puller = Puller(host, "growing", coord.model, coord.job, p.loads(p.dumps(plan)), None, 0)
+    assert puller._claim() == 0
+    claim = host.scripts.claim
+
+    def claim_then_publish(**kwargs):  # the coordinator's last block lands right after
+        index = claim(**kwargs)
+        if not redis_client.hexists(a.parts_key("growing"), "total"):
+            coord._publish(plan, [((30.0, 60.0), [(31.0, 50.0)])], last=True)
+        return index
+
+    host.scripts.claim = claim_then_publish
+    first = puller._claim()
+    assert first in (1, NOT_YET), first  # not NONE_LEFT: a part is pending
+    assert (first if first == 1 else puller._claim()) == 1
+    assert puller._claim() == NONE_LEFT
+    assert puller.ranges[1] == [30.0, 60.0 + 60.0]  # the last part's range, read with it
