@@ -38,11 +38,15 @@ def pending_key(job_id: str) -> str:
 
 
 # KEYS[1] parts, KEYS[2] pending, KEYS[3] job; ARGV[1] worker. The index of the claimed part;
-# -1 when the job is not running any more, -2 when no part is left.
+# -1 when the job is not running any more, -2 when no part is left, -3 when none is pending
+# but the plan is still growing (no ``total`` yet: its coordinator publishes more parts).
 CLAIM_SCRIPT = """
 if redis.call('HGET', KEYS[3], 'status') ~= 'running' then return -1 end
 local index = redis.call('LPOP', KEYS[2])
-if not index then return -2 end
+if not index then
+  if redis.call('HEXISTS', KEYS[1], 'total') == 1 then return -2 end
+  return -3
+end
 redis.call('HSET', KEYS[1], 'c:' .. index, ARGV[1])
 return tonumber(index)
 """

@@ -178,7 +178,9 @@ def uncovered_tail(window: Window, output: WindowOutput) -> Window | None:
     covered = round(output.segments[-1].end * SAMPLE_RATE)
     if window.end - covered <= TAIL_SECONDS * SAMPLE_RATE:
         return None
-    return Window(max(covered, window.start), window.end)
+    if covered <= window.start:  # every segment closed at <|0.00|>: the tail is the window,
+        return None  # and decoding it again with the same options gives the same text twice
+    return Window(covered, window.end)
 
 
 def _wait(future: Future, cancel_event: threading.Event | None) -> WindowOutput:

@@ -164,3 +164,57 @@ def test_outside_a_worker_the_lanes_decode_at_once(four_minutes):
     assert at_once[1] == 2
     assert together.text == alone.text and len(together.text.split()) > 400
     assert [s.start for s in together.segments] == [s.start for s in alone.segments]
+
+
+def test_progress_never_goes_back_when_parts_run_past_the_header(
+    redis_client, handler, four_minutes
+):
+    """A file whose header says less than its audio holds (a VBR file without a length
+    header): the VAD plans parts past the header's duration, and as they are done the
+    progress only grows, up to the total."""
+    coord, _ = coordinator(redis_client, handler, four_minutes, "past-header")
+    coord.duration = 50.0  # the header's claim; the decoded audio runs on to about 250 s
+    ranges = [[0.0, 30.0], [30.0, 60.0], [60.0, 90.0], [90.0, 310.0]]
+    reported: list[dict] = []
+    coord.ctx.report_progress = lambda stored, event: reported.append(stored)
+    parts = a.parts_key("past-header")
+    redis_client.delete(parts)
+    empty = {"segments": [], "words": [], "language": "en", "duration": 30.0}
+    for index in range(len(ranges)):
+        redis_client.hset(parts, f"r:{index}", p.dumps(empty))
+        coord._collect(ranges)
+    completed = [stored["completed"] for stored in reported]
+    assert completed == sorted(completed), completed
+    assert completed[-1] == reported[-1]["total"] == 50.0
+    assert reported[-1]["fraction"] == 1.0
+
+
+def test_a_puller_waits_for_parts_published_as_it_looks(redis_client, handler, four_minutes):
+    """A puller that finds no part pending while the plan grows waits for more, even when the
+    coordinator publishes the last parts (and the plan's ``total``) just after it looked:
+    it claims them, instead of leaving them for others as if the plan were complete."""
+    from workers.audio.parts import NONE_LEFT, NOT_YET, Puller
+    from workers.audio.scripts import Scripts
+
+    coord, host = coordinator(redis_client, handler, four_minutes, "growing")
+    coord.duration = 60.0
+    redis_client.delete(a.parts_key("growing"), a.pending_key("growing"))
+    plan: dict = {}
+    coord._publish(plan, [((0.0, 30.0), [(1.0, 20.0)])])
+    host.scripts = Scripts(redis_client)
+    puller = Puller(host, "growing", coord.model, coord.job, p.loads(p.dumps(plan)), None, 0)
+    assert puller._claim() == 0
+    claim = host.scripts.claim
+
+    def claim_then_publish(**kwargs):  # the coordinator's last block lands right after
+        index = claim(**kwargs)
+        if not redis_client.hexists(a.parts_key("growing"), "total"):
+            coord._publish(plan, [((30.0, 60.0), [(31.0, 50.0)])], last=True)
+        return index
+
+    host.scripts.claim = claim_then_publish
+    first = puller._claim()
+    assert first in (1, NOT_YET), first  # not NONE_LEFT: a part is pending
+    assert (first if first == 1 else puller._claim()) == 1
+    assert puller._claim() == NONE_LEFT
+    assert puller.ranges[1] == [30.0, 60.0 + 60.0]  # the last part's range, read with it

@@ -108,6 +108,45 @@ def test_an_uncovered_tail_becomes_a_window():
     assert uncovered_tail(window, WindowOutput()) is None
 
 
+def test_a_window_whose_segments_all_end_at_its_start_is_decoded_once():
+    """Whisper sometimes closes every segment at <|0.00|>: its last segment then ends where
+    the window starts, and the "uncovered tail" would be the window itself, decoded again
+    with the same options into the same text, given twice."""
+    from handlers.base import SpeechSegment
+    from handlers.speech.pipeline import DirectWindows, transcribe_windows
+    from handlers.speech.request import SpeechRequest
+
+    audio = np.zeros(20 * SAMPLE_RATE, np.float32)
+    window = Window(2 * SAMPLE_RATE, 18 * SAMPLE_RATE)
+    decoded: list[Window] = []
+
+    def decode(options, windows, cancel_event=None):
+        decoded.extend(w.window for w in windows)
+        at = windows[0].window.start_seconds
+        return [
+            WindowOutput(
+                segments=[SpeechSegment(id=0, start=at, end=at, text=" Hello there.")],
+                language="en",
+            )
+        ]
+
+    request = SpeechRequest(
+        audio=audio,
+        offset=0.0,
+        duration=20.0,
+        language="en",
+        task="transcribe",
+        word_timestamps=False,
+        temperatures=(0.0,),
+        windows=[window],
+    )
+    direct = DirectWindows(decode, 1, None)
+    result = transcribe_windows(request, direct.submit, lambda *_: "options")
+    assert result.text == "Hello there.", result.text
+    assert decoded == [window]
+    assert uncovered_tail(window, WindowOutput(segments=[SpeechSegment(0, 2.0, 2.0, " x")])) is None
+
+
 # --------------------------------------------------------------------------- real weights
 
 

@@ -207,7 +207,12 @@ class Coordinator:
                 segments.append(compact)
                 if index in new:
                     added.append(compact)
-        done_seconds = sum(min(ranges[i][1], self.duration) - ranges[i][0] for i in self.results)
+        # Each part's range counted within the header's duration: the VAD may plan parts
+        # past it (a VBR file whose header says less than its audio holds).
+        done_seconds = sum(
+            min(ranges[i][1], self.duration) - min(ranges[i][0], self.duration)
+            for i in self.results
+        )
         stored = progress(done_seconds, self.duration, len(self.results), len(ranges), segments)
         self.ctx.report_progress(stored, {**stored, "segments": added})
 

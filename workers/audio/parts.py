@@ -100,7 +100,7 @@ class Puller:
         if index >= len(self.ranges):  # a part published after this puller read the plan
             plan = p.loads(self.client.hget(self.parts_key, "plan"))
             self.ranges, self.windows = plan["ranges"], plan.get("windows")
-        if index == -2 and not self.client.hexists(self.parts_key, "total"):
+        if index == -3:  # looked at in the script: parts published meanwhile are pending
             return NOT_YET
         return index if index >= 0 else NONE_LEFT
 
