@@ -15,7 +15,8 @@ job's task:
 Every worker of the model can take parts: the coordinator sends one *helper* task per part
 on the model's queue, and a worker receiving one claims parts (``CLAIM_SCRIPT``) until none
 are left. A part is recorded once (``RECORD_SCRIPT``), whatever redeliveries happen. A part
-whose claiming worker stopped heart-beating is put back (``RELEASE_SCRIPT``).
+whose claiming worker stopped heart-beating is put back (``RELEASE_SCRIPT``). The plan grows
+by ``PUBLISH_SCRIPT``, which refuses a publisher whose view of it is out of date.
 """
 
 from __future__ import annotations
@@ -73,5 +74,27 @@ if redis.call('HEXISTS', KEYS[1], 'r:' .. i) == 1 or redis.call('HEXISTS', KEYS[
 then return 0 end
 redis.call('HDEL', KEYS[1], 'c:' .. i)
 redis.call('LPUSH', KEYS[2], i)
+return 1
+"""
+
+# KEYS[1] parts, KEYS[2] pending; ARGV[1] the parts the publisher believes planned so far,
+# ARGV[2] the plan JSON, ARGV[3] its part count, ARGV[4] ``total`` ('' while the plan grows),
+# ARGV[5] the keys' TTL. Stores the plan and queues the new parts' indices only if the stored
+# plan still holds ARGV[1] parts (none stored: 0), and returns 1; else 0: another coordinator
+# of the job (a redelivery while this one still planned) extended the plan first.
+PUBLISH_SCRIPT = """
+local stored = redis.call('HGET', KEYS[1], 'plan')
+local planned = 0
+if stored then planned = #cjson.decode(stored)['ranges'] end
+if planned ~= tonumber(ARGV[1]) then return 0 end
+if planned == 0 then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'done', 0)
+end
+redis.call('HSET', KEYS[1], 'plan', ARGV[2])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'total', ARGV[4]) end
+for i = planned, tonumber(ARGV[3]) - 1 do redis.call('RPUSH', KEYS[2], i) end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
 """

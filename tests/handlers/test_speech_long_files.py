@@ -6,6 +6,7 @@ a worker, a handler with several decode lanes decodes that many windows at once.
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -47,7 +48,10 @@ class Host:
     puller starts are recorded, not run."""
 
     def __init__(self, client):
+        from workers.audio.scripts import Scripts
+
         self.redis = client
+        self.scripts = Scripts(client)
         self.settings = Settings(audio_chunk_sec=30.0)
         self.helpers = 0
         self.pullers: list[int] = []  # the plan's part count when a puller was started
@@ -218,3 +222,100 @@ def test_a_puller_waits_for_parts_published_as_it_looks(redis_client, handler, f
     assert (first if first == 1 else puller._claim()) == 1
     assert puller._claim() == NONE_LEFT
     assert puller.ranges[1] == [30.0, 60.0 + 60.0]  # the last part's range, read with it
+
+
+def _injecting(handler, before_first_block):
+    """The handler, whose first ``plan_window_blocks`` call runs ``before_first_block`` as
+    its first block is found (another coordinator publishing meanwhile)."""
+    calls: list[float] = []
+
+    def blocks(path, vad=None, start_s=0.0):
+        calls.append(start_s)
+        for i, block in enumerate(handler.plan_window_blocks(path, vad=vad, start_s=start_s)):
+            if i == 0 and len(calls) == 1:
+                before_first_block()
+            yield block
+
+    wrapped = SimpleNamespace(
+        plan_window_blocks=blocks, plan_windows=handler.plan_windows, transcribe=handler.transcribe
+    )
+    return wrapped, calls
+
+
+def _assert_one_plan(client, job_id: str, plan: dict) -> None:
+    """The stored plan is ``plan``, complete, and each of its parts was queued once."""
+    parts, pending = a.parts_key(job_id), a.pending_key(job_id)
+    stored = p.loads(client.hget(parts, "plan"))
+    assert stored["ranges"] == plan["ranges"]
+    total = len(plan["ranges"])
+    assert int(client.hget(parts, "total")) == total
+    assert client.lrange(pending, 0, -1) == [str(i).encode() for i in range(total)]
+    starts = [r[0] for r in plan["ranges"]]
+    assert starts == sorted(starts) and all(
+        r[1] <= n[0] + 1e-6 for r, n in zip(plan["ranges"], plan["ranges"][1:], strict=False)
+    )
+
+
+def test_a_second_coordinator_planning_at_once_takes_the_first_ones_plan(
+    redis_client, handler, four_minutes
+):
+    """A job redelivered while its first coordinator still plans (a live worker that missed
+    its lease): both start on an empty plan, the first publishes its first parts, then the
+    second tries to. The second is refused, waits for the first one's plan and takes it; no
+    part is queued twice and the pending list is not reset under the first one's pullers."""
+    job = "twice"
+    redis_client.delete(a.parts_key(job), a.pending_key(job))
+    first, _ = coordinator(redis_client, handler, four_minutes, job)
+    second, _ = coordinator(redis_client, handler, four_minutes, job)
+    go_on = threading.Event()  # the first coordinator's VAD goes on past its first block
+
+    def held_blocks(path, vad=None, start_s=0.0):
+        for i, block in enumerate(handler.plan_window_blocks(path, vad=vad, start_s=start_s)):
+            if i == 1:
+                go_on.wait(60)
+            yield block
+
+    first.model.handler = SimpleNamespace(
+        plan_window_blocks=held_blocks,
+        plan_windows=handler.plan_windows,
+        transcribe=handler.transcribe,
+    )
+    planned: list[dict] = []
+    first_thread = threading.Thread(target=lambda: planned.append(first._plan()))
+
+    def first_publishes_first():
+        first_thread.start()
+        deadline = time.monotonic() + 60
+        while not redis_client.llen(a.pending_key(job)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        threading.Timer(1.0, go_on.set).start()  # after the second one's first publish
+
+    second.model.handler, _ = _injecting(handler, first_publishes_first)
+    plan = second._plan()
+    first_thread.join(60)
+    assert plan == planned[0] and len(plan["ranges"]) >= 7
+    _assert_one_plan(redis_client, job, plan)
+
+
+def test_a_plan_another_coordinator_left_growing_is_carried_on(
+    redis_client, handler, four_minutes, monkeypatch
+):
+    """The other coordinator published one part and then stopped (its worker died): after
+    ``PLAN_STALL_SEC`` without growth this one carries the plan on from that part's end."""
+    from workers.audio import coordinator as coordinator_module
+
+    monkeypatch.setattr(coordinator_module, "PLAN_STALL_SEC", 0.5)
+    job = "stalled"
+    redis_client.delete(a.parts_key(job), a.pending_key(job))
+    first, _ = coordinator(redis_client, handler, four_minutes, job)
+    second, _ = coordinator(redis_client, handler, four_minutes, job)
+    whole = first._plan()  # what one coordinator alone plans (then forgotten)
+    redis_client.delete(a.parts_key(job), a.pending_key(job))
+    head = [(tuple(whole["ranges"][0]), [tuple(w) for w in whole["windows"][0]])]
+    second.model.handler, calls = _injecting(handler, lambda: first._publish({}, head))
+    plan = second._plan()
+    assert len(calls) == 2 and calls[1] == pytest.approx(whole["ranges"][0][1])
+    assert plan["ranges"][0] == whole["ranges"][0]
+    for mine, theirs in zip(plan["ranges"], whole["ranges"], strict=True):
+        assert mine == pytest.approx(theirs, abs=0.1)
+    _assert_one_plan(redis_client, job, plan)

@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 POLL_SEC = 0.2  # how often the coordinator looks at its parts
 CLAIM_CHECK_SEC = 2.0  # how often it looks for parts held by a vanished worker
 MAX_HELPERS = 64  # helper tasks sent for one job
+PLAN_STALL_SEC = 30.0  # another coordinator's plan not growing this long: carry it on here
+
+
+class PlanTaken(Exception):
+    """Another coordinator of the job extended its plan first (a redelivery while the first
+    one was still planning)."""
 
 
 class Coordinator:
@@ -60,6 +66,35 @@ class Coordinator:
     # -- plan -------------------------------------------------------------------------------
 
     def _plan(self) -> dict[str, Any]:
+        """The job's plan (:meth:`_plan_here`). When another coordinator of the job extends
+        the plan first (this one is a redelivery of a job whose first coordinator still
+        plans, or the reverse), this one waits for that plan instead; if it stops growing
+        for ``PLAN_STALL_SEC``, this one carries it on from its last part."""
+        while True:
+            try:
+                return self._plan_here()
+            except PlanTaken:
+                log.warning("job %s: another coordinator is planning it; waiting", self.job_id)
+            plan = self._wait_for_plan()
+            if plan is not None:
+                return plan
+
+    def _wait_for_plan(self) -> dict[str, Any] | None:
+        """The plan once another coordinator has written its ``total``; None if it stopped
+        growing for ``PLAN_STALL_SEC`` first."""
+        last, since = None, time.monotonic()
+        while time.monotonic() - since < PLAN_STALL_SEC:
+            if self.ctx.is_cancelled():
+                raise Cancelled()
+            stored, total = self.client.hmget(self.parts_key, ["plan", "total"])
+            if total is not None:
+                return p.loads(stored)
+            if stored != last:
+                last, since = stored, time.monotonic()
+            time.sleep(POLL_SEC)
+        return None
+
+    def _plan_here(self) -> dict[str, Any]:
         """The job's plan, made here or carried on from a redelivery's stored one. Parts are
         published as the plan grows (a block of the file's VAD at a time, see
         :meth:`handlers.speech.handler.SpeechHandler.plan_window_blocks`): the first ones are
@@ -70,7 +105,8 @@ class Coordinator:
         if plan:
             log.info("job %s: resuming %d parts", self.job_id, len(plan["ranges"]))
             self._send_helpers(self.client.llen(self.pending_key))
-            self._start_local_puller(plan)
+            if self.local is None or not self.local.is_alive():
+                self._start_local_puller(plan)
             if self.client.hexists(self.parts_key, "total"):
                 return plan
         chunk_s = self.service.settings.audio_chunk_sec
@@ -115,19 +151,11 @@ class Coordinator:
         if last:  # the last part reads on past the header's duration (VBR files)
             end = plan["ranges"][-1]
             end[1] = round(max(end[1], self.duration) + TAIL_SLACK_SEC, 3)
-        fields: dict[str, Any] = {"plan": p.dumps(plan)}
-        if last:
-            fields["total"] = len(plan["ranges"])
         ttl = max(60, int(self.client.ttl(p.job_key(self.job_id))))
-        pipe = self.client.pipeline(transaction=True)
-        if first:
-            fields["done"] = 0
-            pipe.delete(self.pending_key)
-        pipe.hset(self.parts_key, mapping=fields)
-        pipe.rpush(self.pending_key, *range(base, len(plan["ranges"])))
-        pipe.expire(self.parts_key, ttl)
-        pipe.expire(self.pending_key, ttl)
-        pipe.execute()
+        total = len(plan["ranges"]) if last else ""
+        args = [base, p.dumps(plan), len(plan["ranges"]), total, ttl]
+        if not self.service.scripts.publish(keys=[self.parts_key, self.pending_key], args=args):
+            raise PlanTaken()
         self._send_helpers(len(parts))
         if self.local is None:
             self._start_local_puller(plan)

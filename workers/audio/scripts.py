@@ -12,3 +12,4 @@ class Scripts:
         self.claim = client.register_script(a.CLAIM_SCRIPT)
         self.record = client.register_script(a.RECORD_SCRIPT)
         self.release = client.register_script(a.RELEASE_SCRIPT)
+        self.publish = client.register_script(a.PUBLISH_SCRIPT)
