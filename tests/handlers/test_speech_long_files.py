@@ -319,3 +319,41 @@ def test_a_plan_another_coordinator_left_growing_is_carried_on(
     for mine, theirs in zip(plan["ranges"], whole["ranges"], strict=True):
         assert mine == pytest.approx(theirs, abs=0.1)
     _assert_one_plan(redis_client, job, plan)
+
+
+def test_progress_segments_only_append_when_parts_finish_out_of_order(
+    redis_client, handler, four_minutes
+):
+    """Parts finish in the order 2, 0, 1: the progress' segments are always the transcript
+    from the file's start on, and each event's new segments carry on from the last ones (ids
+    never reused, times in order), while the seconds done count every finished part."""
+    coord, _ = coordinator(redis_client, handler, four_minutes, "out-of-order")
+    coord.duration = 90.0
+    ranges = [[0.0, 30.0], [30.0, 60.0], [60.0, 90.0]]
+    events: list[dict] = []
+    stored_each: list[dict] = []
+
+    def report(stored, event):
+        stored_each.append(stored)
+        events.append(event)
+
+    coord.ctx.report_progress = report
+    parts = a.parts_key("out-of-order")
+    redis_client.delete(parts)
+    for index in (2, 0, 1):
+        start = ranges[index][0]
+        segments = [
+            {"start": start + 1, "end": start + 9, "text": f" part {index} first"},
+            {"start": start + 11, "end": start + 19, "text": f" part {index} second"},
+        ]
+        result = {"segments": segments, "words": [], "language": "en", "duration": 30.0}
+        redis_client.hset(parts, f"r:{index}", p.dumps(result))
+        coord._collect(ranges)
+    assert [s["completed"] for s in stored_each] == [30.0, 60.0, 90.0]
+    assert [len(s["segments"]) for s in stored_each] == [0, 2, 6]
+    streamed = [segment for event in events for segment in event["segments"]]
+    assert [s["id"] for s in streamed] == list(range(6))
+    assert [s["text"] for s in streamed] == [
+        f" part {i} {which}" for i in range(3) for which in ("first", "second")
+    ]
+    assert streamed == stored_each[-1]["segments"]

@@ -61,6 +61,7 @@ class Coordinator:
         self.parts_key = a.parts_key(ctx.job_id)
         self.pending_key = a.pending_key(ctx.job_id)
         self.results: dict[int, dict[str, Any]] = {}
+        self.shown = 0  # the parts (from the first on) whose segments the progress holds
         self.local: threading.Thread | None = None
 
     # -- plan -------------------------------------------------------------------------------
@@ -227,14 +228,20 @@ class Coordinator:
             new.append(index)
         if not new and not initial:
             return
+        # The transcript so far is the parts done from the file's start on, so that the
+        # segments of the events only ever append, with ids that stay: a part done before
+        # an earlier one waits for it.
         segments: list[dict[str, Any]] = []
         added: list[dict[str, Any]] = []
-        for index in sorted(self.results):
+        index = 0
+        while index in self.results:
             for segment in self.results[index]["segments"]:
                 compact = {"id": len(segments), **{k: segment[k] for k in ("start", "end", "text")}}
                 segments.append(compact)
-                if index in new:
+                if index >= self.shown:
                     added.append(compact)
+            index += 1
+        self.shown = index
         # Each part's range counted within the header's duration: the VAD may plan parts
         # past it (a VBR file whose header says less than its audio holds).
         done_seconds = sum(
