@@ -25,10 +25,9 @@ whenever anything else takes a core (``EMBED_LANES``; docs/benchmarks.md).
 
 Adaptive lanes. Given ``pass_threads`` (sets the calling thread's CPU threads:
 workers/pass_threads.py) and ``wide_threads`` > 1, lane 0 runs a pass on ``wide_threads``
-threads when it had nothing to do after its last pass, no other pass runs and what stays
-pending would not make half a pass, so a lone input is as fast as with one lane; otherwise
-(under load) it runs on one thread and the other lanes (one thread each, always) take the
-rest. The other lanes start a pass only
+threads when it is alone, so a lone input is as fast as with one lane; when other passes run,
+or when what stays pending after its pass is at least half a pass, it runs on one thread and
+the other lanes (one thread each, always) take the rest. The other lanes start a pass only
 while lane 0 runs on one thread (or for inputs more urgent than lane 0's pass): two passes
 never share a core with a wide pass's threads.
 
@@ -258,12 +257,11 @@ class Batcher:
             return False  # lane 0 is free: it takes them (on every core if alone)
         return not self._wide or most_urgent < self._running[0]
 
-    def _threads_for_lane0(self, batch: list[_Item], idle: bool) -> int:
-        """Adaptive lanes: lane 0's threads for ``batch``; every core when it found nothing
-        to do after its last pass (no load), no other pass runs and what stays pending would
-        not make half a pass for another lane."""
+    def _threads_for_lane0(self, batch: list[_Item]) -> int:
+        """Adaptive lanes: lane 0's threads for ``batch``; every core when no other pass runs
+        and what stays pending would not make half a pass for another lane."""
         backlog = sum(len(queue) for queue in self._pending.values())
-        self._wide = idle and len(self._running) == 1 and backlog < max(1, len(batch) // 2)
+        self._wide = len(self._running) == 1 and backlog < max(1, len(batch) // 2)
         if not self._wide:
             self._cond.notify_all()  # another lane takes the backlog
         return self.wide_threads if self._wide else 1
@@ -272,11 +270,10 @@ class Batcher:
         if self.adaptive and lane > 0:
             self._pass_threads(1)
         while True:
-            threads, idle = None, False
+            threads = None
             with self._cond:
                 while not self._stopped and not self._may_take(lane):
                     self._cond.wait()
-                    idle = True
                 if self._stopped:
                     return
                 candidates = self._take_candidates()
@@ -286,7 +283,7 @@ class Batcher:
                 self._put_back(rest)
                 self._running[lane] = batch[0].priority
                 if self.adaptive and lane == 0:
-                    threads = self._threads_for_lane0(batch, idle)
+                    threads = self._threads_for_lane0(batch)
             if threads is not None:
                 self._pass_threads(threads)
             try:
