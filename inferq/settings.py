@@ -122,10 +122,12 @@ class Settings(BaseSettings):
         48, ge=1, description="A pass grows to this many texts whatever their padding."
     )
     embed_lanes: int = Field(
-        1,
-        ge=1,
+        0,
+        ge=0,
         description="Forward passes of one embedding/rerank model run at once in a worker "
-        "(model threads). On CPU, with TORCH_THREADS=1, one pass per core.",
+        "(model threads). 0: one per core on CPU (adaptive: a pass alone runs on every core, "
+        "passes side by side on one core each), one on CUDA. On CPU, with TORCH_THREADS=1, "
+        "every pass runs on one core.",
     )
     embed_urgent_lane: bool = Field(
         True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -205,6 +206,74 @@ def test_two_lanes_run_two_passes_at_once(handler):
     finally:
         batcher.stop()
     assert sorted(map(len, meeting.calls)) == [4, 4]
+
+
+class Seen(Recording):
+    """Records each pass's thread and torch threads; while ``together`` is set, each pass
+    waits until another pass is in flight too (fails after 10 s alone)."""
+
+    def __init__(self, handler, *, together: bool = False, gate: threading.Event | None = None):
+        super().__init__(handler, gate=gate)
+        self.together = threading.Barrier(2, timeout=10) if together else None
+        self.seen: list[tuple[str, int]] = []
+
+    def embed_batch(self, texts):
+        import torch
+
+        self.seen.append((threading.current_thread().name, torch.get_num_threads()))
+        if self.together is not None:
+            self.together.wait()
+        return super().embed_batch(texts)
+
+
+def _adaptive(recording, **kwargs) -> Batcher:
+    """Adaptive lanes as a CPU worker runs them (workers/pass_threads.py), two lanes."""
+    from workers.pass_threads import shared
+
+    if (control := shared()) is None:
+        pytest.skip("torch without GNU OpenMP: no per-thread pass threads")
+    return _batcher(recording, lanes=2, pass_threads=control.set, wide_threads=2, **kwargs)
+
+
+def test_adaptive_lanes_run_two_passes_at_once_on_one_thread_each_then_a_lone_input_wide(
+    handler,
+):
+    """Under load both lanes run a pass at once, one torch thread each (a pass alone breaks
+    the barrier); afterwards a lone input runs on lane 0 on both threads again."""
+    seen = Seen(handler, together=True)
+    batcher = _adaptive(seen, batch_tokens=10_000, max_batch_size=4, min_batch_size=4)
+    texts = [f"text number {i}" for i in range(8)]
+    try:
+        together = _submit(batcher, handler, texts)
+        np.testing.assert_allclose(together.result(20), handler.embed_batch(texts), atol=1e-5)
+        assert sorted(seen.seen) == [("batcher::0", 1), ("batcher::1", 1)]
+        seen.together, seen.seen = None, []
+        for text in ("alone", "alone again"):
+            vector = _submit(batcher, handler, [text]).result(10)
+            np.testing.assert_allclose(vector, handler.embed_batch([text]), atol=1e-5)
+    finally:
+        batcher.stop()
+    assert seen.seen == [("batcher::0", 2), ("batcher::0", 2)]
+
+
+def test_adaptive_lanes_start_no_second_pass_beside_a_wide_one(handler):
+    """While lane 0 runs a pass on both threads, lane 1 leaves what comes meanwhile to it
+    (two passes would share the cores with the wide pass's threads)."""
+    gate = threading.Event()
+    seen = Seen(handler, gate=gate)
+    batcher = _adaptive(seen, batch_tokens=10_000, max_batch_size=4, min_batch_size=4)
+    try:
+        first = _submit(batcher, handler, ["first"])
+        assert seen.entered.wait(10)  # lane 0's lone pass, held at the gate
+        later = _submit(batcher, handler, [f"later {i}" for i in range(8)])
+        time.sleep(0.3)  # room for lane 1 to (wrongly) start a pass meanwhile
+        assert seen.seen == [("batcher::0", 2)]
+        gate.set()
+        first.result(10)
+        assert later.result(10).shape == (8, handler.dim)
+    finally:
+        batcher.stop()
+    assert {threads for _, threads in seen.seen[1:]} == {1}  # the backlog: narrow passes
 
 
 def test_cancelling_one_job_leaves_the_others(handler):

@@ -23,6 +23,14 @@ be safe to call from several threads): on a CPU, passes on one torch thread each
 core busy without the barrier of one pass's threads, which waits for its slowest thread
 whenever anything else takes a core (``EMBED_LANES``; docs/benchmarks.md).
 
+Adaptive lanes. Given ``pass_threads`` (sets the calling thread's CPU threads:
+workers/pass_threads.py) and ``wide_threads`` > 1, lane 0 runs a pass on ``wide_threads``
+threads when it is alone, so a lone input is as fast as with one lane; when other passes run,
+or when what stays pending after its pass is at least half a pass, it runs on one thread and
+the other lanes (one thread each, always) take the rest. The other lanes start a pass only
+while lane 0 runs on one thread (or for inputs more urgent than lane 0's pass): two passes
+never share a core with a wide pass's threads.
+
 The urgent lane. With ``urgent_priority`` set, a second thread runs passes of inputs at that
 priority or more urgent **while the main thread is busy with a less urgent pass** (a batch
 file's): an interactive request then waits for neither that pass nor the bulk queue. The two
@@ -49,6 +57,7 @@ from handlers.base import Cancelled
 from workers import metrics
 
 log = logging.getLogger(__name__)
+
 
 WINDOW_BATCHES = 32  # the candidates a pass is chosen from, in batches of max_batch_size
 
@@ -105,6 +114,8 @@ class Batcher:
         max_padding: float = float("inf"),
         min_batch_size: int = 1,
         lanes: int = 1,
+        pass_threads: Callable[[int], None] | None = None,
+        wide_threads: int = 1,
     ):
         self.forward = forward
         self.width = width
@@ -121,6 +132,10 @@ class Batcher:
         self._stopped = False
         self.lanes = max(1, int(lanes))
         self._running: dict[int, int] = {}  # a busy main lane: the priority of its pass
+        self._pass_threads = pass_threads
+        self.wide_threads = max(1, int(wide_threads))
+        self.adaptive = self.lanes > 1 and pass_threads is not None and self.wide_threads > 1
+        self._wide = False  # lane 0 runs a pass on wide_threads threads (adaptive lanes)
         self.urgent_priority = urgent_priority
         for lane in range(self.lanes):
             suffix = f":{lane}" if self.lanes > 1 else ""
@@ -228,10 +243,36 @@ class Batcher:
     def _abandon(ticket: _Ticket) -> None:
         _settle(ticket.future, error=Cancelled())
 
+    def _most_urgent(self) -> int | None:
+        return min((prio for prio, queue in self._pending.items() if queue), default=None)
+
+    def _may_take(self, lane: int) -> bool:
+        """Whether ``lane`` starts a pass now (adaptive lanes: see the module docstring)."""
+        most_urgent = self._most_urgent()
+        if most_urgent is None:
+            return False
+        if not self.adaptive or lane == 0:
+            return True
+        if 0 not in self._running:
+            return False  # lane 0 is free: it takes them (on every core if alone)
+        return not self._wide or most_urgent < self._running[0]
+
+    def _threads_for_lane0(self, batch: list[_Item]) -> int:
+        """Adaptive lanes: lane 0's threads for ``batch``; every core when no other pass runs
+        and what stays pending would not make half a pass for another lane."""
+        backlog = sum(len(queue) for queue in self._pending.values())
+        self._wide = len(self._running) == 1 and backlog < max(1, len(batch) // 2)
+        if not self._wide:
+            self._cond.notify_all()  # another lane takes the backlog
+        return self.wide_threads if self._wide else 1
+
     def _run(self, lane: int) -> None:
+        if self.adaptive and lane > 0:
+            self._pass_threads(1)
         while True:
+            threads = None
             with self._cond:
-                while not self._stopped and not any(self._pending.values()):
+                while not self._stopped and not self._may_take(lane):
                     self._cond.wait()
                 if self._stopped:
                     return
@@ -241,6 +282,10 @@ class Batcher:
                 batch, rest = self._choose(candidates)
                 self._put_back(rest)
                 self._running[lane] = batch[0].priority
+                if self.adaptive and lane == 0:
+                    threads = self._threads_for_lane0(batch)
+            if threads is not None:
+                self._pass_threads(threads)
             try:
                 self._execute(batch)
             finally:
@@ -257,6 +302,8 @@ class Batcher:
         return any(q for prio, q in self._pending.items() if prio <= self.urgent_priority)
 
     def _run_urgent(self) -> None:
+        if self._pass_threads is not None:
+            self._pass_threads(1)  # no OpenMP team of its own (workers/pass_threads.py)
         while True:
             with self._cond:
                 while not self._stopped and not self._urgent_waiting():
@@ -282,6 +329,7 @@ class Batcher:
         real = self.stats_tokens(batch)
         padded = len(batch) * max(it.length for it in batch)
         metrics.FORWARD_SECONDS.labels(self.name, lane).inc(time.perf_counter() - started)
+
         metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
         metrics.TOKENS.labels(self.name, "input").inc(real)
         metrics.TOKENS.labels(self.name, "padded").inc(padded)

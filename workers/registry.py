@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ from handlers.base import Family, optional
 from inferq.catalog import CatalogError, ModelEntry
 from inferq.protocol import Priority
 from inferq.settings import Settings
-from workers import metrics
+from workers import metrics, pass_threads
 from workers.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class ModelRegistry:
             )
             metrics.LOAD_SECONDS.labels(entry.name).set(loaded.load_seconds)
             loaded.info = describe(handler, entry)
-            self._attach_batcher(loaded, settings)
+            self._attach_batcher(loaded, settings, device)
             self._warm_up(loaded)
             self.models[entry.name] = loaded
             log.info(
@@ -142,9 +143,11 @@ class ModelRegistry:
                 loaded.load_seconds,
                 ", ".join(loaded.info["capabilities"]),
             )
+        if device == "cpu" and "torch" in sys.modules and (control := pass_threads.shared()):
+            control.release()  # loading ran torch on an OpenMP team of this thread's own
 
     @staticmethod
-    def _attach_batcher(loaded: LoadedModel, settings: Settings) -> None:
+    def _attach_batcher(loaded: LoadedModel, settings: Settings, device: str) -> None:
         from workers.batching import Batcher
 
         handler = loaded.handler
@@ -170,7 +173,7 @@ class ModelRegistry:
             min_batch_size=settings.embed_min_batch_size,
             name=loaded.name,
             urgent_priority=int(Priority.INTERACTIVE) if settings.embed_urgent_lane else None,
-            lanes=settings.embed_lanes,
+            **pass_threads.batcher_lanes(settings.embed_lanes, device),
         )
 
     @staticmethod
