@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from tests.batches_support import wait_batch
 from tests.conftest import MINILM, SMOL, TINY_CHAT
 
 LONE = "\\ud800"  # a JSON escape: the body text holds backslash-u-d-8-0-0
@@ -168,6 +169,38 @@ def test_a_bad_batch_line_is_that_lines_400_and_the_batch_ends(chat_stack, opena
     assert errors["huge-seed"]["body"]["error"]["param"] == "seed"
     output = openai_client.files.content(batch.output_file_id).text.splitlines()
     assert [json.loads(row)["custom_id"] for row in output] == ["good"]
+
+
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+# A tool_choice whose function is a string: the body that made the contract code raise a
+# TypeError (a 500 on the routes) before it was checked as tool_choice.
+CRASHING_TOOL_CHOICE = {"tools": TOOLS, "tool_choice": {"type": "function", "function": "f"}}
+
+
+def test_a_line_the_checks_trip_over_fails_alone_and_the_batch_ends(chat_stack, openai_client):
+    """A line whose body raised something other than a 400 while it was checked used to take
+    its whole part down: the runner task failed, the part was never settled, and the batch sat
+    in_progress (its good lines lost) until the 24 h expiry."""
+    url = "/v1/chat/completions"
+    lines = [
+        {"custom_id": "good-1", "body": chat_body(max_tokens=3)},
+        {"custom_id": "odd", "body": chat_body(max_tokens=3, **CRASHING_TOOL_CHOICE)},
+        {"custom_id": "good-2", "body": chat_body(max_tokens=3)},
+    ]
+    text = "".join(json.dumps({"method": "POST", "url": url, **line}) + "\n" for line in lines)
+    upload = openai_client.files.create(file=("odd.jsonl", text.encode()), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint=url, completion_window="24h"
+    )
+    batch = wait_batch(openai_client, batch.id, timeout=120)
+    assert batch.status == "completed", batch
+    assert (batch.request_counts.total, batch.request_counts.completed) == (3, 2)
+    assert batch.request_counts.failed == 1
+    output = openai_client.files.content(batch.output_file_id).text.splitlines()
+    assert sorted(json.loads(row)["custom_id"] for row in output) == ["good-1", "good-2"]
+    (error,) = map(json.loads, openai_client.files.content(batch.error_file_id).text.splitlines())
+    assert error["custom_id"] == "odd"
+    assert error["response"]["body"]["error"], error
 
 
 def test_attachment_names_cannot_end_the_parameter_or_the_header():
