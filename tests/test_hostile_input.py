@@ -177,6 +177,64 @@ TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "
 CRASHING_TOOL_CHOICE = {"tools": TOOLS, "tool_choice": {"type": "function", "function": "f"}}
 
 
+def _tool_history(**message) -> list[dict]:
+    return [{"role": "user", "content": "x"}, message]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        (CRASHING_TOOL_CHOICE, "tool_choice"),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": ["f"]}}, "tool_choice"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": {}}}},
+            "tool_choice",
+        ),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": ["f"]}}},
+            "tool_choice",
+        ),
+        (
+            {
+                "messages": _tool_history(
+                    role="tool", content=[{"type": "text", "text": 5}], tool_call_id="a"
+                )
+            },
+            "messages",
+        ),
+        (
+            {
+                "messages": _tool_history(
+                    role="assistant",
+                    content=[{"type": "text", "text": ["x"]}],
+                    tool_calls=[{"function": {"name": "f", "arguments": "{}"}}],
+                )
+            },
+            "messages",
+        ),
+        (
+            {
+                "messages": _tool_history(
+                    role="assistant",
+                    content=7,
+                    tool_calls=[{"function": {"name": "f", "arguments": "{}"}}],
+                )
+            },
+            "messages",
+        ),
+    ],
+)
+@pytest.mark.parametrize("route", ["sync", "job"])
+def test_odd_tool_fields_are_400s_naming_them(chat_stack, fields, param, route):
+    """Each of these raised in the checks (a string or a list has no .get, a dict is not
+    hashable, an int cannot be joined): a 500 on the routes."""
+    body = chat_body(max_tokens=3, **fields)
+    if route == "job":
+        body = {"endpoint": "/v1/chat/completions", "body": body}
+    path = "/jobs" if route == "job" else "/chat/completions"
+    assert_400(post_raw(chat_stack, path, json.dumps(body)), param)
+
+
 def test_a_line_the_checks_trip_over_fails_alone_and_the_batch_ends(chat_stack, openai_client):
     """A line whose body raised something other than a 400 while it was checked used to take
     its whole part down: the runner task failed, the part was never settled, and the batch sat
@@ -200,7 +258,8 @@ def test_a_line_the_checks_trip_over_fails_alone_and_the_batch_ends(chat_stack, 
     assert sorted(json.loads(row)["custom_id"] for row in output) == ["good-1", "good-2"]
     (error,) = map(json.loads, openai_client.files.content(batch.error_file_id).text.splitlines())
     assert error["custom_id"] == "odd"
-    assert error["response"]["body"]["error"], error
+    assert error["response"]["status_code"] == 400, error
+    assert error["response"]["body"]["error"]["param"] == "tool_choice"
 
 
 def test_attachment_names_cannot_end_the_parameter_or_the_header():
