@@ -34,6 +34,10 @@ def chat_body(**fields) -> dict:
     return {"model": TINY_CHAT, "messages": [{"role": "user", "content": "hi"}], **fields}
 
 
+def completion_body(**fields) -> dict:
+    return {"model": TINY_CHAT, "prompt": "hi", "max_tokens": 3, **fields}
+
+
 def assert_400(response: httpx.Response, param: str | None) -> dict:
     assert response.status_code == 400, response.text
     error = response.json()["error"]
@@ -109,6 +113,11 @@ def test_a_role_that_is_not_a_string_is_a_400(chat_stack, role, route):
         ("/chat/completions", chat_body(logit_bias={"\u00b2": 1}), "logit_bias"),
         ("/chat/completions", chat_body(logit_bias={"12a": 1}), "logit_bias"),
         ("/chat/completions", chat_body(logit_bias={"\u0661": 1}), "logit_bias"),  # Arabic one
+        # NaN and infinity passed the text completion's checks and reached the queue as null
+        # (JSON has no NaN): the worker failed the job with a 500
+        ("/completions", completion_body(logit_bias={"42": float("nan")}), "logit_bias"),
+        ("/completions", completion_body(logit_bias={"42": float("inf")}), "logit_bias"),
+        ("/completions", completion_body(logit_bias={"42": -1e300}), "logit_bias"),
     ],
 )
 def test_out_of_range_numbers_and_odd_token_ids_are_400s(chat_stack, path, body, param):
