@@ -364,3 +364,28 @@ def test_a_declared_size_past_the_limit_is_a_413_before_the_body_is_sent(stack):
             head += piece
     assert head.startswith(b"HTTP/1.1 413"), head
     assert b"file_too_large" in head
+
+
+def test_a_chunked_body_past_the_chat_limit_is_a_413(stack):
+    """Without a Content-Length (chunked transfer encoding) the chat route's body limit was
+    never applied: the API read and parsed a body of any size. The limit now counts the bytes
+    as they arrive."""
+    base = stack.start_api(MAX_CHAT_BODY_BYTES="100000")
+    message = {"role": "user", "content": "x" * 200_000}
+    body = json.dumps({"model": TINY_CHAT, "messages": [message]}).encode()
+
+    def chunked(data: bytes):
+        for start in range(0, len(data), 16384):
+            yield data[start : start + 16384]
+
+    headers = {"content-type": "application/json"}
+    response = httpx.post(
+        f"{base}/v1/chat/completions", content=chunked(body), headers=headers, timeout=30
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    small = json.dumps({"model": TINY_CHAT, "messages": [{"role": "user", "content": "hi"}]})
+    response = httpx.post(
+        f"{base}/v1/chat/completions", content=chunked(small.encode()), headers=headers, timeout=30
+    )
+    assert response.status_code != 413, response.text
