@@ -450,3 +450,26 @@ def test_deleting_the_input_file_of_a_running_batch_loses_no_line(
     errors = _readjsonl(openai_client, done.error_file_id)
     assert sorted(e["custom_id"] for e in errors) == ["req-0", "req-1", "req-2"]
     assert not redis_client.exists(blob_key(upload.id))  # gone once the batch no longer needs it
+
+
+def test_a_line_for_a_model_that_does_not_serve_the_endpoint_is_the_routes_400(openai_client):
+    """As ``POST /v1/rerank`` answers for an embedding model: 400 ``model_not_supported``,
+    not a 404 saying the model is not in the catalog."""
+    line = {
+        "custom_id": "r",
+        "method": "POST",
+        "url": "/v1/rerank",
+        "body": {"model": MINILM, "query": "q", "documents": ["a"]},
+    }
+    upload = openai_client.files.create(file=("in.jsonl", jsonl([line])), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/rerank", completion_window="24h"
+    )
+    done = wait_batch(openai_client, batch.id, timeout=60)
+    assert done.status == "completed" and done.request_counts.failed == 1
+    (error,) = _readjsonl(openai_client, done.error_file_id)
+    assert error["response"]["status_code"] == 400, error
+    assert error["response"]["body"]["error"]["code"] == "model_not_supported"
+    sync = httpx.post(f"{openai_client.base_url}rerank", json=line["body"], timeout=30)
+    assert sync.status_code == 400
+    assert sync.json()["error"]["code"] == error["response"]["body"]["error"]["code"]
