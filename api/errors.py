@@ -36,7 +36,19 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> Response
     return error_response(validation_error(exc.errors()))
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A body that crossed its route's limit while it was read (:mod:`api.middleware`). An
+    HTTPException, so that FastAPI's body parsing lets it through (it turns any other error
+    into a 400); answered as ``error``."""
+
+    def __init__(self, error: ServiceError):
+        super().__init__(error.status, error.message)
+        self.error = error
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if isinstance(exc, BodyTooLarge):
+        return error_response(exc.error)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
     message = str(exc.detail)
     if exc.status_code == 405:

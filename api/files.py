@@ -37,6 +37,7 @@ class FilesAndBatches:
         self.settings = queue.settings
         self.blobs = AsyncBlobs(queue.redis)
         self._transition = queue.redis.register_script(b.TRANSITION_SCRIPT)
+        self._input_in_use = queue.redis.register_script(b.INPUT_IN_USE_SCRIPT)
 
     # --- files -------------------------------------------------------------------------------
 
@@ -74,10 +75,16 @@ class FilesAndBatches:
         return await self._page(b.files_index_key(owner), b.file_key, limit, after, order, purpose)
 
     async def delete_file(self, file_id: str, owner: str) -> None:
+        """The file is gone at once; its bytes stay while an open batch reads them (its parts
+        read their lines when they run), and that batch's finalize deletes them."""
         await self.file(file_id, owner)
         await self.redis.delete(b.file_key(file_id))
         await self.redis.zrem(b.files_index_key(owner), file_id)
-        await self.blobs.delete(file_id)
+        in_use = await self._input_in_use(
+            keys=[b.open_batches_key()], args=b.input_in_use_args(file_id)
+        )
+        if not in_use:
+            await self.blobs.delete(file_id)
 
     def content(self, file_id: str) -> AsyncIterator[bytes]:
         return self.blobs.read(file_id)

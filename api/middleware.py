@@ -7,7 +7,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_response
+from api.errors import BodyTooLarge, error_response
 from inferq.errors import ServiceError, bad_request
 from inferq.logs import request_id_var
 
@@ -44,7 +44,8 @@ class RequestIdMiddleware:
 class DeclaredSizeLimit:
     """A 413 before the body is read when a request's ``Content-Length`` already says it is
     too large for its route (FastAPI would parse, and spool, a whole multipart form before
-    the route could look); a ``Content-Length`` that is not a number is a 400."""
+    the route could look); a ``Content-Length`` that is not a number is a 400. A body sent
+    without one (chunked) is counted as it arrives: a 413 once it crosses the limit."""
 
     def __init__(self, app: ASGIApp, limits: dict[str, tuple[int, str | None, str]]):
         self.app = app
@@ -68,4 +69,29 @@ class DeclaredSizeLimit:
             if error is not None:
                 await error_response(error)(scope, receive, send)
                 return
+            if not declared:
+                receive = _counted(receive, limit, param, code)
         await self.app(scope, receive, send)
+
+
+def _counted(receive: Receive, limit: int, param: str | None, code: str) -> Receive:
+    """``receive`` raising :class:`api.errors.BodyTooLarge` once the body passes ``limit``."""
+    seen = 0
+
+    async def counting() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(
+                    ServiceError(
+                        413,
+                        f"the request body is larger than the {limit}-byte limit",
+                        param=param,
+                        code=code,
+                    )
+                )
+        return message
+
+    return counting

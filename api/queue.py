@@ -23,7 +23,13 @@ from api.metrics import note_model
 from api.publisher import Publisher
 from inferq import protocol as p
 from inferq.catalog import Catalog, ModelEntry
-from inferq.errors import ServiceError, model_not_found, no_live_worker, server_shutting_down
+from inferq.errors import (
+    ServiceError,
+    model_not_found,
+    model_not_supported,
+    no_live_worker,
+    server_shutting_down,
+)
 from inferq.redisconn import (
     async_redis_client,
     broker_transport_options,
@@ -168,12 +174,7 @@ class JobQueue:
         capability = p.ENDPOINT_CAPABILITY[endpoint]
         info = (await self.model_infos(cached=True)).get(entry.name, {})
         if capability not in info.get("capabilities", [capability]):
-            raise ServiceError(
-                400,
-                f"model '{entry.name}' does not serve {endpoint.value}",
-                param="model",
-                code="model_not_supported",
-            )
+            raise model_not_supported(entry.name, endpoint.value)
         return entry
 
     # --- jobs --------------------------------------------------------------------------------

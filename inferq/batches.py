@@ -270,3 +270,19 @@ for expected in string.gmatch(ARGV[1], '[^,]+') do
 end
 return 0
 """
+
+# KEYS[1] the open batches. ARGV: a file id, the batch key prefix, a batch id to leave out.
+# 1 when a batch still open (but that one) reads that file as its input: a deleted input
+# file keeps its bytes until no open batch needs them.
+INPUT_IN_USE_SCRIPT = """
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if id ~= ARGV[3] and redis.call('HGET', ARGV[2] .. id, 'input_file_id') == ARGV[1] then
+    return 1
+  end
+end
+return 0
+"""
+
+
+def input_in_use_args(file_id: str, leaving_out: str = "") -> list[str]:
+    return [file_id, batch_key(""), leaving_out]

@@ -95,6 +95,13 @@ def model_not_found(model: str) -> ServiceError:
     )
 
 
+def model_not_supported(model: str, endpoint: str) -> ServiceError:
+    """A served model asked for an endpoint it does not serve (an embedding model reranking)."""
+    return ServiceError(
+        400, f"model '{model}' does not serve {endpoint}", param="model", code="model_not_supported"
+    )
+
+
 def no_live_worker(model: str) -> ServiceError:
     return ServiceError(
         503,

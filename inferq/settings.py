@@ -167,7 +167,8 @@ class Settings(BaseSettings):
     max_chat_body_bytes: int = Field(
         32 * 1024 * 1024,
         description="Largest POST /v1/chat/completions body (images included): a declared "
-        "Content-Length past it is a 413 before the body is read.",
+        "Content-Length past it is a 413 before the body is read (a chunked body: once it "
+        "crosses it).",
     )
     max_chat_chars: int = Field(
         0,

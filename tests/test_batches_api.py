@@ -13,6 +13,7 @@ import pytest
 
 from inferq import batches as b
 from inferq import protocol as p
+from inferq.blobs import blob_key
 from tests.batches_support import jsonl, wait_batch
 from tests.conftest import MINILM, SMOL
 
@@ -424,3 +425,51 @@ def test_a_finalize_that_died_is_finished_by_the_sweep(openai_client, redis_clie
     assert sorted(e["custom_id"] for e in errors) == [f"req-{i}" for i in range(4)]
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
     assert redis_client.zscore(b.open_batches_key(), batch.id) is None
+
+
+def test_deleting_the_input_file_of_a_running_batch_loses_no_line(
+    openai_client, redis_client, unserved_queue
+):
+    """The parts read their lines from the input file when they run (or, stopped, when they
+    are settled): deleting the file meanwhile left every unsettled line out of both files, a
+    batch counting 3 requests with none completed or failed. Its bytes now stay until the
+    batch ends."""
+    lines = [_embedding_line(i, ["never embedded"], model=UNSERVED) for i in range(3)]
+    upload = openai_client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    wait_batch(openai_client, batch.id, statuses=("in_progress",), timeout=30)
+    assert openai_client.files.delete(upload.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        openai_client.files.retrieve(upload.id)
+    assert openai_client.batches.cancel(batch.id).status == "cancelling"
+    done = wait_batch(openai_client, batch.id, timeout=60)  # the sweep, after the grace period
+    assert done.status == "cancelled"
+    assert (done.request_counts.total, done.request_counts.failed) == (3, 3)
+    errors = _readjsonl(openai_client, done.error_file_id)
+    assert sorted(e["custom_id"] for e in errors) == ["req-0", "req-1", "req-2"]
+    assert not redis_client.exists(blob_key(upload.id))  # gone once the batch no longer needs it
+
+
+def test_a_line_for_a_model_that_does_not_serve_the_endpoint_is_the_routes_400(openai_client):
+    """As ``POST /v1/rerank`` answers for an embedding model: 400 ``model_not_supported``,
+    not a 404 saying the model is not in the catalog."""
+    line = {
+        "custom_id": "r",
+        "method": "POST",
+        "url": "/v1/rerank",
+        "body": {"model": MINILM, "query": "q", "documents": ["a"]},
+    }
+    upload = openai_client.files.create(file=("in.jsonl", jsonl([line])), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/rerank", completion_window="24h"
+    )
+    done = wait_batch(openai_client, batch.id, timeout=60)
+    assert done.status == "completed" and done.request_counts.failed == 1
+    (error,) = _readjsonl(openai_client, done.error_file_id)
+    assert error["response"]["status_code"] == 400, error
+    assert error["response"]["body"]["error"]["code"] == "model_not_supported"
+    sync = httpx.post(f"{openai_client.base_url}rerank", json=line["body"], timeout=30)
+    assert sync.status_code == 400
+    assert sync.json()["error"]["code"] == error["response"]["body"]["error"]["code"]

@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from tests.batches_support import wait_batch
 from tests.conftest import MINILM, SMOL, TINY_CHAT
 
 LONE = "\\ud800"  # a JSON escape: the body text holds backslash-u-d-8-0-0
@@ -31,6 +32,10 @@ def post_raw(stack, path: str, body: str, **kwargs) -> httpx.Response:
 
 def chat_body(**fields) -> dict:
     return {"model": TINY_CHAT, "messages": [{"role": "user", "content": "hi"}], **fields}
+
+
+def completion_body(**fields) -> dict:
+    return {"model": TINY_CHAT, "prompt": "hi", "max_tokens": 3, **fields}
 
 
 def assert_400(response: httpx.Response, param: str | None) -> dict:
@@ -108,6 +113,11 @@ def test_a_role_that_is_not_a_string_is_a_400(chat_stack, role, route):
         ("/chat/completions", chat_body(logit_bias={"\u00b2": 1}), "logit_bias"),
         ("/chat/completions", chat_body(logit_bias={"12a": 1}), "logit_bias"),
         ("/chat/completions", chat_body(logit_bias={"\u0661": 1}), "logit_bias"),  # Arabic one
+        # NaN and infinity passed the text completion's checks and reached the queue as null
+        # (JSON has no NaN): the worker failed the job with a 500
+        ("/completions", completion_body(logit_bias={"42": float("nan")}), "logit_bias"),
+        ("/completions", completion_body(logit_bias={"42": float("inf")}), "logit_bias"),
+        ("/completions", completion_body(logit_bias={"42": -1e300}), "logit_bias"),
     ],
 )
 def test_out_of_range_numbers_and_odd_token_ids_are_400s(chat_stack, path, body, param):
@@ -168,6 +178,97 @@ def test_a_bad_batch_line_is_that_lines_400_and_the_batch_ends(chat_stack, opena
     assert errors["huge-seed"]["body"]["error"]["param"] == "seed"
     output = openai_client.files.content(batch.output_file_id).text.splitlines()
     assert [json.loads(row)["custom_id"] for row in output] == ["good"]
+
+
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+# A tool_choice whose function is a string: the body that made the contract code raise a
+# TypeError (a 500 on the routes) before it was checked as tool_choice.
+CRASHING_TOOL_CHOICE = {"tools": TOOLS, "tool_choice": {"type": "function", "function": "f"}}
+
+
+def _tool_history(**message) -> list[dict]:
+    return [{"role": "user", "content": "x"}, message]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        (CRASHING_TOOL_CHOICE, "tool_choice"),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": ["f"]}}, "tool_choice"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": {}}}},
+            "tool_choice",
+        ),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": ["f"]}}},
+            "tool_choice",
+        ),
+        (
+            {
+                "messages": _tool_history(
+                    role="tool", content=[{"type": "text", "text": 5}], tool_call_id="a"
+                )
+            },
+            "messages",
+        ),
+        (
+            {
+                "messages": _tool_history(
+                    role="assistant",
+                    content=[{"type": "text", "text": ["x"]}],
+                    tool_calls=[{"function": {"name": "f", "arguments": "{}"}}],
+                )
+            },
+            "messages",
+        ),
+        (
+            {
+                "messages": _tool_history(
+                    role="assistant",
+                    content=7,
+                    tool_calls=[{"function": {"name": "f", "arguments": "{}"}}],
+                )
+            },
+            "messages",
+        ),
+    ],
+)
+@pytest.mark.parametrize("route", ["sync", "job"])
+def test_odd_tool_fields_are_400s_naming_them(chat_stack, fields, param, route):
+    """Each of these raised in the checks (a string or a list has no .get, a dict is not
+    hashable, an int cannot be joined): a 500 on the routes."""
+    body = chat_body(max_tokens=3, **fields)
+    if route == "job":
+        body = {"endpoint": "/v1/chat/completions", "body": body}
+    path = "/jobs" if route == "job" else "/chat/completions"
+    assert_400(post_raw(chat_stack, path, json.dumps(body)), param)
+
+
+def test_a_line_the_checks_trip_over_fails_alone_and_the_batch_ends(chat_stack, openai_client):
+    """A line whose body raised something other than a 400 while it was checked used to take
+    its whole part down: the runner task failed, the part was never settled, and the batch sat
+    in_progress (its good lines lost) until the 24 h expiry."""
+    url = "/v1/chat/completions"
+    lines = [
+        {"custom_id": "good-1", "body": chat_body(max_tokens=3)},
+        {"custom_id": "odd", "body": chat_body(max_tokens=3, **CRASHING_TOOL_CHOICE)},
+        {"custom_id": "good-2", "body": chat_body(max_tokens=3)},
+    ]
+    text = "".join(json.dumps({"method": "POST", "url": url, **line}) + "\n" for line in lines)
+    upload = openai_client.files.create(file=("odd.jsonl", text.encode()), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint=url, completion_window="24h"
+    )
+    batch = wait_batch(openai_client, batch.id, timeout=120)
+    assert batch.status == "completed", batch
+    assert (batch.request_counts.total, batch.request_counts.completed) == (3, 2)
+    assert batch.request_counts.failed == 1
+    output = openai_client.files.content(batch.output_file_id).text.splitlines()
+    assert sorted(json.loads(row)["custom_id"] for row in output) == ["good-1", "good-2"]
+    (error,) = map(json.loads, openai_client.files.content(batch.error_file_id).text.splitlines())
+    assert error["custom_id"] == "odd"
+    assert error["response"]["status_code"] == 400, error
+    assert error["response"]["body"]["error"]["param"] == "tool_choice"
 
 
 def test_attachment_names_cannot_end_the_parameter_or_the_header():
@@ -263,3 +364,28 @@ def test_a_declared_size_past_the_limit_is_a_413_before_the_body_is_sent(stack):
             head += piece
     assert head.startswith(b"HTTP/1.1 413"), head
     assert b"file_too_large" in head
+
+
+def test_a_chunked_body_past_the_chat_limit_is_a_413(stack):
+    """Without a Content-Length (chunked transfer encoding) the chat route's body limit was
+    never applied: the API read and parsed a body of any size. The limit now counts the bytes
+    as they arrive."""
+    base = stack.start_api(MAX_CHAT_BODY_BYTES="100000")
+    message = {"role": "user", "content": "x" * 200_000}
+    body = json.dumps({"model": TINY_CHAT, "messages": [message]}).encode()
+
+    def chunked(data: bytes):
+        for start in range(0, len(data), 16384):
+            yield data[start : start + 16384]
+
+    headers = {"content-type": "application/json"}
+    response = httpx.post(
+        f"{base}/v1/chat/completions", content=chunked(body), headers=headers, timeout=30
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    small = json.dumps({"model": TINY_CHAT, "messages": [{"role": "user", "content": "hi"}]})
+    response = httpx.post(
+        f"{base}/v1/chat/completions", content=chunked(small.encode()), headers=headers, timeout=30
+    )
+    assert response.status_code != 413, response.text

@@ -82,10 +82,7 @@ class TranslationForm(BaseModel):
     @classmethod
     def _object_as_json(cls, value: Any) -> Any:
         if isinstance(value, str) and value.lstrip().startswith("{"):
-            try:
-                return json.loads(value)
-            except ValueError:
-                raise ValueError("not JSON") from None
+            return _json_value(value)
         return value
 
     def vad(self) -> dict[str, float] | None:
@@ -108,10 +105,7 @@ class TranslationForm(BaseModel):
     @classmethod
     def _json_object(cls, value: Any) -> Any:
         if isinstance(value, str):
-            try:
-                return json.loads(value)
-            except ValueError:
-                raise ValueError("not JSON") from None
+            return _json_value(value)
         return value
 
     @classmethod
@@ -131,6 +125,15 @@ class TranslationForm(BaseModel):
         schema.pop("$defs", None)
         schema["required"] = ["file", *schema.get("required", [])]
         return schema
+
+
+def _json_value(text: str) -> Any:
+    """A form field's JSON, or a ValueError (the field's 400) when it is not JSON or nests
+    deeper than the parser goes (a RecursionError, which was a 500)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError("not JSON") from None
 
 
 class TranscriptionForm(TranslationForm):

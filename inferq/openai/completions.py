@@ -7,7 +7,7 @@ choices, choice ``i * n + j`` being the ``j``-th completion of prompt ``i`` (Ope
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from pydantic import ConfigDict, Field
@@ -58,7 +58,7 @@ class CompletionRequest(WireRequest, SamplingExtensions):
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool | None = False
     suffix: str | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     user: str | None = None
 
     @property

@@ -61,8 +61,9 @@ def normalized_tools(
                 param="tool_choice",
             )
         return out, tool_choice
-    name = (tool_choice.get("function") or {}).get("name") if tool_choice else None
-    if tool_choice.get("type") != "function" or name not in names:
+    function = tool_choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    if tool_choice.get("type") != "function" or not isinstance(name, str) or name not in names:
         raise bad_request(
             f"tool_choice must name one of the tools ({', '.join(sorted(names))})",
             param="tool_choice",
@@ -76,7 +77,7 @@ def tool_history_message(where: str, message: dict[str, Any]) -> dict[str, Any]:
     if message.get("role") == "tool":
         content = message.get("content")
         if isinstance(content, list):  # text parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = _parts_text(where, content)
         if not isinstance(content, str) or not isinstance(message.get("tool_call_id"), str):
             raise bad_request(
                 f"{where}: a tool message needs string content and a tool_call_id",
@@ -111,8 +112,18 @@ def tool_history_message(where: str, message: dict[str, Any]) -> dict[str, Any]:
         )
     content = message.get("content")
     if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        content = _parts_text(where, content)
+    if content is not None and not isinstance(content, str):
+        raise bad_request(f"{where}: content must be a string or a list of parts", param="messages")
     return {"role": "assistant", "content": content or "", "tool_calls": kept}
+
+
+def _parts_text(where: str, parts: list[Any]) -> str:
+    """The text of a tool-history message's content parts (a 400 for a text that is not one)."""
+    texts = [part.get("text", "") for part in parts if isinstance(part, dict)]
+    if not all(isinstance(text, str) for text in texts):
+        raise bad_request(f"{where}: the text of a content part must be a string", param="messages")
+    return "".join(texts)
 
 
 def check_tools_for_model(

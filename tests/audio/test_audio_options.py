@@ -109,3 +109,22 @@ def test_streamed_done_event_carries_usage(client, three_sentences):
     assert len(words_of(done.text) & words_of(SENTENCES[1])) >= 5
     assert done.usage.type == "duration"
     assert done.usage.seconds == pytest.approx(three_sentences.stat().st_size / 32000, abs=1)
+
+
+def test_json_fields_too_deep_or_not_unicode_are_400s(stack, client, fox_wav):
+    """``metadata`` and ``chunking_strategy`` are JSON inside form fields: nesting past the
+    JSON parser's depth raised a RecursionError, a 500 (a lone surrogate was a 400 already)."""
+    for data, param in [
+        ({"metadata": "[" * 5000}, "metadata"),
+        ({"metadata": '{"k": "\\ud800"}'}, "metadata"),
+        ({"chunking_strategy": '{"type": ' * 5000}, "chunking_strategy"),
+    ]:
+        with open(fox_wav, "rb") as f:
+            response = httpx.post(
+                f"{stack.v1}/jobs/audio/transcriptions",
+                data={"model": TINY_EN, **data},
+                files={"file": ("fox.wav", f)},
+                timeout=120,
+            )
+        assert response.status_code == 400, (data, response.text)
+        assert response.json()["error"]["param"] == param, data

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from handlers.base import Cancelled
 from inferq import protocol as p
-from inferq.errors import ServiceError, bad_request, model_not_found
+from inferq.errors import ServiceError, bad_request, model_not_supported
 from inferq.openai.chat import ChatCompletionRequest, ChatJob, check_chat_for_model
 from inferq.openai.common import validated
 from inferq.openai.completions import CompletionJob, CompletionRequest
@@ -244,11 +244,12 @@ PROXY_SCHEMAS: dict[p.Endpoint, type[BaseModel]] = {
 
 
 def lines_for(endpoint: p.Endpoint, model: LoadedModel, settings: Settings) -> BatchLines:
-    """The line runner of ``endpoint`` on ``model`` (404 if the model does not serve it)."""
+    """The line runner of ``endpoint`` on ``model`` (the routes' 400 if the model does not
+    serve it)."""
     if p.ENDPOINT_CAPABILITY[endpoint] not in model.info["capabilities"]:
-        raise model_not_found(model.name)
+        raise model_not_supported(model.name, endpoint.value)
     if model.upstream:
         if endpoint not in PROXY_SCHEMAS:
-            raise model_not_found(model.name)
+            raise model_not_supported(model.name, endpoint.value)
         return ProxyLines(settings, endpoint)
     return LINES[endpoint](settings)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
+import redis
 from celery import Celery
 
 from inferq import batches as b
@@ -62,40 +64,66 @@ class BatchRunner:
         names = ModelNames(self._catalog_loader(), self._announced_models)
         plan = make_plan(self.store.blobs, record, names, self.settings)
         key = b.batch_key(batch_id)
+        now = int(p.now())
         if plan.errors:
-            self.store.redis.hset(
-                key,
-                mapping={"errors": p.dumps({"object": "list", "data": plan.errors}), "total": 0},
-            )
-            self.store.transition(
-                batch_id, [b.BatchStatus.VALIDATING], b.BatchStatus.FAILED, "failed_at"
-            )
-            self.store.redis.zrem(b.open_batches_key(), batch_id)
-            log.info("batch %s failed validation: %s", batch_id, plan.errors[0]["message"])
+
+            def fail(pipe) -> None:
+                errors = p.dumps({"object": "list", "data": plan.errors})
+                pipe.hset(key, mapping={"errors": errors, "total": 0})
+                pipe.hset(key, mapping={"status": b.BatchStatus.FAILED.value, "failed_at": now})
+                pipe.zrem(b.open_batches_key(), batch_id)
+
+            if self._write_while_validating(batch_id, fail):
+                log.info("batch %s failed validation: %s", batch_id, plan.errors[0]["message"])
             return
         ttl = max(1, self.store.redis.ttl(key))
         models = sorted({part.model for part in plan.parts})
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.hset(
-            b.parts_key(batch_id),
-            mapping={i: p.dumps(part.__dict__) for i, part in enumerate(plan.parts)},
-        )
-        pipe.expire(b.parts_key(batch_id), ttl)
-        for model in models:
-            todo = b.todo_key(batch_id, model)
-            pipe.delete(todo)  # a redelivered plan starts the list afresh
-            pipe.rpush(todo, *(i for i, part in enumerate(plan.parts) if part.model == model))
-            pipe.expire(todo, ttl)
-        pipe.hset(
-            key,
-            mapping={"parts": len(plan.parts), "total": plan.lines, "models": p.dumps(models)},
-        )
-        pipe.execute()
-        if not self.store.transition(
-            batch_id, [b.BatchStatus.VALIDATING], b.BatchStatus.IN_PROGRESS, "in_progress_at"
-        ):
-            self.store.send_finalize(batch_id)  # cancelled while validating
+
+        def start(pipe) -> None:
+            pipe.hset(
+                b.parts_key(batch_id),
+                mapping={i: p.dumps(part.__dict__) for i, part in enumerate(plan.parts)},
+            )
+            pipe.expire(b.parts_key(batch_id), ttl)
+            for model in models:
+                todo = b.todo_key(batch_id, model)
+                pipe.delete(todo)  # a redelivered plan starts the list afresh
+                pipe.rpush(todo, *(i for i, part in enumerate(plan.parts) if part.model == model))
+                pipe.expire(todo, ttl)
+            pipe.hset(
+                key,
+                mapping={"parts": len(plan.parts), "total": plan.lines, "models": p.dumps(models)},
+            )
+            pipe.hset(
+                key, mapping={"status": b.BatchStatus.IN_PROGRESS.value, "in_progress_at": now}
+            )
+
+        if not self._write_while_validating(batch_id, start):
             return
         for model in models:
             self.parts.add_runners(batch_id, model)
         log.info("batch %s: %d lines in %d parts", batch_id, plan.lines, len(plan.parts))
+
+    def _write_while_validating(self, batch_id: str, writes: Callable[[Any], None]) -> bool:
+        """Run ``writes`` (a pipeline's commands) in one transaction, only while the batch is
+        still ``validating``. A cancel meanwhile (the plan reads the whole file first) has
+        sent its finalize, which may have run already: the plan then writes nothing, so
+        the cancelled batch counts no request that no part will ever settle. False then, and
+        a finalize is sent to finish the cancel (as the cancel's own may not have run yet)."""
+        key = b.batch_key(batch_id)
+        with self.store.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if pipe.hget(key, "status") != b.BatchStatus.VALIDATING.value.encode():
+                        pipe.unwatch()
+                        break
+                    pipe.multi()
+                    writes(pipe)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue  # the record changed meanwhile: look at its status again
+        log.info("batch %s was cancelled while it was validated", batch_id)
+        self.store.send_finalize(batch_id)
+        return False

@@ -115,8 +115,11 @@ class PartRunner:
         for line in lines:
             try:
                 requests.append((line["custom_id"], runner.prepare(line["body"], model)))
-            except ServiceError as exc:
-                errors.append(output_line(line["custom_id"], exc.status, exc.body()))
+            except Exception as exc:  # a check that trips over a body fails that line alone
+                if not isinstance(exc, ServiceError):
+                    log.exception("batch %s: checking line %r failed", batch_id, line["custom_id"])
+                error = as_service_error(exc)
+                errors.append(output_line(line["custom_id"], error.status, error.body()))
         if not requests:
             return outputs, errors
         with self._watch(batch_id) as stop:

@@ -25,6 +25,7 @@ class BatchStore:
         self._record = redis_client.register_script(b.RECORD_PART_SCRIPT)
         self.claim = redis_client.register_script(b.CLAIM_PART_SCRIPT)
         self._transition = redis_client.register_script(b.TRANSITION_SCRIPT)
+        self.input_in_use = redis_client.register_script(b.INPUT_IN_USE_SCRIPT)
 
     def record(self, batch_id: str) -> dict[str, str]:
         return b.decode(self.redis.hgetall(b.batch_key(batch_id)))
