@@ -11,7 +11,9 @@ import time
 
 import httpx
 import jsonschema
+import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from inferq import protocol as p
 from tests.chat_support import error_of
@@ -96,6 +98,44 @@ def test_tool_result_round_trip_answers(client, smol_call):
     assert choice.finish_reason in ("stop", "length")
     # the history was rendered: the tool result is in the prompt
     assert answer.usage.prompt_tokens > smol_call.usage.prompt_tokens + 10
+
+
+class Place(BaseModel):
+    city: str = Field(max_length=40)
+    country: str = Field(max_length=40)
+
+
+class WeatherAt(BaseModel):
+    """Get the current weather at a place"""
+
+    place: Place
+
+
+def test_forced_calls_of_a_pydantic_tool_with_nested_models(client):
+    """openai.pydantic_function_tool (as LangChain's tools) writes a nested model as a $ref
+    into the parameters' own $defs: the grammar of a forced call must still resolve it."""
+    tool = openai.pydantic_function_tool(WeatherAt)
+    schema = tool["function"]["parameters"]
+    assert schema["properties"]["place"] == {"$ref": "#/$defs/Place"}
+    named = {"type": "function", "function": {"name": "WeatherAt"}}
+    for tools, tool_choice in (([tool], named), ([WEATHER, tool], "required")):
+        answer = client.chat.completions.create(
+            model=SMOL,
+            messages=ASK,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=False,
+            temperature=0,
+            max_tokens=60,
+        )
+        choice = answer.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        (call,) = choice.message.tool_calls
+        if call.function.name == "WeatherAt" or tool_choice is named:
+            arguments = check_call(call, "WeatherAt", schema)
+            assert arguments["place"]["city"]  # an object, as $defs/Place has it
+        else:
+            check_call(call, "get_weather", WEATHER_PARAMS)
 
 
 # -- the tiny Qwen2 with Qwen 2.5's template -----------------------------------------------------
