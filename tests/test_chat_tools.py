@@ -212,13 +212,22 @@ def test_history_with_tool_calls_and_results_renders(client):
             "tool_choice",
         ),
         ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+        # a malformed named choice (was a 500): the function as a bare name, a name not a string
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": "get_weather"}},
+            "tool_choice",
+        ),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": ["x"]}}},
+            "tool_choice",
+        ),
         ({"tools": [{"type": "retrieval"}]}, "tools"),
         ({"tools": [WEATHER, WEATHER]}, "tools"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}]}, "tools"),
         ({"messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]}, "messages"),
     ],
 )
-def test_bad_tool_requests_are_400s(chat_stack, extra, param):
+def test_bad_tool_requests_are_400s(client, chat_stack, extra, param):  # client: QWEN's worker
     body = {"model": QWEN, "messages": ASK, **extra}
     response = httpx.post(f"{chat_stack.v1}/chat/completions", json=body)
     assert error_of(response, 400)["param"] == param

@@ -61,8 +61,9 @@ def normalized_tools(
                 param="tool_choice",
             )
         return out, tool_choice
-    name = (tool_choice.get("function") or {}).get("name") if tool_choice else None
-    if tool_choice.get("type") != "function" or name not in names:
+    function = tool_choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    if tool_choice.get("type") != "function" or not isinstance(name, str) or name not in names:
         raise bad_request(
             f"tool_choice must name one of the tools ({', '.join(sorted(names))})",
             param="tool_choice",
