@@ -87,6 +87,23 @@ def test_stop_string_ends_the_text_before_it(client, paris):
     assert text == full[: full.index("Paris")]
 
 
+def test_the_text_ends_before_the_earliest_stop_string_not_the_first_listed(client, paris):
+    # " Paris" is one token: it brings " Pa" and "ris" at once; the text must hold neither.
+    full = paris.choices[0].message.content
+    assert " Paris" in full
+    expected = full[: full.index(" Pa")]
+    stop = ["ris", " Pa"]
+    stopped = client.chat.completions.create(
+        model=SMOL, messages=CAPITAL, temperature=0, max_tokens=30, stop=stop
+    )
+    assert stopped.choices[0].message.content == expected
+    assert stopped.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(
+        model=SMOL, messages=CAPITAL, temperature=0, max_tokens=30, stop=stop, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
+
+
 def test_a_disconnected_stream_is_cancelled_and_frees_the_worker(chat_stack, client, redis_client):
     body = {"model": SMOL, "messages": STORY, "max_tokens": 2000, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{chat_stack.v1}/chat/completions", json=body, timeout=60) as r:

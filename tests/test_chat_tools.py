@@ -11,7 +11,9 @@ import time
 
 import httpx
 import jsonschema
+import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from inferq import protocol as p
 from tests.chat_support import error_of
@@ -98,6 +100,44 @@ def test_tool_result_round_trip_answers(client, smol_call):
     assert answer.usage.prompt_tokens > smol_call.usage.prompt_tokens + 10
 
 
+class Place(BaseModel):
+    city: str = Field(max_length=40)
+    country: str = Field(max_length=40)
+
+
+class WeatherAt(BaseModel):
+    """Get the current weather at a place"""
+
+    place: Place
+
+
+def test_forced_calls_of_a_pydantic_tool_with_nested_models(client):
+    """openai.pydantic_function_tool (as LangChain's tools) writes a nested model as a $ref
+    into the parameters' own $defs: the grammar of a forced call must still resolve it."""
+    tool = openai.pydantic_function_tool(WeatherAt)
+    schema = tool["function"]["parameters"]
+    assert schema["properties"]["place"] == {"$ref": "#/$defs/Place"}
+    named = {"type": "function", "function": {"name": "WeatherAt"}}
+    for tools, tool_choice in (([tool], named), ([WEATHER, tool], "required")):
+        answer = client.chat.completions.create(
+            model=SMOL,
+            messages=ASK,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=False,
+            temperature=0,
+            max_tokens=60,
+        )
+        choice = answer.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        (call,) = choice.message.tool_calls
+        if call.function.name == "WeatherAt" or tool_choice is named:
+            arguments = check_call(call, "WeatherAt", schema)
+            assert arguments["place"]["city"]  # an object, as $defs/Place has it
+        else:
+            check_call(call, "get_weather", WEATHER_PARAMS)
+
+
 # -- the tiny Qwen2 with Qwen 2.5's template -----------------------------------------------------
 
 
@@ -172,13 +212,22 @@ def test_history_with_tool_calls_and_results_renders(client):
             "tool_choice",
         ),
         ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+        # a malformed named choice (was a 500): the function as a bare name, a name not a string
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": "get_weather"}},
+            "tool_choice",
+        ),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": ["x"]}}},
+            "tool_choice",
+        ),
         ({"tools": [{"type": "retrieval"}]}, "tools"),
         ({"tools": [WEATHER, WEATHER]}, "tools"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}]}, "tools"),
         ({"messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]}, "messages"),
     ],
 )
-def test_bad_tool_requests_are_400s(chat_stack, extra, param):
+def test_bad_tool_requests_are_400s(client, chat_stack, extra, param):  # client: QWEN's worker
     body = {"model": QWEN, "messages": ASK, **extra}
     response = httpx.post(f"{chat_stack.v1}/chat/completions", json=body)
     assert error_of(response, 400)["param"] == param

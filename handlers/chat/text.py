@@ -30,13 +30,13 @@ class TextStream:
         """Decode one more token; True when a stop string appeared (the text is cut before it)."""
         self.token_ids.append(token)
         self._decode_new_text()
-        for stop in self.stops:
-            # A stop string never begins inside already emitted text (see emit_settled), so
-            # the search can start there.
-            cut = self.text.find(stop, self.emitted)
-            if cut >= 0:
-                self.text = self.text[:cut]
-                return True
+        # A stop string never begins inside already emitted text (see emit_settled), so the
+        # search can start there. The text ends before the earliest stop string, whichever
+        # of them is listed first: one token can bring several (" Paris" has " Pa" and "ris").
+        cuts = [cut for stop in self.stops if (cut := self.text.find(stop, self.emitted)) >= 0]
+        if cuts:
+            self.text = self.text[: min(cuts)]
+            return True
         return False
 
     def emit_settled(self) -> None:

@@ -50,12 +50,16 @@ CALL_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_
 def call_schema(functions: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """A JSON schema for one call of any of ``functions`` (``{name, <key>: parameters}``)."""
     options = []
-    for function in functions:
+    for i, function in enumerate(functions):
         parameters = function.get("parameters") or {"type": "object", "properties": {}}
         if "properties" in parameters and "additionalProperties" not in parameters:
             # Only the declared arguments (as OpenAI's strict mode): small models otherwise
             # pad a forced call with made-up keys until max_tokens cuts it.
             parameters = {**parameters, "additionalProperties": False}
+        # The parameters are no longer the schema's root: their local references
+        # ("#/$defs/Place", as pydantic writes nested models) now start at their new place.
+        where = f"/properties/{key}" if len(functions) == 1 else f"/anyOf/{i}/properties/{key}"
+        parameters = _rebased(parameters, "#" + where)
         options.append(
             {
                 "type": "object",
@@ -69,6 +73,33 @@ def call_schema(functions: list[dict[str, Any]], key: str) -> dict[str, Any]:
     # Llama 3 templates: ``{"name": "f", "arguments": {"a": 1}}``, as json.dumps): llguidance's
     # default compact ``{"name":"f",...}`` pushes a model off the text it was trained on.
     return {**schema, "x-guidance": CALL_JSON_OPTIONS}
+
+
+# Keywords whose values are JSON data, not schemas: a "$ref" key in them is not a reference;
+# and keywords whose values map names (of properties, of definitions) to schemas.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+_NAMED_SCHEMAS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+
+
+def _rebased(schema: Any, base: str) -> Any:
+    """``schema`` with its local ``$ref`` pointers (``#...``) prefixed by ``base``."""
+    if isinstance(schema, list):
+        return [_rebased(item, base) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    rebased = {}
+    for name, value in schema.items():
+        if name == "$ref" and isinstance(value, str) and value.startswith("#"):
+            rebased[name] = base + value[1:]
+        elif name in _DATA_KEYWORDS:
+            rebased[name] = value
+        elif name in _NAMED_SCHEMAS and isinstance(value, dict):
+            rebased[name] = {key: _rebased(item, base) for key, item in value.items()}
+        else:
+            rebased[name] = _rebased(value, base)
+    return rebased
 
 
 class ToolParser:

@@ -53,13 +53,44 @@ def unencodable_at(value: Any, path: str = "") -> str | None:
     return None
 
 
+# How deep a body's JSON may nest (objects and arrays): far past any real JSON schema (OpenAI's
+# strict mode allows 10 levels of schema, 20 of JSON), well inside what pydantic serializes
+# (255: a deeper job request could not be stored, a 500).
+MAX_NESTING = 128
+
+
+def too_deep_at(value: Any, limit: int = MAX_NESTING) -> str | None:
+    """The top-level field under which ``value`` nests deeper than ``limit`` levels, else
+    None (iterative: a deep body cannot exhaust the stack)."""
+    if not isinstance(value, dict):
+        return None
+    for field, item in value.items():
+        stack = [(item, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, dict | list):
+                if depth > limit:
+                    return str(field)
+                children = node.values() if isinstance(node, dict) else node
+                stack.extend((child, depth + 1) for child in children)
+    return None
+
+
 class WireRequest(BaseModel):
     """Base of the bodies clients send: a string that is not Unicode text anywhere in the
-    body (declared fields or extras) is a 400 naming where it is, before any field is read."""
+    body (declared fields or extras), or JSON nested past :data:`MAX_NESTING`, is a 400
+    naming where it is, before any field is read."""
 
     @model_validator(mode="before")
     @classmethod
     def _unicode_only(cls, data: Any) -> Any:
+        # depth first: the Unicode walk recurses
+        if (field := too_deep_at(data)) is not None:
+            raise bad_request(
+                f"invalid value for '{field}': JSON nested deeper than {MAX_NESTING} levels",
+                param=field,
+                code="invalid_value",
+            )
         if (where := unencodable_at(data)) is not None:
             field = where.split(".")[0].split("[")[0] or None
             raise bad_request(
