@@ -13,6 +13,7 @@ from transformers import AutoModel, AutoTokenizer
 from handlers.base import Family, check_cancelled
 from handlers.dtype import resolve_dtype
 from handlers.tokens import RowTokenizer, Tokenized
+from handlers.traced import trace_forward, wants_trace
 
 # Encoders whose tokenizer reports no real limit fall back to this.
 _FALLBACK_MAX_LENGTH = 512
@@ -55,6 +56,7 @@ class HFEmbeddingModel:
         revision: str | None = None,
         batch_tokens: int = 16384,
         max_batch_size: int = 128,
+        torchscript: bool | str | None = "auto",
         **_entry: Any,
     ):
         self.name = name or hf_repo_id
@@ -74,6 +76,13 @@ class HFEmbeddingModel:
         # Fast tokenizers are not thread-safe (each call reconfigures padding and truncation):
         # tokenising goes through a copy of its own, under its lock (handlers/tokens.py).
         self._rows = RowTokenizer(self.tokenizer, self.max_length)
+        self._traced = None  # the traced forward (handlers/traced.py), None: eager
+        if wants_trace(torchscript, self.device):
+            self._traced = trace_forward(
+                self.model,
+                lambda texts: self._rows.pad(self.tokenize(list(texts)), self.device),
+                "last_hidden_state",
+            )
 
     def _resolve_max_length(self, source: str, configured: int | None) -> int:
         if configured:
@@ -119,7 +128,10 @@ class HFEmbeddingModel:
         the batch)."""
         rows = texts if texts and isinstance(texts[0], Tokenized) else self.tokenize(list(texts))
         inputs = self._rows.pad(rows, self.device)
-        hidden = self.model(**inputs).last_hidden_state
+        if self._traced is not None:
+            hidden = self._traced(inputs)
+        else:
+            hidden = self.model(**inputs).last_hidden_state
         mask = inputs["attention_mask"]
         if self.pooling == "cls":
             pooled = hidden[:, 0]

@@ -14,6 +14,7 @@ from handlers.base import Family, RerankResult
 from handlers.dtype import resolve_dtype
 from handlers.embedding import run_in_length_batches
 from handlers.tokens import RowTokenizer, Tokenized
+from handlers.traced import trace_forward, wants_trace
 
 # Cross-encoders are trained on short passages; longer limits only cost memory.
 _DEFAULT_MAX_LENGTH = 512
@@ -44,6 +45,7 @@ class HFRerankModel:
         revision: str | None = None,
         batch_tokens: int = 16384,
         max_batch_size: int = 128,
+        torchscript: bool | str | None = "auto",
         **_entry: Any,
     ):
         self.name = name or hf_repo_id
@@ -70,6 +72,13 @@ class HFRerankModel:
         # Fast tokenizers are not thread-safe: tokenising goes through a copy of its own, under
         # its lock (handlers/tokens.py).
         self._rows = RowTokenizer(self.tokenizer, self.max_length)
+        self._traced = None  # the traced forward (handlers/traced.py), None: eager
+        if wants_trace(torchscript, self.device):
+            self._traced = trace_forward(
+                self.model,
+                lambda texts: self._rows.pad(self.tokenize([(t, t) for t in texts]), self.device),
+                "logits",
+            )
 
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[Tokenized]:
         """Each pair's token ids after truncation, for :meth:`score_batch` (which then only
@@ -91,7 +100,10 @@ class HFRerankModel:
         the batch): a score per pair."""
         rows = pairs if pairs and isinstance(pairs[0], Tokenized) else self.tokenize(pairs)
         inputs = self._rows.pad(rows, self.device)
-        logits = self.model(**inputs).logits.float()
+        if self._traced is not None:
+            logits = self._traced(inputs).float()
+        else:
+            logits = self.model(**inputs).logits.float()
         if self.num_labels == 1:
             scores = torch.sigmoid(logits[:, 0])
         else:
