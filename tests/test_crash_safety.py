@@ -209,7 +209,10 @@ def test_redis_restart_under_load(stack, own_redis, tmp_path: Path):
 
 def test_a_job_past_its_time_limit_fails_with_timeout_and_frees_the_worker(stack):
     worker = stack.start_worker(
-        [MODEL], JOB_TIMEOUTS='{"/v1/embeddings": 2}', WORKER_CONCURRENCY="1"
+        [MODEL],
+        JOB_TIMEOUTS='{"/v1/embeddings": 2}',
+        WORKER_CONCURRENCY="1",
+        EMBED_LANES="1",  # the 2048 inputs below take 16 passes of 0.15 s one after another
     )
     try:
         long_job = _submit(stack.base_url, [f"too slow {i}" for i in range(5000)])  # ~30 s
