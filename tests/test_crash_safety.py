@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -301,7 +302,14 @@ def test_sigterm_mid_batch_hands_the_batch_back(stack, openai_client, redis_clie
     """A warm shutdown finishes the running parts, not the whole batch: the runners go back
     to the queue and another worker completes the batch, every line exactly once."""
     first = stack.start_worker([MODEL], **FAST_REDELIVERY)
-    assert redis_client.zcard(p.workers_key(MODEL)) == 1
+    # Alone: the worker the previous test killed stays in the presence set until its
+    # heartbeat lapses (HEARTBEAT_TTL_SEC) and a live worker's heartbeat prunes it.
+    me = f"worker@{socket.gethostname()}:{first.pid}".encode()
+    _wait_for(
+        lambda: redis_client.zrange(p.workers_key(MODEL), 0, -1) == [me],
+        20,
+        "the killed worker's presence to lapse",
+    )
     batch_id = _start_batch(openai_client, 3000, "handed back")  # ~47 parts of 0.6 s
     first.send_signal(signal.SIGTERM)
     assert first.wait(60) == 0
