@@ -51,6 +51,18 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _alone(redis_client, worker: subprocess.Popen) -> None:
+    """Wait until ``worker`` is the model's only worker in the presence set: one an earlier
+    test killed stays there until its heartbeat lapses (``HEARTBEAT_TTL_SEC``) and a live
+    worker's heartbeat prunes it."""
+    me = f"worker@{socket.gethostname()}:{worker.pid}".encode()
+    _wait_for(
+        lambda: redis_client.zrange(p.workers_key(MODEL), 0, -1) == [me],
+        20,
+        "a killed worker's presence to lapse",
+    )
+
+
 def test_sigkill_mid_job_redelivers_to_another_worker(stack, redis_client):
     first = stack.start_worker([MODEL], **FAST_REDELIVERY)
     texts = [f"text {i}" for i in range(5000)]  # 5 chunks, ~40 passes, ~7 s
@@ -77,7 +89,7 @@ def test_sigkill_mid_job_redelivers_to_another_worker(stack, redis_client):
 
 def test_sigterm_finishes_running_jobs_then_exits(stack, redis_client):
     worker = stack.start_worker([MODEL], **FAST_REDELIVERY)
-    assert redis_client.zcard(p.workers_key(MODEL)) == 1  # the job can only run here
+    _alone(redis_client, worker)  # the job can only run here
     job_id = _submit(stack.base_url, [f"warm shutdown {i}" for i in range(2000)])
     _wait_for(lambda: _job(stack.base_url, job_id)["status"] == "running", 30, "start")
     worker.send_signal(signal.SIGTERM)
@@ -302,14 +314,7 @@ def test_sigterm_mid_batch_hands_the_batch_back(stack, openai_client, redis_clie
     """A warm shutdown finishes the running parts, not the whole batch: the runners go back
     to the queue and another worker completes the batch, every line exactly once."""
     first = stack.start_worker([MODEL], **FAST_REDELIVERY)
-    # Alone: the worker the previous test killed stays in the presence set until its
-    # heartbeat lapses (HEARTBEAT_TTL_SEC) and a live worker's heartbeat prunes it.
-    me = f"worker@{socket.gethostname()}:{first.pid}".encode()
-    _wait_for(
-        lambda: redis_client.zrange(p.workers_key(MODEL), 0, -1) == [me],
-        20,
-        "the killed worker's presence to lapse",
-    )
+    _alone(redis_client, first)
     batch_id = _start_batch(openai_client, 3000, "handed back")  # ~47 parts of 0.6 s
     first.send_signal(signal.SIGTERM)
     assert first.wait(60) == 0
