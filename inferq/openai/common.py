@@ -27,52 +27,42 @@ Metadata = Annotated[
 ]
 
 
-def unencodable_at(value: Any, path: str = "") -> str | None:
-    """Where a parsed JSON value holds a string that is not Unicode text (a lone UTF-16
-    surrogate such as ``"\\ud800"``, which ``json.loads`` accepts and UTF-8 cannot hold), as
-    a path like ``messages[0].content``; None when there is none."""
-    if isinstance(value, str):
-        if value.isascii():
-            return None
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and unencodable_at(key) is not None:
-                return path or "body"
-            if (found := unencodable_at(item, where)) is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            if (found := unencodable_at(item, f"{path}[{index}]")) is not None:
-                return found
-    return None
-
-
 # How deep a body's JSON may nest (objects and arrays): far past any real JSON schema (OpenAI's
 # strict mode allows 10 levels of schema, 20 of JSON), well inside what pydantic serializes
 # (255: a deeper job request could not be stored, a 500).
 MAX_NESTING = 128
 
 
-def too_deep_at(value: Any, limit: int = MAX_NESTING) -> str | None:
-    """The top-level field under which ``value`` nests deeper than ``limit`` levels, else
-    None (iterative: a deep body cannot exhaust the stack)."""
-    if not isinstance(value, dict):
+def body_problem(value: Any, path: str = "", depth: int = 0) -> tuple[str, str] | None:
+    """What makes a parsed JSON body unusable, found in one walk, or None:
+
+    * ``("deep", path)`` where it nests (objects and arrays) past :data:`MAX_NESTING` levels;
+      the walk stops there, so a deep body cannot exhaust the stack;
+    * ``("unicode", path)`` where a string is not Unicode text (a lone UTF-16 surrogate such
+      as ``"\\ud800"``, which ``json.loads`` accepts and UTF-8 cannot hold).
+
+    Paths read like ``messages[0].content``."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return ("unicode", path)
         return None
-    for field, item in value.items():
-        stack = [(item, 1)]
-        while stack:
-            node, depth = stack.pop()
-            if isinstance(node, dict | list):
-                if depth > limit:
-                    return str(field)
-                children = node.values() if isinstance(node, dict) else node
-                stack.extend((child, depth + 1) for child in children)
+    if isinstance(value, dict | list) and depth > MAX_NESTING:
+        return ("deep", path)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and body_problem(key) is not None:
+                return ("unicode", path or "body")
+            if (found := body_problem(item, where, depth + 1)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := body_problem(item, f"{path}[{index}]", depth + 1)) is not None:
+                return found
     return None
 
 
@@ -84,15 +74,15 @@ class WireRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _unicode_only(cls, data: Any) -> Any:
-        # depth first: the Unicode walk recurses
-        if (field := too_deep_at(data)) is not None:
-            raise bad_request(
-                f"invalid value for '{field}': JSON nested deeper than {MAX_NESTING} levels",
-                param=field,
-                code="invalid_value",
-            )
-        if (where := unencodable_at(data)) is not None:
+        if (problem := body_problem(data)) is not None:
+            kind, where = problem
             field = where.split(".")[0].split("[")[0] or None
+            if kind == "deep":
+                raise bad_request(
+                    f"invalid value for '{field}': JSON nested deeper than {MAX_NESTING} levels",
+                    param=field,
+                    code="invalid_value",
+                )
             raise bad_request(
                 f"invalid value for '{where}': the string is not valid Unicode "
                 "(a lone UTF-16 surrogate)",

@@ -106,8 +106,7 @@ class Coordinator:
         if plan:
             log.info("job %s: resuming %d parts", self.job_id, len(plan["ranges"]))
             self._send_helpers(self.client.llen(self.pending_key))
-            if self.local is None or not self.local.is_alive():
-                self._start_local_puller(plan)
+            self._start_local_puller(plan)
             if self.client.hexists(self.parts_key, "total"):
                 return plan
         chunk_s = self.service.settings.audio_chunk_sec
@@ -158,8 +157,7 @@ class Coordinator:
         if not self.service.scripts.publish(keys=[self.parts_key, self.pending_key], args=args):
             raise PlanTaken()
         self._send_helpers(len(parts))
-        if self.local is None:
-            self._start_local_puller(plan)
+        self._start_local_puller(plan)
         if last:
             log.info(
                 "job %s: %.1f s of audio in %d parts at %s%s",
@@ -179,7 +177,14 @@ class Coordinator:
                 priority=int(self.ctx.priority),
             )
 
+    @property
+    def _local_alive(self) -> bool:
+        return self.local is not None and self.local.is_alive()
+
     def _start_local_puller(self, plan: dict[str, Any]) -> None:
+        """This worker's puller of the job's parts, unless it already runs."""
+        if self._local_alive:
+            return
         self.local = threading.Thread(
             target=self.service.pull_parts,
             args=(self.job_id, self.model, self.job, plan),
@@ -277,7 +282,7 @@ class Coordinator:
                 )
         if released:
             self._send_helpers(released)
-        if (self.local is None or not self.local.is_alive()) and self.client.llen(self.pending_key):
+        if not self._local_alive and self.client.llen(self.pending_key):
             self._start_local_puller(plan)
 
     def _merge(self, ranges: list[list[float]]) -> bytes:

@@ -69,8 +69,8 @@ class BatchRunner:
 
             def fail(pipe) -> None:
                 errors = p.dumps({"object": "list", "data": plan.errors})
-                pipe.hset(key, mapping={"errors": errors, "total": 0})
-                pipe.hset(key, mapping={"status": b.BatchStatus.FAILED.value, "failed_at": now})
+                failed = {"status": b.BatchStatus.FAILED.value, "failed_at": now}
+                pipe.hset(key, mapping={"errors": errors, "total": 0, **failed})
                 pipe.zrem(b.open_batches_key(), batch_id)
 
             if self._write_while_validating(batch_id, fail):
@@ -90,13 +90,9 @@ class BatchRunner:
                 pipe.delete(todo)  # a redelivered plan starts the list afresh
                 pipe.rpush(todo, *(i for i, part in enumerate(plan.parts) if part.model == model))
                 pipe.expire(todo, ttl)
-            pipe.hset(
-                key,
-                mapping={"parts": len(plan.parts), "total": plan.lines, "models": p.dumps(models)},
-            )
-            pipe.hset(
-                key, mapping={"status": b.BatchStatus.IN_PROGRESS.value, "in_progress_at": now}
-            )
+            started = {"status": b.BatchStatus.IN_PROGRESS.value, "in_progress_at": now}
+            counts = {"parts": len(plan.parts), "total": plan.lines, "models": p.dumps(models)}
+            pipe.hset(key, mapping={**counts, **started})
 
         if not self._write_while_validating(batch_id, start):
             return
