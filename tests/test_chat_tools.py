@@ -162,6 +162,32 @@ def test_named_call_on_qwen_template_non_streamed_and_streamed(client):
     assert json.loads(calls[0]["arguments"]) == arguments  # greedy: the same call
 
 
+def test_a_named_function_is_called_exactly_once_with_parallel_calls_allowed(client):
+    """vLLM and OpenAI: a named tool_choice gives one call of that function; parallel calls
+    (allowed by default) are for tool_choice auto and required. Before, the grammar let the
+    random model write block after block of set_flags until max_tokens."""
+    kwargs = dict(
+        model=QWEN,
+        messages=ASK,
+        tools=[WEATHER, FLAGS],
+        tool_choice=NAMED_FLAGS,
+        temperature=0,
+        max_tokens=200,
+    )
+    for parallel in ({}, {"parallel_tool_calls": True}):
+        whole = client.chat.completions.create(**kwargs, **parallel)
+        choice = whole.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        (call,) = choice.message.tool_calls
+        arguments = check_call(call, "set_flags", FLAGS_PARAMS)
+        content, calls, reasons = streamed_calls(
+            client.chat.completions.create(**kwargs, **parallel, stream=True)
+        )
+        assert content == "" and reasons == ["tool_calls"] and list(calls) == [0]
+        assert calls[0]["name"] == "set_flags"
+        assert json.loads(calls[0]["arguments"]) == arguments
+
+
 def test_auto_without_a_call_is_plain_content(client):
     answer = client.chat.completions.create(
         model=QWEN, messages=ASK, tools=[FLAGS], temperature=0, max_tokens=8

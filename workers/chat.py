@@ -192,6 +192,8 @@ def generation_params(job: ChatJob, defaults: dict[str, Any], settings: Settings
         stop = [stop]
     return {
         "max_new_tokens": int(pick("max_tokens", settings.chat_default_max_tokens)),
+        # the client's max_tokens must fit the context with the prompt; a default is cut to it
+        "strict_max_tokens": job.max_tokens is not None,
         "temperature": float(pick("temperature", 1.0)),
         "top_p": float(pick("top_p", 1.0)),
         "stop": list(stop) if stop else None,

@@ -20,7 +20,12 @@ from handlers.base import ChatGeneration, Family, InvalidInput, resolve_device
 from handlers.chat.batch import ChatBatch
 from handlers.chat.kv_cache import output_cache
 from handlers.chat.logprobs import LogprobRecorder, TokenBytes
-from handlers.chat.request import ChatRequest, EncodedPrompt, validate_request
+from handlers.chat.request import (
+    ChatRequest,
+    EncodedPrompt,
+    completion_budget,
+    validate_request,
+)
 from handlers.chat.row import Row
 from handlers.chat.sampling import Sampler
 from handlers.chat.structured import StructuredOutputs
@@ -163,7 +168,10 @@ class ChatHandler:
                     param="tool_choice",
                     code=STRUCTURED_OUTPUTS_UNSUPPORTED,
                 )
-            grammar = self.tool_parser.grammar(functions, parallel=request.parallel_tool_calls)
+            # a named function is called exactly once (vLLM, OpenAI), whatever
+            # parallel_tool_calls says; required allows several unless it is false
+            parallel = request.parallel_tool_calls and request.tool_choice == "required"
+            grammar = self.tool_parser.grammar(functions, parallel=parallel)
             return self.structured_outputs.lark_constraint(grammar, param="tools")
         response_format = request.response_format
         if not response_format or response_format.get("type") in (None, "text"):
@@ -251,17 +259,10 @@ class ChatHandler:
             )
             prompt = self._encode(messages, add_generation_prompt=True, tools=tools)
         prompt_tokens = len(prompt.input_ids)
-        if prompt_tokens >= self.context_length:
-            raise InvalidInput(
-                f"the prompt has {prompt_tokens} tokens; this model's context is "
-                f"{self.context_length} tokens",
-                param="messages" if request.prompt is None else "prompt",
-                code="context_length_exceeded",
-            )
         row = Row(
             request,
             prompt_tokens=prompt_tokens,
-            max_new_tokens=min(request.max_new_tokens, self.context_length - prompt_tokens),
+            max_new_tokens=completion_budget(request, prompt_tokens, self.context_length),
             sampler=Sampler(request, self.device, self._constraint_for(request), prompt.input_ids),
             stream=TextStream(self.decode, request.stop, calls.feed if calls else request.on_text),
             eos_token_ids=self.eos_token_ids,

@@ -22,6 +22,10 @@ class ChatRequest:
 
     messages: Sequence[dict[str, Any]]
     max_new_tokens: int
+    # max_new_tokens is the client's own max_tokens: a prompt plus it past the context is
+    # refused (context_length_exceeded, as vLLM and OpenAI answer); else it is a default, cut
+    # to what the context leaves after the prompt.
+    strict_max_tokens: bool = False
     temperature: float = 0.0
     top_p: float = 1.0
     stop: list[str] | None = None
@@ -94,3 +98,27 @@ def _validate_extensions(request: ChatRequest) -> None:
         raise InvalidInput("min_p must be between 0 and 1", param="min_p")
     if request.logprobs is not None and not 0 <= request.logprobs <= 20:
         raise InvalidInput("top_logprobs must be between 0 and 20", param="top_logprobs")
+
+
+def completion_budget(request: ChatRequest, prompt_tokens: int, context_length: int) -> int:
+    """The most tokens ``request`` may generate after its prompt of ``prompt_tokens`` tokens,
+    or :class:`InvalidInput` ``context_length_exceeded`` in vLLM's words: the prompt leaves no
+    room, or (``strict_max_tokens``) the prompt plus ``max_tokens`` is past the context."""
+    what = "messages" if request.prompt is None else "prompt"
+    wanted = request.max_new_tokens
+    if request.strict_max_tokens and prompt_tokens + wanted > context_length:
+        raise InvalidInput(
+            f"This model's maximum context length is {context_length} tokens. However, you "
+            f"requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the {what}, "
+            f"{wanted} in the completion). Please reduce the length of the {what} or completion.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    if prompt_tokens >= context_length:
+        raise InvalidInput(
+            f"This model's maximum context length is {context_length} tokens. However, your "
+            f"{what} resulted in {prompt_tokens} tokens. Please reduce the length of the {what}.",
+            param=what,
+            code="context_length_exceeded",
+        )
+    return min(wanted, context_length - prompt_tokens)
