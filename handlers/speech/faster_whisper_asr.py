@@ -50,23 +50,43 @@ def default_compute_type(device: str, supported: set[str] | None = None) -> str:
     return "default"
 
 
-def auto_batch_size(device: str, lane_threads: int, batch_size: int | str) -> int:
+def ct2_uses_mkl(cpuinfo: str | None = None) -> bool:
+    """Whether CTranslate2 runs its CPU matrix products through Intel MKL (else oneDNN).
+
+    The PyPI wheels hold both: CTranslate2 takes MKL on a ``GenuineIntel`` CPU and oneDNN on
+    any other, unless ``CT2_USE_MKL`` says otherwise (its ``src/cpu/backend.cc``)."""
+    forced = os.environ.get("CT2_USE_MKL", "").strip().lower()
+    if forced:
+        return forced in ("1", "true", "on", "yes")
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read(4096)
+        except OSError:
+            return False
+    return "GenuineIntel" in cpuinfo
+
+
+def auto_batch_size(
+    device: str, lane_threads: int, batch_size: int | str, *, mkl: bool | None = None
+) -> int:
     """Windows per batch for a catalog's ``batch_size`` (``auto`` or a count).
 
-    ``auto``: 8 on CUDA; on CPU 1 when a lane decodes with one thread, else 8. On one CPU
-    thread a batch decodes no more audio per second than its windows one by one: Whisper's
-    encoder attends over 1500 frames per window (~54 MB of attention scores for tiny), so a
-    batch's working set leaves the caches and the encoder's time per window rises with the
-    batch (1 thread, int8: 0.32 s per window alone, 0.39 s in a batch of 8), and the beam
-    search gains nothing either (a window 0.68 s alone, 0.93 s in a batch of 8). With
-    several threads per batch, batches keep the threads busy (2 threads: 1.31 s alone, 0.63 s
-    in a batch of 8). ``python -m bench speech_batches``; docs/benchmarks.md, "One window
-    per lane on CPU"."""
+    ``auto``: 8 on CUDA and for a lane of several CPU threads (batches keep the threads
+    busy: 2 threads, 1.13 s per window alone, 0.56 s in a batch of 8). For a lane of one CPU
+    thread it depends on CTranslate2's matrix backend, measured with ``python -m bench
+    speech_batches`` (docs/benchmarks.md, "One window per lane on CPU" and "Batches again
+    where CTranslate2 uses oneDNN"): through oneDNN (AMD EPYC Zen 5) batches of 4 decode
+    30 % more audio per second than single windows (0.66 against 0.94 s per window; 8 no
+    better); through MKL (Intel Xeon with AMX) a batch gains nothing (0.68 s alone, 0.82 s
+    in a batch of 4), so one window per batch there."""
     if batch_size not in (None, "auto"):
         return max(1, int(batch_size))
-    if device == "cpu" and lane_threads == 1:
-        return 1
-    return 8
+    if device != "cpu" or lane_threads != 1:
+        return 8
+    if mkl is None:
+        mkl = ct2_uses_mkl()
+    return 1 if mkl else 4
 
 
 MAX_AUTO_LANES = 4  # more lanes, more batches in flight per worker (and model replicas)
@@ -109,7 +129,8 @@ class FasterWhisperASR(SpeechHandler):
     event is checked after each one.
 
     Catalog extras: ``beam_size``, ``batch_size`` (default ``auto``:
-    :func:`auto_batch_size`, one window per lane on CPU), ``compute_type`` (default
+    :func:`auto_batch_size`: on CPU lanes of one thread 4 through oneDNN, 1 through MKL),
+    ``compute_type`` (default
     ``auto``: :func:`default_compute_type`, int8 on CPU, float16 on CUDA), ``cpu_threads``
     (threads per batch; 0: see ``decode_lanes``), ``decode_lanes`` (batches decoded at once,
     each with ``cpu_threads`` threads; a worker's window batcher runs one batch per lane;

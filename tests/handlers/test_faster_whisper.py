@@ -57,19 +57,29 @@ def test_faster_whisper_attributes(faster_tiny_en):
 
 def test_auto_lanes_and_batch_size_follow_the_device_and_threads(monkeypatch):
     """``decode_lanes``/``batch_size`` ``auto``: on a 2-core CPU two lanes of one thread,
-    each decoding one window at a time (a batch gains nothing on one thread); one lane of
-    two threads decodes batches of 8; CUDA one lane, batches of 8; explicit values win."""
-    from handlers.speech.faster_whisper_asr import auto_batch_size, auto_lanes
+    each decoding batches of 4 where CTranslate2 multiplies through oneDNN and one window at
+    a time through MKL (there a batch gains nothing on one thread); one lane of two threads
+    decodes batches of 8; CUDA one lane, batches of 8; explicit values win."""
+    from handlers.speech.faster_whisper_asr import auto_batch_size, auto_lanes, ct2_uses_mkl
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert auto_lanes("cpu", 0, "auto") == (1, 2)
     assert auto_lanes("cpu", 2, "auto") == (2, 1)
     assert auto_lanes("cpu", 1, 1) == (1, 1)
     assert auto_lanes("cuda", 0, "auto") == (0, 1)
-    assert auto_batch_size("cpu", 1, "auto") == 1
-    assert auto_batch_size("cpu", 2, "auto") == 8
+    assert auto_batch_size("cpu", 1, "auto", mkl=True) == 1
+    assert auto_batch_size("cpu", 1, "auto", mkl=False) == 4
+    assert auto_batch_size("cpu", 1, "auto") == (1 if ct2_uses_mkl() else 4)
+    assert auto_batch_size("cpu", 2, "auto", mkl=False) == 8
     assert auto_batch_size("cuda", 0, "auto") == 8
     assert auto_batch_size("cpu", 1, 4) == 4
+    monkeypatch.delenv("CT2_USE_MKL", raising=False)
+    assert ct2_uses_mkl("vendor_id\t: GenuineIntel\n")
+    assert not ct2_uses_mkl("vendor_id\t: AuthenticAMD\n")
+    monkeypatch.setenv("CT2_USE_MKL", "0")
+    assert not ct2_uses_mkl("vendor_id\t: GenuineIntel\n")
+    monkeypatch.setenv("CT2_USE_MKL", "1")
+    assert ct2_uses_mkl("vendor_id\t: AuthenticAMD\n")
 
 
 def test_faster_whisper_default_decodes_a_window_per_lane(faster_tiny_en):
@@ -81,7 +91,10 @@ def test_faster_whisper_default_decodes_a_window_per_lane(faster_tiny_en):
     default = FasterWhisperASR("Systran/faster-whisper-tiny.en", "cpu")
     cores = len(os.sched_getaffinity(0))
     assert default.decode_lanes == min(4, cores)
-    assert default.batch_size == (1 if cores // default.decode_lanes == 1 else 8)
+    from handlers.speech.faster_whisper_asr import ct2_uses_mkl
+
+    one_thread = 1 if ct2_uses_mkl() else 4
+    assert default.batch_size == (one_thread if cores // default.decode_lanes == 1 else 8)
     assert (faster_tiny_en.decode_lanes, faster_tiny_en.batch_size) == (1, 8)
 
 
