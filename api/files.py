@@ -65,6 +65,8 @@ class FilesAndBatches:
         return b.render_file({k: str(v) for k, v in record.items()})
 
     async def file(self, file_id: str, owner: str) -> dict[str, str]:
+        if not p.names_a_record(file_id):
+            raise file_not_found(file_id)
         record = b.decode(await self.redis.hgetall(b.file_key(file_id)))
         if not record or record.get("owner") != owner:
             raise file_not_found(file_id)
@@ -158,6 +160,8 @@ class FilesAndBatches:
         return b.render_batch({k: str(v) for k, v in record.items()})
 
     async def batch(self, batch_id: str, owner: str) -> dict[str, str]:
+        if not p.names_a_record(batch_id):
+            raise batch_not_found(batch_id)
         record = b.decode(await self.redis.hgetall(b.batch_key(batch_id)))
         if not record or record.get("owner") != owner:
             raise batch_not_found(batch_id)
