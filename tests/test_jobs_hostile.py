@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -124,3 +125,47 @@ def test_open_event_streams_do_not_starve_other_requests(stack, redis_client):
         redis_client.hset(p.job_key(job_id), p.JobField.STATUS, p.JobStatus.SUCCEEDED)
     assert [status for status, _ in timings] == [200] * 6, timings
     assert max(seconds for _, seconds in timings) < 2, timings
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/embeddings", "/rerank"])
+def test_a_json_body_past_the_limit_is_a_413_before_it_is_read(stack, path):
+    """Only the chat route bounded its JSON body: any other read a body of any size whole and
+    parsed it on the API's one event loop before any check (a 300 MB /v1/jobs body, one text
+    past its 32 768-character limit, held every other request, /health too, for 3.6 s before
+    its 400). A declared size past MAX_BODY_BYTES is now a 413 before the body is read, and a
+    chunked body one once it crosses the limit."""
+    import socket
+    from urllib.parse import urlsplit
+
+    base = stack.start_api(MAX_BODY_BYTES="100000")
+    address = urlsplit(base)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n".encode()
+            + b"Content-Type: application/json\r\n\r\n"
+        )
+        head = b""
+        while b"request_too_large" not in head:  # the body may come in a packet of its own
+            piece = conn.recv(4096)
+            if not piece:
+                break
+            head += piece
+    assert head.startswith(b"HTTP/1.1 413"), head
+
+    def chunked(data: bytes):
+        for start in range(0, len(data), 16384):
+            yield data[start : start + 16384]
+
+    text = {"model": MINILM, "input": "x" * 200_000}
+    job = {"endpoint": "/v1/embeddings", "body": text}
+    body = json.dumps(job if path == "/v1/jobs" else text).encode()
+    headers = {"content-type": "application/json"}
+    response = httpx.post(f"{base}{path}", content=chunked(body), headers=headers, timeout=30)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    small = {"endpoint": "/v1/embeddings", "body": {"model": MINILM, "input": "hi"}}
+    if path == "/v1/jobs":
+        response = httpx.post(
+            f"{base}{path}", content=chunked(json.dumps(small).encode()), headers=headers
+        )
+        assert response.status_code == 202, response.text
