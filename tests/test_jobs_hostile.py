@@ -127,8 +127,13 @@ def test_open_event_streams_do_not_starve_other_requests(stack, redis_client):
     assert max(seconds for _, seconds in timings) < 2, timings
 
 
+@pytest.fixture(scope="module")
+def small_bodies(stack) -> str:
+    return stack.start_api(MAX_BODY_BYTES="100000")
+
+
 @pytest.mark.parametrize("path", ["/v1/jobs", "/v1/embeddings", "/rerank"])
-def test_a_json_body_past_the_limit_is_a_413_before_it_is_read(stack, path):
+def test_a_json_body_past_the_limit_is_a_413_before_it_is_read(small_bodies, path):
     """Only the chat route bounded its JSON body: any other read a body of any size whole and
     parsed it on the API's one event loop before any check (a 300 MB /v1/jobs body, one text
     past its 32 768-character limit, held every other request, /health too, for 3.6 s before
@@ -137,7 +142,7 @@ def test_a_json_body_past_the_limit_is_a_413_before_it_is_read(stack, path):
     import socket
     from urllib.parse import urlsplit
 
-    base = stack.start_api(MAX_BODY_BYTES="100000")
+    base = small_bodies
     address = urlsplit(base)
     with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
         conn.sendall(
