@@ -22,6 +22,12 @@ from inferq.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+# JSON routes bounded by MAX_BODY_BYTES (chat, files and audio uploads have limits of their own)
+JSON_BODY_PATHS = (
+    *("/v1/jobs", "/v1/embeddings", "/v1/completions", "/v1/batches"),
+    *("/v1/rerank", "/v2/rerank", "/rerank"),
+)
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -61,6 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits={
             "/v1/files": (settings.max_file_bytes + UPLOAD_OVERHEAD, "file", "file_too_large"),
             "/v1/chat/completions": (settings.max_chat_body_bytes, None, "request_too_large"),
+            **{
+                path: (settings.max_body_bytes, None, "request_too_large")
+                for path in JSON_BODY_PATHS
+            },
         },
     )
     app.add_middleware(APIKeyMiddleware, keys=api_keys)

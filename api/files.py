@@ -9,7 +9,7 @@ from typing import Any
 from api.queue import JobQueue
 from inferq import batches as b
 from inferq import protocol as p
-from inferq.blobs import AsyncBlobs
+from inferq.blobs import AsyncBlobs, blob_key
 from inferq.errors import ServiceError, bad_request
 
 
@@ -38,6 +38,7 @@ class FilesAndBatches:
         self.blobs = AsyncBlobs(queue.redis)
         self._transition = queue.redis.register_script(b.TRANSITION_SCRIPT)
         self._input_in_use = queue.redis.register_script(b.INPUT_IN_USE_SCRIPT)
+        self._hold_input = queue.redis.register_script(b.HOLD_INPUT_SCRIPT)
 
     # --- files -------------------------------------------------------------------------------
 
@@ -64,6 +65,8 @@ class FilesAndBatches:
         return b.render_file({k: str(v) for k, v in record.items()})
 
     async def file(self, file_id: str, owner: str) -> dict[str, str]:
+        if not p.names_a_record(file_id):
+            raise file_not_found(file_id)
         record = b.decode(await self.redis.hgetall(b.file_key(file_id)))
         if not record or record.get("owner") != owner:
             raise file_not_found(file_id)
@@ -131,19 +134,34 @@ class FilesAndBatches:
             "completed": 0,
             "failed": 0,
         }
-        ttl = max(self.settings.file_ttl_sec, output_expires_after or 0)
+        ttl = b.batch_record_ttl(
+            self.settings.file_ttl_sec, self.settings.batch_expiry_sec, output_expires_after
+        )
         pipe = self.redis.pipeline(transaction=True)
+        # One transaction: a finalize releasing the same file sees this batch open or no hold.
+        await self._hold_input(
+            keys=[b.file_key(input_file_id), blob_key(input_file_id)], args=[ttl], client=pipe
+        )
         pipe.hset(b.batch_key(batch_id), mapping=record)
         pipe.expire(b.batch_key(batch_id), ttl)
         pipe.zadd(b.batches_index_key(owner), {batch_id: int(p.now() * 1000)})
         pipe.zadd(b.open_batches_key(), {batch_id: b.due_after_expiry(record["expires_at"])})
-        await pipe.execute()
+        held, *_ = await pipe.execute()
+        if not held:  # the file expired (or was deleted) since it was read: no batch then
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(b.batch_key(batch_id))
+            pipe.zrem(b.batches_index_key(owner), batch_id)
+            pipe.zrem(b.open_batches_key(), batch_id)
+            await pipe.execute()
+            raise file_not_found(input_file_id)
         await asyncio.to_thread(
             self.queue.celery.send_task, b.TASK_PLAN, args=[batch_id], queue=b.CONTROL_QUEUE
         )
         return b.render_batch({k: str(v) for k, v in record.items()})
 
     async def batch(self, batch_id: str, owner: str) -> dict[str, str]:
+        if not p.names_a_record(batch_id):
+            raise batch_not_found(batch_id)
         record = b.decode(await self.redis.hgetall(b.batch_key(batch_id)))
         if not record or record.get("owner") != owner:
             raise batch_not_found(batch_id)

@@ -21,6 +21,7 @@ from celery import Celery
 
 from api.metrics import note_model
 from api.publisher import Publisher
+from api.stream_reads import StreamReads
 from inferq import protocol as p
 from inferq.catalog import Catalog, ModelEntry
 from inferq.errors import (
@@ -80,6 +81,7 @@ class JobQueue:
         )
         self.notify_channel = f"{p.PREFIX}:notify:{instance_name('api')}"
         self._cancel = self.redis.register_script(p.CANCEL_SCRIPT)
+        self._events = StreamReads(self.redis, blocking=REDIS_POOL_SIZE // 2)
         self._waiters: dict[str, asyncio.Future] = {}
         self._presence: dict[str, tuple[float, int]] = {}
         self._infos: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
@@ -344,6 +346,9 @@ class JobQueue:
         return p.decode_job(p.PUBLIC_FIELDS, values)
 
     async def get(self, job_id: str, owner: str) -> dict[str, Any] | None:
+        """The job ``job_id`` if ``owner`` owns it (a client's id: checked before use)."""
+        if not p.names_a_record(job_id):
+            return None
         record = await self.read(job_id)
         if record is None or record.get(p.JobField.OWNER, b"").decode() != owner:
             return None
@@ -388,14 +393,4 @@ class JobQueue:
     ) -> list[tuple[str, str, bytes]]:
         """Entries of the job's event stream after id ``after`` as ``(id, event, data JSON)``,
         waiting up to ``block_ms`` for the first one (None: not at all); [] when none came."""
-        reply = await self.redis.xread(
-            {p.events_key(job_id): after},
-            count=count,
-            block=max(1, block_ms) if block_ms is not None else None,
-        )
-        if not reply:
-            return []
-        return [
-            (entry_id.decode(), fields[b"event"].decode(), fields[b"data"])
-            for entry_id, fields in reply[0][1]
-        ]
+        return await self._events.read(p.events_key(job_id), after, block_ms, count)

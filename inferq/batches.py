@@ -271,18 +271,72 @@ end
 return 0
 """
 
+# Lua: 1 when a batch still open (but ARGV[3]) reads file ARGV[1] as its input (ARGV[2]: the
+# batch key prefix, KEYS[1]: the open batches).
+_OTHER_OPEN_BATCH_READS_LUA = """
+local function other_open_batch_reads()
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    if id ~= ARGV[3] and redis.call('HGET', ARGV[2] .. id, 'input_file_id') == ARGV[1] then
+      return true
+    end
+  end
+  return false
+end
+"""
+
 # KEYS[1] the open batches. ARGV: a file id, the batch key prefix, a batch id to leave out.
 # 1 when a batch still open (but that one) reads that file as its input: a deleted input
 # file keeps its bytes until no open batch needs them.
-INPUT_IN_USE_SCRIPT = """
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if id ~= ARGV[3] and redis.call('HGET', ARGV[2] .. id, 'input_file_id') == ARGV[1] then
-    return 1
-  end
-end
+INPUT_IN_USE_SCRIPT = (
+    _OTHER_OPEN_BATCH_READS_LUA
+    + """
+if other_open_batch_reads() then return 1 end
 return 0
 """
+)
+
+# KEYS: the input file's record, its bytes (blob). ARGV[1]: the batch record's TTL. A new
+# batch holds its input's bytes at least as long as its own record: the parts read their lines
+# when they run, so neither a delete nor the file's expiry may take them before the batch
+# ends (``RELEASE_INPUT_SCRIPT`` gives the file its own expiry back). 0 when the file is gone.
+HOLD_INPUT_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local left = redis.call('TTL', KEYS[2])
+if left >= 0 and left < tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
+return 1
+"""
+
+# KEYS: the open batches, the input file's record, its bytes. ARGV: as INPUT_IN_USE_SCRIPT's
+# (the batch that ends). Takes that batch out of the open ones (at once: two batches of one
+# file that end together cannot each see the other still open); once no other open batch
+# reads the file, its bytes expire with its record again, or go now if the record is gone
+# (deleted or expired).
+RELEASE_INPUT_SCRIPT = (
+    _OTHER_OPEN_BATCH_READS_LUA
+    + """
+redis.call('ZREM', KEYS[1], ARGV[3])
+if other_open_batch_reads() then return 0 end
+local left = redis.call('PTTL', KEYS[2])
+if left == -2 then
+  redis.call('DEL', KEYS[3])
+elseif left == -1 then
+  redis.call('PERSIST', KEYS[3])
+else
+  redis.call('PEXPIRE', KEYS[3], left)
+end
+return 1
+"""
+)
 
 
 def input_in_use_args(file_id: str, leaving_out: str = "") -> list[str]:
     return [file_id, batch_key(""), leaving_out]
+
+
+# A batch record outlives its completion window by this much whatever ``FILE_TTL_SEC`` is (it
+# is kept as long as a file, but a short file TTL must not lose a batch that still runs).
+BATCH_RECORD_MARGIN_SEC = 86400
+
+
+def batch_record_ttl(file_ttl: int, batch_expiry: int, output_expires_after: int | None) -> int:
+    return max(file_ttl, output_expires_after or 0, batch_expiry + BATCH_RECORD_MARGIN_SEC)

@@ -124,6 +124,14 @@ def job_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+def names_a_record(record_id: str) -> bool:
+    """Whether an id a client sent can name a job, batch or file: none of ours holds ':',
+    which joins a record's key to the keys kept beside it (a job's event stream is
+    ``inferq:job:<id>:events``), so such an id would read one of those (a set, a stream) as
+    a record: a WRONGTYPE reply from Redis."""
+    return ":" not in record_id
+
+
 def events_key(job_id: str) -> str:
     """The job's event stream (a Redis Stream that expires with the job).
 

@@ -170,6 +170,13 @@ class Settings(BaseSettings):
         "Content-Length past it is a 413 before the body is read (a chunked body: once it "
         "crosses it).",
     )
+    max_body_bytes: int = Field(
+        128 * 1024 * 1024,
+        description="Largest JSON body of POST /v1/jobs, /v1/embeddings, /v1/rerank, "
+        "/v1/completions and /v1/batches (413 request_too_large, on the declared size before "
+        "the body is read, or once a chunked body crosses it): the API parses a body whole, "
+        "on its one event loop, before any other check.",
+    )
     max_chat_chars: int = Field(
         0,
         description="Most characters of message text in one chat request (400 "

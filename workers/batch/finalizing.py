@@ -116,19 +116,8 @@ class Finalizer:
         for index in range(parts):
             cleanup += [b.part_output_key(batch_id, index), b.part_errors_key(batch_id, index)]
         self.store.redis.delete(*cleanup)
-        self._drop_deleted_input(batch_id, record["input_file_id"])
-        self.store.redis.zrem(b.open_batches_key(), batch_id)
+        self.store.release_input(batch_id, record["input_file_id"])  # and closes the batch
         log.info("batch %s %s", batch_id, final)
-
-    def _drop_deleted_input(self, batch_id: str, file_id: str) -> None:
-        """The bytes of an input file deleted while the batch ran, once no open batch but this
-        one reads them (see ``DELETE /v1/files``)."""
-        if self.store.redis.exists(b.file_key(file_id)):
-            return
-        if not self.store.input_in_use(
-            keys=[b.open_batches_key()], args=b.input_in_use_args(file_id, batch_id)
-        ):
-            self.store.blobs.delete(file_id)
 
     def _settle_unfinished(self, batch_id: str, record: dict[str, str], parts: int) -> None:
         """Settle every part no runner has recorded: each of its lines becomes a

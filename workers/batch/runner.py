@@ -74,6 +74,7 @@ class BatchRunner:
                 pipe.zrem(b.open_batches_key(), batch_id)
 
             if self._write_while_validating(batch_id, fail):
+                self.store.release_input(batch_id, record["input_file_id"])
                 log.info("batch %s failed validation: %s", batch_id, plan.errors[0]["message"])
             return
         ttl = max(1, self.store.redis.ttl(key))

@@ -10,7 +10,7 @@ from celery import Celery
 
 from inferq import batches as b
 from inferq import protocol as p
-from inferq.blobs import Blobs
+from inferq.blobs import Blobs, blob_key
 from inferq.settings import Settings
 
 
@@ -25,7 +25,7 @@ class BatchStore:
         self._record = redis_client.register_script(b.RECORD_PART_SCRIPT)
         self.claim = redis_client.register_script(b.CLAIM_PART_SCRIPT)
         self._transition = redis_client.register_script(b.TRANSITION_SCRIPT)
-        self.input_in_use = redis_client.register_script(b.INPUT_IN_USE_SCRIPT)
+        self._release_input = redis_client.register_script(b.RELEASE_INPUT_SCRIPT)
 
     def record(self, batch_id: str) -> dict[str, str]:
         return b.decode(self.redis.hgetall(b.batch_key(batch_id)))
@@ -36,6 +36,15 @@ class BatchStore:
                 keys=[b.batch_key(batch_id)],
                 args=[",".join(expected), status, field_name, int(p.now())],
             )
+        )
+
+    def release_input(self, batch_id: str, file_id: str) -> None:
+        """A batch that ends leaves the open batches and lets go of its input file's bytes
+        (held since its creation, see ``HOLD_INPUT_SCRIPT``): once no other open batch reads
+        them, they expire with the file, or go now if the file was deleted or expired."""
+        self._release_input(
+            keys=[b.open_batches_key(), b.file_key(file_id), blob_key(file_id)],
+            args=b.input_in_use_args(file_id, batch_id),
         )
 
     def part(self, batch_id: str, index: int) -> dict[str, Any] | None:
