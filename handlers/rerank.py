@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from handlers.base import Family, RerankResult
 from handlers.dtype import resolve_dtype
 from handlers.embedding import run_in_length_batches
-from handlers.tokens import RowTokenizer, Tokenized
+from handlers.tokens import RowTokenizer, Tokenized, position_limit
 from handlers.traced import trace_forward, wants_trace
 
 # Cross-encoders are trained on short passages; longer limits only cost memory.
@@ -63,7 +63,7 @@ class HFRerankModel:
             raise ValueError(f"{self.name}: a reranker needs 1 or 2 labels, not {self.num_labels}")
         limits = [
             max_length,
-            getattr(self.model.config, "max_position_embeddings", None),
+            position_limit(self.model),
             getattr(self.tokenizer, "model_max_length", None),
             _DEFAULT_MAX_LENGTH if max_length is None else None,
         ]
