@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from handlers.base import Family, check_cancelled
 from handlers.dtype import resolve_dtype
-from handlers.tokens import RowTokenizer, Tokenized
+from handlers.tokens import RowTokenizer, Tokenized, position_limit
 from handlers.traced import trace_forward, wants_trace
 
 # Encoders whose tokenizer reports no real limit fall back to this.
@@ -89,7 +89,7 @@ class HFEmbeddingModel:
             return configured
         candidates = [
             _sentence_transformers_max_length(source),
-            getattr(self.model.config, "max_position_embeddings", None),
+            position_limit(self.model),
         ]
         tok_max = getattr(self.tokenizer, "model_max_length", None)
         if tok_max and tok_max < 1_000_000:

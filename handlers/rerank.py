@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from handlers.base import Family, RerankResult
 from handlers.dtype import resolve_dtype
 from handlers.embedding import run_in_length_batches
-from handlers.tokens import RowTokenizer, Tokenized
+from handlers.tokens import RowTokenizer, Tokenized, position_limit
 from handlers.traced import trace_forward, wants_trace
 
 # Cross-encoders are trained on short passages; longer limits only cost memory.
@@ -25,7 +25,8 @@ class HFRerankModel:
 
     The relevance score is in [0, 1]: the sigmoid of the logit for one-logit heads
     (bge-reranker, ms-marco cross-encoders), the probability of the last class for two-class
-    heads. Pairs longer than ``max_length`` tokens are truncated from the document side.
+    heads. Pairs longer than ``max_length`` tokens are truncated from the document side (from
+    the longer side, the query included, where the query alone leaves the document no token).
     """
 
     family: ClassVar[Family] = Family.RERANK
@@ -62,7 +63,7 @@ class HFRerankModel:
             raise ValueError(f"{self.name}: a reranker needs 1 or 2 labels, not {self.num_labels}")
         limits = [
             max_length,
-            getattr(self.model.config, "max_position_embeddings", None),
+            position_limit(self.model),
             getattr(self.tokenizer, "model_max_length", None),
             _DEFAULT_MAX_LENGTH if max_length is None else None,
         ]
@@ -85,7 +86,18 @@ class HFRerankModel:
         pads them)."""
         queries = [q for q, _ in pairs]
         documents = [d for _, d in pairs]
-        return self._rows(queries, documents, truncation="only_second")
+        try:
+            return self._rows(queries, documents, truncation="only_second")
+        except Exception:  # tokenizers' bare Exception: a query that leaves its document no token
+            return [self._pair(query, document) for query, document in pairs]
+
+    def _pair(self, query: str, document: str) -> Tokenized:
+        """One pair cut from the document side where it can be, else from the longer side (a
+        query past the limit is cut too, rather than failing the request)."""
+        try:
+            return self._rows([query], [document], truncation="only_second")[0]
+        except Exception:
+            return self._rows([query], [document], truncation="longest_first")[0]
 
     def token_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """Tokens each pair occupies after truncation (special tokens included)."""

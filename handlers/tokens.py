@@ -84,3 +84,14 @@ def pad(
     if types is not None:
         inputs["token_type_ids"] = torch.from_numpy(types)
     return {name: tensor.to(device) for name, tensor in inputs.items()}
+
+
+def position_limit(model: Any) -> int | None:
+    """The most tokens ``model``'s position table holds: ``max_position_embeddings``, less the
+    offset of models that number positions from ``padding_idx + 1`` (RoBERTa, XLM-R: 514
+    positions hold 512 tokens)."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    padding_idx = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+    if positions and isinstance(padding_idx, int):
+        return positions - padding_idx - 1
+    return positions

@@ -247,6 +247,39 @@ def test_rerank_batch(stack, openai_client):
     ]
 
 
+def test_a_rerank_line_with_an_over_long_query_fails_no_line(stack, openai_client):
+    """A query too long for the model's limit (tiny-reranker: 64 tokens) made the tokenizer
+    raise for the whole part: every line of it went to the error file as a 500."""
+    if "tiny-reranker" not in httpx.get(f"{stack.base_url}/ready").json()["models"]:
+        stack.start_worker(["tiny-reranker"])
+    lines = [
+        {
+            "custom_id": f"q{i}",
+            "method": "POST",
+            "url": "/v1/rerank",
+            "body": {
+                "model": "tiny-reranker",
+                "query": "what is the capital of france " * (20 if i == 3 else 1),
+                "documents": ["Paris is the capital of France", "cats and dogs"],
+            },
+        }
+        for i in range(6)
+    ]
+    upload = openai_client.files.create(file=("q.jsonl", jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/rerank", completion_window="24h"
+    )
+    done = wait_batch(openai_client, batch.id)
+    assert done.status == "completed"
+    assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
+    output = {o["custom_id"]: o for o in _readjsonl(openai_client, done.output_file_id)}
+    for line in (lines[0], lines[3]):
+        sync = httpx.post(f"{stack.v1}/rerank", json=line["body"]).json()
+        got = output[line["custom_id"]]["response"]["body"]
+        assert [r["index"] for r in got["results"]] == [r["index"] for r in sync["results"]]
+        assert got["usage"] == sync["usage"]
+
+
 def _chat_line(custom_id: str, content: str, **body) -> dict:
     return {
         "custom_id": custom_id,

@@ -340,3 +340,32 @@ def test_requests_with_the_same_texts_pending_together_each_get_their_vectors(ha
     finally:
         gate.set()
         batcher.stop()
+
+
+class Malformed(Recording):
+    """A forward (a custom handler's bug) that returns a row too few for a pass with the text
+    ``short`` and rows of the wrong width for one with ``wide``."""
+
+    def embed_batch(self, texts):
+        vectors = super().embed_batch(texts)
+        if "short" in texts:
+            return vectors[:-1]
+        if "wide" in texts:
+            return np.hstack([vectors, vectors])
+        return vectors
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_forward_returning_the_wrong_shape_fails_its_jobs_not_the_batcher(handler, lanes):
+    """The output bookkeeping after a pass raised in the model thread and ended it: every
+    later job of the model waited forever."""
+    batcher = _batcher(Malformed(handler), batch_tokens=10_000, max_batch_size=4, lanes=lanes)
+    try:
+        for bad in ("short", "wide"):
+            with pytest.raises(ValueError):
+                _submit(batcher, handler, [bad, "its companion"]).result(10)
+            for text in (f"after {bad}", f"after {bad} again"):  # every lane still runs
+                vector = _submit(batcher, handler, [text]).result(10)
+                np.testing.assert_allclose(vector, handler.embed_batch([text]), atol=1e-5)
+    finally:
+        batcher.stop()

@@ -106,3 +106,25 @@ def test_rerank_as_a_job(rerank_stack):
     assert job["status"] == "succeeded", job
     sync = httpx.post(f"{rerank_stack.v1}/rerank", json=body).json()
     assert job["result"]["results"] == sync["results"]
+
+
+def test_a_query_longer_than_the_model_limit_is_truncated_not_a_500(rerank_stack, tiny_embedders):
+    """A query that leaves its documents no token (tiny-reranker: 64 tokens) used to make the
+    tokenizer raise ('only_second' truncation cannot cut the query): a 500 for bad input."""
+    query = "what is the capital of france " * 20  # 120 words
+    documents = ["Paris is the capital of France", "cats and dogs are pets", "x"]
+    response = httpx.post(
+        f"{rerank_stack.v1}/rerank",
+        json={"model": "tiny-reranker", "query": query, "documents": documents},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    handler = HFRerankModel(str(tiny_embedders["cross-encoder"]), "cpu")
+    pairs = [(query, d) for d in documents]
+    assert handler.token_lengths(pairs) == [handler.max_length] * 3  # cut to the model's limit
+    assert body["usage"]["total_tokens"] == 3 * handler.max_length
+    expected = handler.rerank(query, documents)
+    assert [r["index"] for r in body["results"]] == [r.index for r in expected]
+    for got, want in zip(body["results"], expected, strict=True):
+        assert got["relevance_score"] == pytest.approx(want.relevance_score, abs=1e-5)

@@ -320,7 +320,10 @@ class Batcher:
     def _execute(self, batch: list[_Item], lane: str = "main") -> None:
         started = time.perf_counter()
         try:
-            outputs = self.forward([it.ticket.inputs[it.index] for it in batch])
+            outputs = np.asarray(self.forward([it.ticket.inputs[it.index] for it in batch]))
+            shape = (len(batch),) if self.width is None else (len(batch), self.width)
+            if outputs.shape != shape:  # the bookkeeping below would end the thread
+                raise ValueError(f"forward pass gave shape {outputs.shape}, not {shape}")
         except Exception as exc:  # a failed forward fails every job in the batch, not the thread
             log.exception("forward pass failed")
             for ticket in {id(it.ticket): it.ticket for it in batch}.values():

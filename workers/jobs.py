@@ -55,13 +55,20 @@ class CancelWatch:
                 self.event.set()
         return self.event.is_set()
 
-    def wait(self, future: Future) -> Any:
-        """The future's result; meanwhile keep checking."""
+    def wait(self, future: Future, *, abandon: bool = False) -> Any:
+        """The future's result; meanwhile keep checking. ``abandon``: its owner tolerates a
+        future cancelled under it (the batcher, workers/batching.py), so a job cancelled or
+        out of time gives it up (Cancelled) when the owner has not settled it a poll later: a
+        pass that hangs must not hold the job past its time limit."""
+        polls_since_cancel = 0
         while True:
             try:
                 return future.result(timeout=CANCEL_POLL_SEC)
             except TimeoutError:
-                self()
+                if self() and abandon:
+                    polls_since_cancel += 1
+                    if polls_since_cancel > 1 and future.cancel():
+                        raise Cancelled() from None
 
 
 def as_service_error(exc: Exception) -> ServiceError:
@@ -111,9 +118,10 @@ class JobContext:
     def is_cancelled(self) -> bool:
         return self.watch()
 
-    def wait(self, future: Future) -> Any:
-        """A batcher's or scheduler's future, watching for a missed cancel meanwhile."""
-        return self.watch.wait(future)
+    def wait(self, future: Future, *, abandon: bool = False) -> Any:
+        """A batcher's or scheduler's future, watching for a missed cancel meanwhile
+        (``abandon``: see :meth:`CancelWatch.wait`)."""
+        return self.watch.wait(future, abandon=abandon)
 
 
 class JobRuntime:

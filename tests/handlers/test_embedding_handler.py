@@ -112,3 +112,24 @@ def test_real_minilm_matches_sentence_transformers(minilm_dir):
     np.testing.assert_allclose(
         handler.embed(texts), reference.encode(texts, normalize_embeddings=True), atol=1e-5
     )
+
+
+def test_xlm_roberta_inputs_at_the_limit_fit_its_position_table():
+    """XLM-R numbers positions from padding_idx + 1: where nothing else bounds the length (no
+    tokenizer limit, no sentence-transformers config), an input of max_position_embeddings
+    tokens ran past its position table (IndexError: the pass failed, and every job in it)."""
+    from tests.tiny.embedding import tiny_xlmr_dir
+
+    folder = tiny_xlmr_dir()
+    handler = HFEmbeddingModel(str(folder), "cpu", pooling="cls")
+    assert handler.max_length == 63  # positions 1..63: from padding_idx (0) + 1
+    texts = ["word " * 300, "hello world"]
+    vectors = handler.embed(texts)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+    for text, vector in zip(texts, vectors, strict=True):
+        inputs = tokenizer(text, truncation=True, max_length=63, return_tensors="pt")
+        with torch.inference_mode():
+            cls = model(**inputs).last_hidden_state[0, 0]
+        expected = torch.nn.functional.normalize(cls, dim=0).numpy()
+        assert float(vector @ expected) >= 0.99999

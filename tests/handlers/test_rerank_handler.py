@@ -56,3 +56,17 @@ def test_rank_breaks_ties_by_document_order():
     results = rank(np.array([0.5, 0.9, 0.5, 0.1], dtype=np.float32))
     assert [r.index for r in results] == [1, 0, 2, 3]
     assert [r.index for r in rank(np.array([0.2, 0.3]), 1)] == [1]
+
+
+def test_xlm_roberta_pairs_at_the_limit_fit_its_position_table():
+    """XLM-R numbers positions from padding_idx + 1: pairs of max_position_embeddings tokens
+    ran past its position table (IndexError) where its tokenizer names no limit."""
+    from tests.tiny.embedding import tiny_xlmr_dir
+
+    reranker = HFRerankModel(str(tiny_xlmr_dir(num_labels=1)), "cpu")
+    assert reranker.max_length == 63  # positions 1..63: from padding_idx (0) + 1
+    pairs = [(QUERY, "the quick brown fox " * 100), (QUERY, DOCS[0])]
+    assert reranker.token_lengths(pairs)[0] == 63
+    batched = reranker.score(pairs)
+    single = np.array([reranker.score_batch([pair])[0] for pair in pairs])
+    np.testing.assert_allclose(batched, single, atol=1e-5)

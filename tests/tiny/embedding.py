@@ -50,6 +50,41 @@ def _build_qwen2(path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
+def _build_xlmr(path: Path, *, num_labels: int | None) -> None:
+    """XLM-R numbers positions from padding_idx + 1; its tokenizer names no length limit (as
+    some exports do), so only the position table bounds the input."""
+    import torch
+    from transformers import (
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+        XLMRobertaModel,
+    )
+
+    tokenizer = train_wordpiece_tokenizer(model_max_length=int(1e30))
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]  # no segment ids, as XLM-R
+    torch.manual_seed(3)
+    config = XLMRobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=num_labels or 1,
+    )
+    model = XLMRobertaModel(config) if num_labels is None else None
+    model = model or XLMRobertaForSequenceClassification(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def tiny_xlmr_dir(num_labels: int | None = None) -> Path:
+    """A tiny random XLM-R encoder (``num_labels``: a cross-encoder with that head)."""
+    name = "xlmr-encoder" if num_labels is None else f"xlmr-cross-encoder-{num_labels}"
+    return cached_build(name, lambda path: _build_xlmr(path, num_labels=num_labels))
+
+
 def tiny_bert_dir() -> Path:
     return cached_build("bert-encoder", _build_bert)
 
