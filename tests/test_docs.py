@@ -13,6 +13,7 @@ import shutil
 import pytest
 import yaml
 
+from api.auth import PUBLIC_PATHS
 from inferq.catalog import load_catalog
 from inferq.devstack import ROOT
 from inferq.settings import Settings
@@ -117,3 +118,8 @@ def test_variables_the_deploy_section_sets_reach_the_containers():
         if name not in _compose_variables() | passed | build_args and f"{name}={value}" not in fixed
     ]
     assert not lost, f"the README sets these, docker-compose.yml never passes them on: {lost}"
+
+
+def test_the_routes_open_without_a_key_are_the_documented_ones():
+    (row,) = [line for line in README.splitlines() if line.startswith("| `API_KEYS` |")]
+    assert set(re.findall(r"`(/[a-z.]+)`", row)) == PUBLIC_PATHS
