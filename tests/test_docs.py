@@ -7,6 +7,7 @@ containers of docker-compose.yml."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 
@@ -123,3 +124,38 @@ def test_variables_the_deploy_section_sets_reach_the_containers():
 def test_the_routes_open_without_a_key_are_the_documented_ones():
     (row,) = [line for line in README.splitlines() if line.startswith("| `API_KEYS` |")]
     assert set(re.findall(r"`(/[a-z.]+)`", row)) == PUBLIC_PATHS
+
+
+DOCS = {
+    "README.md": README,
+    "docs/architecture.md": (ROOT / "docs" / "architecture.md").read_text(),
+}
+
+
+@pytest.mark.parametrize("doc", sorted(DOCS))
+def test_files_and_names_the_docs_point_at_exist(doc):
+    """`api/sse.py`, `workers/tasks.py embeddings`, `inferq.openai.common.MAX_NESTING`: what a
+    reader looks up is there."""
+    text = DOCS[doc]
+    missing = []
+    folders = "api|workers|handlers|inferq|scripts|tests|bench|docs"
+    for path in set(re.findall(rf"`((?:{folders})/[\w/.*-]+)", text)):
+        if not any(ROOT.glob(path)):
+            missing.append(path)
+    for path, name in set(re.findall(r"`([\w/]+\.py) (\w+)`", text)):
+        source = (ROOT / path).read_text()
+        if not re.search(rf"(def|class) {name}\b|^{name}\b|\b{name} =", source, re.M):
+            missing.append(f"{path} {name}")
+    for dotted in set(re.findall(r"`((?:api|workers|handlers|inferq)(?:\.\w+){2,})`", text)):
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+                break
+            except ImportError:
+                continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr, None)
+        if obj is None:
+            missing.append(dotted)
+    assert not missing, f"{doc} names what does not exist: {sorted(missing)}"
