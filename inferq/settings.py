@@ -234,8 +234,8 @@ class Settings(BaseSettings):
         description="A long audio job is cut into parts of at most this many seconds (groups "
         "of whole VAD windows; at pauses for a handler that plans none) "
         "that all workers of the model transcribe in parallel. Small parts share out evenly "
-        "between workers; a worker's batches still fill, since it keeps up to two batches of "
-        "a job's windows in flight, however many parts that takes.",
+        "between workers; a worker's batches still fill, since it keeps up to a batch of a "
+        "job's windows per decode lane, plus one, in flight, however many parts that takes.",
     )
 
     # Access and limits

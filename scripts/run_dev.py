@@ -1,7 +1,8 @@
 """Run the whole service in the foreground: Redis (if none answers), one API, one worker.
 
 ``PORT`` (default 8000), ``HOST``, ``MODELS`` (default: the offline demo embedding model) and
-``REDIS_URL`` are honoured. A worker that exits (e.g. after losing Redis) is restarted, and so
+``REDIS_URL`` are honoured, from the environment or a ``.env`` file, as every process reads them
+(``inferq/settings.py``). A worker that exits (e.g. after losing Redis) is restarted, and so
 is the embedded Redis this script started (it keeps its data in an append-only file under
 ``.cache/redis/<port>``, or ``REDIS_DATA_DIR``, so jobs, files and batches survive). Ctrl-C
 stops everything: the worker finishes its running jobs. Should this script be killed, its
@@ -18,22 +19,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pydantic import ValidationError
+
 from inferq.devstack import ensure_redis, port_in_use, spawn, stop, wait_http_ready
+from inferq.settings import Settings
 
 DEFAULT_MODELS = "sentence-transformers/all-MiniLM-L6-v2"
 RESTART_DELAY_SEC = 2.0
 
 
 def main() -> int:
-    env = {
-        "MODELS": os.environ.get("MODELS") or DEFAULT_MODELS,
-        "PORT": os.environ.get("PORT", "8000"),
-        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-    }
-    host = os.environ.get("HOST", "127.0.0.1")
-    if not env["PORT"].isdigit():
-        print(f"run_dev: PORT={env['PORT']!r} is not a port number", file=sys.stderr)
+    try:
+        settings = Settings()  # the environment over .env, as the API and the worker read them
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"run_dev: bad setting: {problems}", file=sys.stderr)
         return 2
+    env = {
+        "MODELS": ",".join(settings.models) or DEFAULT_MODELS,
+        "PORT": str(settings.port),
+        "REDIS_URL": settings.redis_url,
+        "HOST": settings.host,
+    }
+    host = settings.host
     if port_in_use(host, int(env["PORT"])):
         print(
             f"run_dev: port {env['PORT']} on {host} is already in use (another inferq API?); "
@@ -45,7 +55,7 @@ def main() -> int:
     redis_proc = ensure_redis(env["REDIS_URL"], data_dir=data_dir)
     api = spawn("api", env)
     worker = spawn("workers", env)
-    base = f"http://127.0.0.1:{env['PORT']}"
+    base = f"http://{_connect_host(host)}:{env['PORT']}"
     stopping = False
 
     def request_stop(*_):
@@ -77,6 +87,15 @@ def main() -> int:
         if redis_proc is not None:
             stop(redis_proc)
     return 0 if stopping else 1
+
+
+def _connect_host(host: str) -> str:
+    """Where to reach an API bound to ``host``: loopback for a wildcard address."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if ":" in host:
+        return "[::1]" if host == "::" else f"[{host}]"
+    return host
 
 
 if __name__ == "__main__":

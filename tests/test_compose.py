@@ -367,3 +367,15 @@ def test_sentinel_profile_runs_a_replica_and_three_sentinels_for_the_master(comp
     documented = ",".join(f"{n}:26379" for n in sentinels)
     assert f"REDIS_SENTINELS={documented}" in (ROOT / "docker-compose.yml").read_text()
     assert "port 26379" in conf
+
+
+def test_sentinels_monitor_the_master_name_the_services_ask_for():
+    """REDIS_MASTER_NAME set in the shell or .env names the master in the sentinels' config
+    as well as in the services' environment (the config said `inferq` whatever it was)."""
+    doc = interpolate(load_compose(), {"REDIS_MASTER_NAME": "blue"})
+    conf = doc["configs"]["redis-sentinel"]["content"]
+    # `sentinel monitor|down-after-milliseconds|failover-timeout|parallel-syncs <master> ...`
+    per_master = [line.split() for line in conf.splitlines() if len(line.split()) > 3]
+    assert len(per_master) == 4 and {words[2] for words in per_master} == {"blue"}, conf
+    for service in our_services(doc).values():
+        assert env_of(service)["REDIS_MASTER_NAME"] == "blue"

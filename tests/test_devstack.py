@@ -183,3 +183,47 @@ def test_run_dev_says_so_when_its_port_is_taken(tmp_path):
     lines = output.strip().splitlines()
     assert len(lines) == 1 and f"port {port}" in lines[0] and "already in use" in lines[0]
     assert not redis_answers(env["REDIS_URL"])  # nothing was started
+
+
+def test_run_dev_reads_its_settings_from_dot_env_as_the_services_do(tmp_path):
+    """README: settings come "from the environment or `.env`"; `make run` reads PORT there too
+    (it used to take PORT only from the environment, and started the API on 8000)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / ".env").write_text(f"PORT={port}\nHOST=127.0.0.1\n")
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "REDIS_DATA_DIR": str(tmp_path / "redis"),
+            "HOME": str(tmp_path),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "run_dev.py")],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            output, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.communicate(timeout=60)
+    assert proc.returncode == 1, output
+    assert f"port {port} on 127.0.0.1 is already in use" in output
+    assert not redis_answers(env["REDIS_URL"])  # nothing was started
+
+    (tmp_path / ".env").write_text("PORT=eighty\n")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run_dev.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "PORT" in done.stderr and "integer" in done.stderr, done

@@ -3,6 +3,10 @@
 Pool: ``threads``. Models are loaded once in the worker process (``worker_init``) before it
 consumes; every job thread of the pool shares them, which is what lets concurrent jobs share
 forward passes (see ``workers/batching.py``) and keeps CUDA out of forked children.
+
+Importing this module loads no model code (``workers.runtime`` is imported when a worker
+starts), so Celery's CLI runs with the API's dependencies alone: ``celery -A
+workers.celery_app inspect active`` in the API image, which has no torch.
 """
 
 from __future__ import annotations
@@ -11,11 +15,11 @@ import logging
 
 from celery import Celery, signals
 
+from inferq.batches import CONTROL_QUEUE
 from inferq.catalog import load_catalog
 from inferq.protocol import celery_config
 from inferq.redisconn import broker_transport_options, broker_url, reuse_kombu_clients
 from inferq.settings import get_settings, instance_name
-from workers import runtime
 from workers.broker_patches import survive_broker_loss
 
 log = logging.getLogger(__name__)
@@ -35,12 +39,27 @@ app.conf.update(
     )
 )
 app.conf.include = ["workers.tasks"]
+# What ``python -m workers`` passes on its command line, as defaults for a worker started with
+# Celery's own CLI: the threads pool (one copy of each model, shared batches) and
+# WORKER_CONCURRENCY job threads (Celery's default, one per core, would starve the batcher).
+app.conf.worker_pool = "threads"
+app.conf.worker_concurrency = settings.worker_concurrency
+
+
+@signals.celeryd_after_setup.connect
+def _consume_control_queue(instance=None, **_: object) -> None:
+    """Every worker consumes ``inferq.control`` (batch planning and finalizing), also one
+    started as ``celery -A workers.celery_app worker -Q inferq.model.<name>``."""
+    if instance is not None:
+        instance.app.amqp.queues.select_add(CONTROL_QUEUE)
 
 
 @signals.worker_init.connect
 def _load_models(**_: object) -> None:
     """Load the models when started as ``celery -A workers.celery_app worker`` (``python -m
     workers`` has loaded them already). A failure stops the process: it must not consume."""
+    from workers import runtime
+
     worker = runtime.start(settings, app)
     if worker.registry.models:
         return
@@ -56,6 +75,8 @@ def _load_models(**_: object) -> None:
 
 @signals.worker_ready.connect
 def _announce(sender=None, **_: object) -> None:
+    from workers import runtime
+
     name = getattr(sender, "hostname", None) or instance_name("worker")
     runtime.start(settings, app).start_background(
         name, controller=getattr(sender, "controller", None)
@@ -65,6 +86,8 @@ def _announce(sender=None, **_: object) -> None:
 @signals.task_received.connect
 def _lease(request=None, **_: object) -> None:
     """Record a new delivery's lease now, not at the next heartbeat (workers.leases)."""
+    from workers import runtime
+
     leases = runtime.start(settings, app).leases
     tag = getattr(getattr(request, "message", None), "delivery_tag", None)
     if leases is not None and tag is not None:
@@ -73,4 +96,6 @@ def _lease(request=None, **_: object) -> None:
 
 @signals.worker_shutting_down.connect
 def _withdraw(**_: object) -> None:
+    from workers import runtime
+
     runtime.start(settings, app).stop_background()
