@@ -86,3 +86,25 @@ def test_an_input_file_that_expires_while_its_batch_runs_loses_no_line(
     file_ttl = redis_client.pttl(b.file_key(kept.id))
     assert 500_000 < file_ttl <= 600_000
     assert abs(file_ttl - redis_client.pttl(blob_key(kept.id))) < 2000
+
+
+def test_a_finalize_that_died_before_releasing_the_input_is_finished_by_the_sweep(
+    stack, openai_client, redis_client, unserved_queue
+):
+    """A finalize re-dates the batch in the open set, reaches the final status, then lets go
+    of the input (RELEASE_INPUT_SCRIPT). Should it die between the last two, the sweep takes
+    the final batch out of the open set: it must let go of the input as well, or the bytes of a
+    file deleted meanwhile stay held as long as the batch record (days), as if still read."""
+    lines = [_line(i, UNSERVED) for i in range(2)]
+    upload = openai_client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    batch = openai_client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    wait_batch(openai_client, batch.id, statuses=("in_progress",), timeout=30)
+    openai_client.files.delete(upload.id)
+    assert redis_client.exists(blob_key(upload.id))  # the open batch still reads it
+    # the state such a finalize leaves: final, still open (due now), the input still held
+    redis_client.hset(b.batch_key(batch.id), mapping={"status": "cancelled"})
+    redis_client.zadd(b.open_batches_key(), {batch.id: p.now()})
+    wait_for(lambda: redis_client.zscore(b.open_batches_key(), batch.id) is None, 30, "the sweep")
+    assert not redis_client.exists(blob_key(upload.id))  # deleted file: its bytes go now

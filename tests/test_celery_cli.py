@@ -104,10 +104,26 @@ def test_a_worker_started_with_celerys_cli_consumes_the_control_queue(stack, red
             assert proc.poll() is None, stack.logs()
             assert time.monotonic() < deadline, "the CLI worker never announced its model"
             time.sleep(0.2)
-        queues = {q["name"] for q in _inspect(env, "active_queues", node)}
-        assert queues == {CONTROL_QUEUE, queue_name("tiny-bert-cls")}
+        queues = {q["name"]: q["exchange"]["name"] for q in _inspect(env, "active_queues", node)}
+        assert queues == {q: q for q in (CONTROL_QUEUE, queue_name("tiny-bert-cls"))}
         pool = _inspect(env, "stats", node)["pool"]
         assert pool["max-concurrency"] == 5, pool
         assert pool["implementation"] == "celery.concurrency.thread:TaskPool", pool
     finally:
         stop(proc, timeout=30)
+
+
+def test_every_worker_binds_the_control_queue_to_the_exchange_it_is_sent_to(stack):
+    """The API and workers send batch plan/finalize tasks to exchange inferq.control (Celery's
+    queue for the name); a worker declares its queues, and so their bindings, each time it
+    connects. Adding the control queue by name (select_add) bound it to the default exchange
+    'celery' instead, in `python -m workers` as well, so a worker no longer declared the binding
+    the senders route by (after a Redis that lost its keys: 'Cannot route message')."""
+    worker = next(p for p in stack.procs if p.args[-1] == "workers")
+    node = f"worker@{socket.gethostname()}:{worker.pid}"
+    env = {**os.environ, **stack.env}
+    queues = {q["name"]: q for q in _inspect(env, "active_queues", node)}
+    control = queues[CONTROL_QUEUE]
+    assert (control["exchange"]["name"], control["routing_key"]) == (CONTROL_QUEUE, CONTROL_QUEUE)
+    model = queues[queue_name("tiny-bert-cls")]
+    assert model["exchange"]["name"] == queue_name("tiny-bert-cls")

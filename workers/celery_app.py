@@ -51,7 +51,10 @@ def _consume_control_queue(instance=None, **_: object) -> None:
     """Every worker consumes ``inferq.control`` (batch planning and finalizing), also one
     started as ``celery -A workers.celery_app worker -Q inferq.model.<name>``."""
     if instance is not None:
-        instance.app.amqp.queues.select_add(CONTROL_QUEUE)
+        # the Queue the producers publish to (exchange inferq.control): select_add of a bare
+        # name would bind it to the default exchange instead, in every worker
+        queues = instance.app.amqp.queues
+        queues.select_add(queues[CONTROL_QUEUE])
 
 
 @signals.worker_init.connect

@@ -44,8 +44,10 @@ class Finalizer:
     def _sweep_one(self, batch_id: str) -> None:
         record = self.store.record(batch_id)
         status = record.get("status")
-        if status is None or status in b.FINAL_STATUSES:
+        if status is None:  # the record expired (its input's hold with it)
             self.store.redis.zrem(b.open_batches_key(), batch_id)
+        elif status in b.FINAL_STATUSES:  # a finalize that died before it let go of the input
+            self.store.release_input(batch_id, record["input_file_id"])
         elif status == b.BatchStatus.VALIDATING:  # the plan task was lost: plan again
             self.store.redis.zadd(b.open_batches_key(), {batch_id: p.now() + SWEEP_RETRY_SEC})
             self.store.send_plan(batch_id)
