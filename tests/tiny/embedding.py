@@ -6,6 +6,15 @@ from pathlib import Path
 
 from tests.tiny.common import cached_build, train_bpe_tokenizer, train_wordpiece_tokenizer
 
+# The shape of the tiny encoders (BERT, XLM-R, Qwen2): 2 layers of width 32, 64 positions.
+TINY_ENCODER = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+
 
 def _build_bert(path: Path) -> None:
     import torch
@@ -15,11 +24,7 @@ def _build_bert(path: Path) -> None:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
+        **TINY_ENCODER,
         pad_token_id=tokenizer.pad_token_id,
     )
     BertModel(config).save_pretrained(path)
@@ -65,11 +70,7 @@ def _build_xlmr(path: Path, *, num_labels: int | None) -> None:
     torch.manual_seed(3)
     config = XLMRobertaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
+        **TINY_ENCODER,
         pad_token_id=tokenizer.pad_token_id,
         num_labels=num_labels or 1,
     )
@@ -101,11 +102,7 @@ def _build_bert_cross_encoder(path: Path, *, num_labels: int) -> None:
     torch.manual_seed(1)
     config = BertConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
+        **TINY_ENCODER,
         pad_token_id=tokenizer.pad_token_id,
         num_labels=num_labels,
     )
