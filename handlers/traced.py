@@ -71,7 +71,9 @@ def trace_forward(
                 if not error <= tolerance * (1.0 + want.abs().max().item()):
                     raise ValueError(f"outputs differ by {error:.3g}")
     except Exception as exc:  # any failure: eager passes
-        log.warning("%s: no traced forward, eager passes (%s)", type(model).__name__, exc)
+        reason = str(exc)  # a tracer error can quote a whole tensor: its first lines only
+        reason = reason if len(reason) <= 300 else reason[:300] + " ..."
+        log.warning("%s: no traced forward, eager passes (%s)", type(model).__name__, reason)
         return None
 
     def forward(inputs: Inputs) -> torch.Tensor:
