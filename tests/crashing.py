@@ -11,11 +11,8 @@ from handlers.tokens import Tokenized
 
 
 class CrashingEmbedder(HFEmbeddingModel):
-    """``HFEmbeddingModel`` that sleeps ``slow_seconds`` per forward pass, kills its whole
-    process (as an OOM kill or segfault would) when it meets the text ``CRASH``, and hangs
-    for ``HANG_SECONDS`` (a stuck pass) when it meets the text ``HANG``."""
-
-    HANG_SECONDS = 60.0
+    """``HFEmbeddingModel`` that sleeps ``slow_seconds`` per forward pass and kills its whole
+    process (as an OOM kill or segfault would) when it meets the text ``CRASH``."""
 
     def __init__(self, *args, slow_seconds: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -24,21 +21,15 @@ class CrashingEmbedder(HFEmbeddingModel):
     def embed_batch(self, texts):
         if any(_says_crash(self.tokenizer, text) for text in texts):
             os._exit(137)
-        if any(_says(self.tokenizer, text, "HANG") for text in texts):
-            time.sleep(self.HANG_SECONDS)
         time.sleep(self.slow_seconds)
         return super().embed_batch(texts)
 
 
 def _says_crash(tokenizer, text) -> bool:
-    return _says(tokenizer, text, "CRASH")
-
-
-def _says(tokenizer, text, word: str) -> bool:
-    """The input is the text ``word`` (raw, or the handler's tokenised row of it)."""
+    """The input is the text ``CRASH`` (raw, or the handler's tokenised row of it)."""
     if isinstance(text, Tokenized):
         text = tokenizer.decode(text.input_ids, skip_special_tokens=True)
-    return text.strip().upper() == word
+    return text.strip().upper() == "CRASH"
 
 
 class SlowChat(TextChatModel):

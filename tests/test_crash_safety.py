@@ -322,26 +322,3 @@ def test_sigterm_mid_batch_hands_the_batch_back(stack, openai_client, redis_clie
     assert left.status == "in_progress"  # it did not stay to run the whole batch
     assert 0 < left.request_counts.completed < 3000
     _finish_on_a_new_worker(stack, openai_client, batch_id, 3000)
-
-
-def test_a_job_whose_forward_pass_hangs_fails_at_its_time_limit(stack, redis_client):
-    """The time limit holds while the model's pass is stuck: the job used to wait on the
-    batcher until the pass ended (here 60 s, then it even succeeded, long past its limit),
-    holding its job slot."""
-    worker = stack.start_worker(
-        [MODEL], JOB_TIMEOUTS='{"/v1/embeddings": 2}', WORKER_CONCURRENCY="2"
-    )
-    try:
-        _alone(redis_client, worker)
-        started = time.monotonic()
-        job_id = _submit(stack.base_url, ["HANG"])  # a pass of 60 s
-        job = _wait_for(
-            lambda: (j := _job(stack.base_url, job_id))["status"] in p.TERMINAL_STATUSES and j,
-            20,
-            "the time limit",
-        )
-        assert job["status"] == "failed"
-        assert job["error"]["code"] == "timeout"
-        assert time.monotonic() - started < 10
-    finally:
-        stop(worker)

@@ -91,7 +91,7 @@ def serve_embeddings(ctx: JobContext, model: LoadedModel) -> bytes:
         chunk=chunk,
         is_cancelled=ctx.is_cancelled,
         on_chunk=progress if len(texts) > chunk else None,
-        wait=lambda future: ctx.wait(future, abandon=True),
+        wait=ctx.wait,
     )
     return p.dumps(embeddings_response(job, model, vectors, sum(lengths)))
 

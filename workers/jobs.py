@@ -55,20 +55,13 @@ class CancelWatch:
                 self.event.set()
         return self.event.is_set()
 
-    def wait(self, future: Future, *, abandon: bool = False) -> Any:
-        """The future's result; meanwhile keep checking. ``abandon``: its owner tolerates a
-        future cancelled under it (the batcher, workers/batching.py), so a job cancelled or
-        out of time gives it up (Cancelled) when the owner has not settled it a poll later: a
-        pass that hangs must not hold the job past its time limit."""
-        polls_since_cancel = 0
+    def wait(self, future: Future) -> Any:
+        """The future's result; meanwhile keep checking."""
         while True:
             try:
                 return future.result(timeout=CANCEL_POLL_SEC)
             except TimeoutError:
-                if self() and abandon:
-                    polls_since_cancel += 1
-                    if polls_since_cancel > 1 and future.cancel():
-                        raise Cancelled() from None
+                self()
 
 
 def as_service_error(exc: Exception) -> ServiceError:
@@ -118,10 +111,9 @@ class JobContext:
     def is_cancelled(self) -> bool:
         return self.watch()
 
-    def wait(self, future: Future, *, abandon: bool = False) -> Any:
-        """A batcher's or scheduler's future, watching for a missed cancel meanwhile
-        (``abandon``: see :meth:`CancelWatch.wait`)."""
-        return self.watch.wait(future, abandon=abandon)
+    def wait(self, future: Future) -> Any:
+        """A batcher's or scheduler's future, watching for a missed cancel meanwhile."""
+        return self.watch.wait(future)
 
 
 class JobRuntime:

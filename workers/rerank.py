@@ -41,4 +41,4 @@ def serve_rerank(ctx: JobContext, model: LoadedModel) -> bytes:
     future, lengths = submit(
         job.pairs(), model, priority=ctx.priority, cancel_event=ctx.cancel_event
     )
-    return p.dumps(rerank_response(job, ctx.wait(future, abandon=True), sum(lengths), ctx.job_id))
+    return p.dumps(rerank_response(job, ctx.wait(future), sum(lengths), ctx.job_id))
