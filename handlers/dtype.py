@@ -18,30 +18,20 @@ tested on its own (tests/handlers/test_dtype.py, tests/test_dtype_stack.py).
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 
+from handlers.cpuinfo import this_processor
+
 AUTO = "auto"
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-_CPUINFO = Path("/proc/cpuinfo")
 
 
-@functools.cache
 def _cpuinfo_flags() -> frozenset[str]:
     """The first processor's ``flags`` from /proc/cpuinfo (empty where there is none)."""
-    try:
-        text = _CPUINFO.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+    return frozenset(this_processor().get("flags", "").split())
 
 
 def cpu_has_bf16_units(flags: Iterable[str] | None = None) -> bool:

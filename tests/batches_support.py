@@ -11,6 +11,14 @@ def jsonl(lines: Iterable[dict]) -> bytes:
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
+def submit_batch(client, lines: Iterable[dict], endpoint: str):
+    """A batch of ``lines`` for ``endpoint``, its input uploaded as a JSONL file first."""
+    upload = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    return client.batches.create(
+        input_file_id=upload.id, endpoint=endpoint, completion_window="24h"
+    )
+
+
 def wait_batch(
     client,
     batch_id: str,

@@ -14,7 +14,7 @@ import pytest
 from inferq import batches as b
 from inferq import protocol as p
 from inferq.blobs import blob_key
-from tests.batches_support import jsonl, wait_batch
+from tests.batches_support import jsonl, submit_batch, wait_batch
 from tests.conftest import MINILM, SMOL
 
 
@@ -265,10 +265,7 @@ def test_a_rerank_line_with_an_over_long_query_fails_no_line(stack, openai_clien
         }
         for i in range(6)
     ]
-    upload = openai_client.files.create(file=("q.jsonl", jsonl(lines)), purpose="batch")
-    batch = openai_client.batches.create(
-        input_file_id=upload.id, endpoint="/v1/rerank", completion_window="24h"
-    )
+    batch = submit_batch(openai_client, lines, "/v1/rerank")
     done = wait_batch(openai_client, batch.id)
     assert done.status == "completed"
     assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from inferq import protocol as p
-from tests.batches_support import jsonl, wait_batch
+from tests.batches_support import submit_batch, wait_batch
 from tests.conftest import TINY_CHAT
 
 CONTEXT = 512  # tests/tiny/chat.py: the tiny Llama's max_position_embeddings
@@ -162,10 +162,7 @@ def test_a_job_and_a_batch_line_past_the_context_fail_with_the_400(
             "body": {**body, "max_tokens": 4},
         },
     ]
-    upload = client.files.create(file=("ctx.jsonl", jsonl(lines)), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
+    batch = submit_batch(client, lines, "/v1/chat/completions")
     done = wait_batch(client, batch.id)
     assert done.status == "completed"
     assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)

@@ -57,13 +57,19 @@ def _consume_control_queue(instance=None, **_: object) -> None:
         queues.select_add(queues[CONTROL_QUEUE])
 
 
+def _worker():
+    """This process's worker runtime (``workers.runtime``, imported only once a worker starts:
+    importing this module loads no model code)."""
+    from workers import runtime
+
+    return runtime.start(settings, app)
+
+
 @signals.worker_init.connect
 def _load_models(**_: object) -> None:
     """Load the models when started as ``celery -A workers.celery_app worker`` (``python -m
     workers`` has loaded them already). A failure stops the process: it must not consume."""
-    from workers import runtime
-
-    worker = runtime.start(settings, app)
+    worker = _worker()
     if worker.registry.models:
         return
     if not settings.models:
@@ -78,20 +84,14 @@ def _load_models(**_: object) -> None:
 
 @signals.worker_ready.connect
 def _announce(sender=None, **_: object) -> None:
-    from workers import runtime
-
     name = getattr(sender, "hostname", None) or instance_name("worker")
-    runtime.start(settings, app).start_background(
-        name, controller=getattr(sender, "controller", None)
-    )
+    _worker().start_background(name, controller=getattr(sender, "controller", None))
 
 
 @signals.task_received.connect
 def _lease(request=None, **_: object) -> None:
     """Record a new delivery's lease now, not at the next heartbeat (workers.leases)."""
-    from workers import runtime
-
-    leases = runtime.start(settings, app).leases
+    leases = _worker().leases
     tag = getattr(getattr(request, "message", None), "delivery_tag", None)
     if leases is not None and tag is not None:
         leases.received(tag)
@@ -99,6 +99,4 @@ def _lease(request=None, **_: object) -> None:
 
 @signals.worker_shutting_down.connect
 def _withdraw(**_: object) -> None:
-    from workers import runtime
-
-    runtime.start(settings, app).stop_background()
+    _worker().stop_background()

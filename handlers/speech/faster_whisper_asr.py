@@ -18,6 +18,7 @@ from handlers.base import (
     check_cancelled,
     resolve_device,
 )
+from handlers.cpuinfo import first_processor, this_processor
 from handlers.speech.audio import SAMPLE_RATE
 from handlers.speech.ct2_weights import resolve_ct2_model
 from handlers.speech.handler import SpeechHandler, model_name
@@ -58,13 +59,8 @@ def ct2_uses_mkl(cpuinfo: str | None = None) -> bool:
     forced = os.environ.get("CT2_USE_MKL", "").strip().lower()
     if forced:
         return forced in ("1", "true", "on", "yes")
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpuinfo = f.read(4096)
-        except OSError:
-            return False
-    return "GenuineIntel" in cpuinfo
+    fields = this_processor() if cpuinfo is None else first_processor(cpuinfo)
+    return fields.get("vendor_id") == "GenuineIntel"
 
 
 def auto_batch_size(

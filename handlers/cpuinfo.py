@@ -1,0 +1,33 @@
+"""This machine's first processor as ``/proc/cpuinfo`` describes it (flags, vendor), read once.
+
+Torch-free, so a handler that runs without torch (faster-whisper) can ask it too.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def first_processor(text: str) -> dict[str, str]:
+    """The ``key: value`` fields of the first processor block of a ``/proc/cpuinfo`` text."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+@functools.cache
+def this_processor() -> dict[str, str]:
+    """:func:`first_processor` of this machine (empty where there is no /proc/cpuinfo)."""
+    try:
+        return first_processor(CPUINFO.read_text())
+    except OSError:
+        return {}
