@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     embed_min_batch_size: int = Field(
         48, ge=1, description="A pass grows to this many texts whatever their padding."
     )
+    embed_call_tokens: int = Field(
+        -1,
+        ge=-1,
+        description="A forward pass is cut into calls over similar lengths wherever that saves "
+        "more padded tokens than this per extra call (a call's own cost, in tokens). -1: auto "
+        "(32 on CPU; 0 on GPUs); 0: one call per pass.",
+    )
     embed_lanes: int = Field(
         0,
         ge=0,

@@ -31,6 +31,11 @@ the other lanes (one thread each, always) take the rest. The other lanes start a
 while lane 0 runs on one thread (or for inputs more urgent than lane 0's pass): two passes
 never share a core with a wide pass's threads.
 
+Calls. With ``call_tokens`` > 0 a pass is cut into forward calls over similar lengths
+wherever the padding saved outweighs that many tokens per extra call
+(workers/pass_split.py): the batcher still picks one pass per round (its bookkeeping, its
+jobs' results), the forward pays for little padding (``EMBED_CALL_TOKENS``).
+
 The urgent lane. With ``urgent_priority`` set, a second thread runs passes of inputs at that
 priority or more urgent **while the main thread is busy with a less urgent pass** (a batch
 file's): an interactive request then waits for neither that pass nor the bulk queue. The two
@@ -55,6 +60,7 @@ import numpy as np
 
 from handlers.base import Cancelled
 from workers import metrics
+from workers.pass_split import split_pass
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +122,7 @@ class Batcher:
         lanes: int = 1,
         pass_threads: Callable[[int], None] | None = None,
         wide_threads: int = 1,
+        call_tokens: int = 0,
     ):
         self.forward = forward
         self.width = width
@@ -123,6 +130,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_padding = max_padding
         self.min_batch_size = min_batch_size
+        self.call_tokens = call_tokens
         self.name = name
         self.window = window or WINDOW_BATCHES * max_batch_size
         self.stats = BatchStats()
@@ -236,10 +244,6 @@ class Batcher:
         return chosen, rest
 
     @staticmethod
-    def stats_tokens(batch: list[_Item]) -> int:
-        return sum(it.length for it in batch)
-
-    @staticmethod
     def _abandon(ticket: _Ticket) -> None:
         _settle(ticket.future, error=Cancelled())
 
@@ -319,18 +323,25 @@ class Batcher:
 
     def _execute(self, batch: list[_Item], lane: str = "main") -> None:
         started = time.perf_counter()
+        lengths = [it.length for it in batch]
+        calls = split_pass(lengths, self.call_tokens)
         try:
-            outputs = np.asarray(self.forward([it.ticket.inputs[it.index] for it in batch]))
             shape = (len(batch),) if self.width is None else (len(batch), self.width)
-            if outputs.shape != shape:  # the bookkeeping below would end the thread
-                raise ValueError(f"forward pass gave shape {outputs.shape}, not {shape}")
+            outputs = np.empty(shape, dtype=np.float32)
+            for call in calls:
+                inputs = [batch[i].ticket.inputs[batch[i].index] for i in call]
+                got = np.asarray(self.forward(inputs))
+                shape = (len(call),) if self.width is None else (len(call), self.width)
+                if got.shape != shape:  # the bookkeeping below would end the thread
+                    raise ValueError(f"forward pass gave shape {got.shape}, not {shape}")
+                outputs[call] = got
         except Exception as exc:  # a failed forward fails every job in the batch, not the thread
             log.exception("forward pass failed")
             for ticket in {id(it.ticket): it.ticket for it in batch}.values():
                 _settle(ticket.future, error=exc)
             return
-        real = self.stats_tokens(batch)
-        padded = len(batch) * max(it.length for it in batch)
+        real = sum(lengths)
+        padded = sum(len(call) * lengths[call[-1]] for call in calls)  # each call ascends
         metrics.FORWARD_SECONDS.labels(self.name, lane).inc(time.perf_counter() - started)
 
         metrics.BATCH_SIZE.labels(self.name).observe(len(batch))

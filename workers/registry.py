@@ -149,6 +149,7 @@ class ModelRegistry:
     @staticmethod
     def _attach_batcher(loaded: LoadedModel, settings: Settings, device: str) -> None:
         from workers.batching import Batcher
+        from workers.pass_split import auto_call_tokens
 
         handler = loaded.handler
         if loaded.upstream:
@@ -171,6 +172,7 @@ class ModelRegistry:
             max_batch_size=settings.embed_max_batch_size,
             max_padding=settings.embed_max_padding,
             min_batch_size=settings.embed_min_batch_size,
+            call_tokens=auto_call_tokens(settings.embed_call_tokens, device),
             name=loaded.name,
             urgent_priority=int(Priority.INTERACTIVE) if settings.embed_urgent_lane else None,
             **pass_threads.batcher_lanes(settings.embed_lanes, device),

@@ -1,0 +1,94 @@
+"""Cutting a forward pass into calls over similar lengths (workers/pass_split.py), and the
+batcher running a pass as those calls with every output back in its place."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+from handlers.embedding import HFEmbeddingModel
+from workers.batching import Batcher
+from workers.pass_split import auto_call_tokens, split_pass
+
+
+def _cost(lengths: list[int], calls: list[np.ndarray], call_tokens: int) -> int:
+    return sum(call_tokens + len(c) * max(lengths[i] for i in c) for c in calls)
+
+
+def _best_cost(lengths: list[int], call_tokens: int) -> int:
+    """Every cut of the sorted lengths, tried one by one."""
+    ordered = sorted(lengths)
+    best = None
+    for mask in itertools.product([False, True], repeat=len(ordered) - 1):
+        cuts = [0] + [i + 1 for i, cut in enumerate(mask) if cut] + [len(ordered)]
+        cost = sum(call_tokens + (b - a) * ordered[b - 1] for a, b in itertools.pairwise(cuts))
+        best = cost if best is None else min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_cut_is_the_cheapest_of_all_cuts(seed):
+    rng = np.random.default_rng(seed)
+    lengths = [int(n) for n in rng.integers(3, 80, size=11)]
+    for call_tokens in (1, 20, 60, 400):
+        calls = split_pass(lengths, call_tokens)
+        assert sorted(np.concatenate(calls).tolist()) == list(range(len(lengths)))
+        for call in calls:  # each call in ascending length: its last input is its longest
+            assert [lengths[i] for i in call] == sorted(lengths[i] for i in call)
+        assert _cost(lengths, calls, call_tokens) == _best_cost(lengths, call_tokens)
+
+
+def test_two_clusters_become_two_calls_and_sorted_batches_stay_one():
+    lengths = [10, 52, 11, 50, 10, 51, 12, 49] * 4
+    calls = split_pass(lengths, 32)
+    assert len(calls) == 2
+    assert {lengths[i] for i in calls[0]} == {10, 11, 12}
+    nearly_sorted = [40] * 10 + [41] * 10 + [42] * 12  # a length-sorted batch's spread
+    assert [len(c) for c in split_pass(nearly_sorted, 32)] == [32]
+    assert [len(c) for c in split_pass([40] * 100, 32)] == [100]
+    assert [len(c) for c in split_pass(lengths, 0)] == [len(lengths)]  # 0: never cut
+    assert split_pass([7], 32)[0].tolist() == [0]
+
+
+def test_auto_is_a_cpu_setting():
+    assert auto_call_tokens(-1, "cpu") == 32
+    assert auto_call_tokens(-1, "cuda") == 0
+    assert auto_call_tokens(5, "cuda") == 5
+
+
+@pytest.fixture(scope="module")
+def handler(tiny_embedders):
+    return HFEmbeddingModel(str(tiny_embedders["bert"]), "cpu")
+
+
+def test_a_pass_of_two_length_clusters_runs_as_two_calls_each_output_in_place(handler):
+    calls: list[list[str]] = []
+    gate = threading.Event()
+
+    def forward(rows):
+        gate.wait(10)
+        calls.append(rows)
+        return handler.embed_batch(rows)
+
+    short = [f"short {i}" for i in range(6)]
+    long = [" ".join(["a long text of many words"] * 8) + f" {i}" for i in range(6)]
+    texts = [t for pair in zip(short, long, strict=True) for t in pair]  # interleaved
+    rows = handler.tokenize(texts)
+    batcher = Batcher(
+        forward, width=handler.dim, batch_tokens=100_000, max_batch_size=64, call_tokens=32
+    )
+    try:
+        future = batcher.submit(rows, [len(r) for r in rows])
+        gate.set()
+        vectors = future.result(10)
+    finally:
+        batcher.stop()
+    assert len(calls) == 2  # one pass (one submit, all pending), two calls
+    assert {len(call) for call in calls} == {6}
+    assert batcher.stats.batches == 1
+    assert batcher.stats.padded_tokens < 1.1 * batcher.stats.real_tokens
+    expected = np.concatenate([handler.embed_batch([t]) for t in texts])
+    np.testing.assert_allclose(vectors, expected, atol=1e-4)  # each vector is its own text's
