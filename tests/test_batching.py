@@ -369,3 +369,27 @@ def test_a_forward_returning_the_wrong_shape_fails_its_jobs_not_the_batcher(hand
                 np.testing.assert_allclose(vector, handler.embed_batch([text]), atol=1e-5)
     finally:
         batcher.stop()
+
+
+def test_a_bad_input_fails_its_own_job_not_the_jobs_sharing_its_pass(handler):
+    """A pass with one job's bad input used to fail every job in it; the call now runs again
+    job by job and only that job fails."""
+    gate = threading.Event()
+    recording = Recording(handler, gate=gate, fail_on="poison")
+    batcher = _batcher(recording, batch_tokens=10_000, max_batch_size=64)
+    try:
+        first = _submit(batcher, handler, ["warm"])  # holds the model thread at the gate
+        assert recording.entered.wait(10)
+        bad = _submit(batcher, handler, ["fine text", "poison"])
+        good = [_submit(batcher, handler, [f"good text {i}", "another"]) for i in range(3)]
+        gate.set()
+        first.result(10)
+        with pytest.raises(RuntimeError, match="boom"):
+            bad.result(10)
+        for i, future in enumerate(good):
+            expected = handler.embed_batch([f"good text {i}", "another"])
+            np.testing.assert_allclose(future.result(10), expected, atol=1e-5)
+        assert any(len(call) > 2 for call in recording.calls)  # they did share a pass
+    finally:
+        gate.set()
+        batcher.stop()

@@ -325,21 +325,23 @@ class Batcher:
         started = time.perf_counter()
         lengths = [it.length for it in batch]
         calls = split_pass(lengths, self.call_tokens)
-        try:
-            shape = (len(batch),) if self.width is None else (len(batch), self.width)
-            outputs = np.empty(shape, dtype=np.float32)
-            for call in calls:
-                inputs = [batch[i].ticket.inputs[batch[i].index] for i in call]
-                got = np.asarray(self.forward(inputs))
-                shape = (len(call),) if self.width is None else (len(call), self.width)
-                if got.shape != shape:  # the bookkeeping below would end the thread
-                    raise ValueError(f"forward pass gave shape {got.shape}, not {shape}")
-                outputs[call] = got
-        except Exception as exc:  # a failed forward fails every job in the batch, not the thread
-            log.exception("forward pass failed")
-            for ticket in {id(it.ticket): it.ticket for it in batch}.values():
-                _settle(ticket.future, error=exc)
-            return
+        shape = (len(batch),) if self.width is None else (len(batch), self.width)
+        outputs = np.empty(shape, dtype=np.float32)
+        failed: dict[int, tuple[_Ticket, Exception]] = {}  # by id(ticket)
+        for call in calls:
+            try:
+                outputs[call] = self._call([batch[i] for i in call])
+            except Exception as exc:
+                self._isolate(batch, call, outputs, failed, exc)
+        for ticket, exc in failed.values():
+            _settle(ticket.future, error=exc)
+        if failed:  # the other jobs keep their outputs
+            keep = [i for i, it in enumerate(batch) if id(it.ticket) not in failed]
+            if not keep:
+                return
+            batch, outputs = [batch[i] for i in keep], outputs[keep]
+            lengths = [it.length for it in batch]
+            calls = [np.argsort(lengths, kind="stable")]  # the padding count only
         real = sum(lengths)
         padded = sum(len(call) * lengths[call[-1]] for call in calls)  # each call ascends
         metrics.FORWARD_SECONDS.labels(self.name, lane).inc(time.perf_counter() - started)
@@ -361,6 +363,41 @@ class Batcher:
                     finished.append(ticket)
         for ticket in finished:
             _settle(ticket.future, result=ticket.outputs)
+
+    def _call(self, items: list[_Item]) -> np.ndarray:
+        """``forward`` over ``items``, its output checked (the bookkeeping after a pass would
+        end the thread on a wrong shape)."""
+        got = np.asarray(self.forward([it.ticket.inputs[it.index] for it in items]))
+        shape = (len(items),) if self.width is None else (len(items), self.width)
+        if got.shape != shape:
+            raise ValueError(f"forward pass gave shape {got.shape}, not {shape}")
+        return got
+
+    def _isolate(
+        self,
+        batch: list[_Item],
+        call: np.ndarray,
+        outputs: np.ndarray,
+        failed: dict[int, tuple[_Ticket, Exception]],
+        exc: Exception,
+    ) -> None:
+        """A call that failed with several jobs' inputs runs again job by job, so one job's bad
+        input (or a custom handler's bug on it) fails that job alone, not its companions."""
+        log.exception("forward pass failed")
+        by_ticket: dict[int, list[int]] = {}
+        for i in call:
+            by_ticket.setdefault(id(batch[i].ticket), []).append(int(i))
+        if len(by_ticket) == 1:
+            ticket = batch[call[0]].ticket
+            failed[id(ticket)] = (ticket, exc)
+            return
+        for key, positions in by_ticket.items():
+            if key in failed:
+                continue
+            try:
+                outputs[positions] = self._call([batch[i] for i in positions])
+            except Exception as own:
+                failed[key] = (batch[positions[0]].ticket, own)
 
 
 def _settle(future: Future, *, result: Any = None, error: BaseException | None = None) -> None:
