@@ -92,3 +92,37 @@ def test_a_pass_of_two_length_clusters_runs_as_two_calls_each_output_in_place(ha
     assert batcher.stats.padded_tokens < 1.1 * batcher.stats.real_tokens
     expected = np.concatenate([handler.embed_batch([t]) for t in texts])
     np.testing.assert_allclose(vectors, expected, atol=1e-4)  # each vector is its own text's
+
+
+def test_a_failed_job_leaves_the_padding_of_the_calls_that_ran(handler):
+    """A job failing in a pass of two calls: the padding counted for the other jobs is that of
+    their calls (it was counted as one call padding every short text to the long ones)."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def forward(rows):
+        entered.set()
+        gate.wait(10)
+        if any(row == ["poison"] for row in rows):
+            raise RuntimeError("boom")
+        return handler.embed_batch(rows)
+
+    short = [f"short {i}" for i in range(6)]
+    long = [" ".join(["a long text of many words"] * 8) + f" {i}" for i in range(6)]
+    rows = handler.tokenize(short + long)
+    batcher = Batcher(
+        forward, width=handler.dim, batch_tokens=100_000, max_batch_size=64, call_tokens=32
+    )
+    try:
+        first = batcher.submit(handler.tokenize(["warm"]), [3])  # held at the gate
+        assert entered.wait(10)
+        bad = batcher.submit([["poison"]], [len(rows[0])])
+        good = batcher.submit(rows, [len(r) for r in rows])
+        gate.set()
+        first.result(10)
+        with pytest.raises(RuntimeError, match="boom"):
+            bad.result(10)
+        assert good.result(10).shape == (12, handler.dim)
+    finally:
+        batcher.stop()
+    assert batcher.stats.inputs == 13
+    assert batcher.stats.padded_tokens < 1.1 * batcher.stats.real_tokens

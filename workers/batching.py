@@ -339,9 +339,14 @@ class Batcher:
             keep = [i for i, it in enumerate(batch) if id(it.ticket) not in failed]
             if not keep:
                 return
+            where = {old: new for new, old in enumerate(keep)}
+            calls = [
+                np.array([where[int(i)] for i in call if int(i) in where], dtype=np.int64)
+                for call in calls
+            ]
+            calls = [call for call in calls if len(call)]  # still each in ascending length
             batch, outputs = [batch[i] for i in keep], outputs[keep]
             lengths = [it.length for it in batch]
-            calls = [np.argsort(lengths, kind="stable")]  # the padding count only
         real = sum(lengths)
         padded = sum(len(call) * lengths[call[-1]] for call in calls)  # each call ascends
         metrics.FORWARD_SECONDS.labels(self.name, lane).inc(time.perf_counter() - started)

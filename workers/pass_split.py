@@ -22,8 +22,8 @@ _LONGEST_CALL = 128
 def split_pass(lengths: Sequence[int], call_tokens: int) -> list[np.ndarray]:
     """Index arrays, one per call, covering ``range(len(lengths))``, each in ascending length:
     the cut of the length-sorted inputs that minimises padded tokens + ``call_tokens`` per
-    call (exact, by dynamic programming over the sorted lengths). ``call_tokens`` <= 0: one
-    call."""
+    call (by dynamic programming over the sorted lengths; exact for passes of up to 128
+    inputs, past which no call holds more than 128). ``call_tokens`` <= 0: one call."""
     count = len(lengths)
     order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
     if call_tokens <= 0 or count < 2:
