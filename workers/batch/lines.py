@@ -2,17 +2,19 @@
 
 Each line's ``body`` is checked as the sync route checks it (``prepare``: a bad body becomes
 that line's 400 in the error file, never the whole part's), then the valid lines run
-**together**: one batcher submission for embeddings and rerank (their texts share forward
-passes), every line in the chat scheduler at once for chat (bulk rows of the running batch),
-a few concurrent upstream calls for proxy models. ``run`` returns one outcome per line: a
-response body, a :class:`ServiceError` (the line failed) or ``None`` (stopped by a cancel or
-expiry before it ran: the line is left out of both files, as OpenAI does).
+**together**: every line's inputs in the model's batcher at once for embeddings and rerank
+(a submission per line: their texts share forward passes, and a forward that fails on one
+line's inputs fails that line alone), every line in the chat scheduler at once for chat
+(bulk rows of the running batch), a few concurrent upstream calls for proxy models. ``run``
+returns one outcome per line: a response body, a :class:`ServiceError` (the line failed) or
+``None`` (stopped by a cancel or expiry before it ran: the line is left out of both files, as
+OpenAI does).
 """
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -28,7 +30,8 @@ from inferq.openai.embeddings import EmbeddingJob, EmbeddingRequest
 from inferq.openai.rerank import RerankJob, RerankRequest
 from inferq.settings import Settings
 from workers import chat, completions, rerank
-from workers.embeddings import check_dimensions, embed_texts, embeddings_response
+from workers.batching import batch_inputs
+from workers.embeddings import check_dimensions, embeddings_response
 from workers.jobs import as_service_error
 
 if TYPE_CHECKING:  # the registry imports the serving modules
@@ -39,13 +42,17 @@ Outcome = dict[str, Any] | ServiceError | None
 PROXY_CONCURRENCY = 8  # upstream calls one part has in flight
 
 
-def _per_request(requests: list, sizes: list[int], build) -> list[Outcome]:
-    """Split one submission's outputs back per request: ``build(request, start, end)``."""
+def _per_line(jobs: list, submitted: list[tuple[Future, list[int]]], build) -> list[Outcome]:
+    """Each line's outcome from its own batcher submission (``(future, token lengths)``):
+    ``build(job, outputs, lengths)``, its error, or ``None`` once stopped."""
     outcomes: list[Outcome] = []
-    at = 0
-    for request, size in zip(requests, sizes, strict=True):
-        outcomes.append(build(request, at, at + size))
-        at += size
+    for job, (future, lengths) in zip(jobs, submitted, strict=True):
+        try:
+            outcomes.append(build(job, future.result(), lengths))
+        except Cancelled:
+            outcomes.append(None)
+        except Exception as exc:  # this line's forward failed (the batcher isolates it)
+            outcomes.append(as_service_error(exc))
     return outcomes
 
 
@@ -84,17 +91,11 @@ class EmbeddingLines(BatchLines):
 
     def run(self, requests, model, stop):
         jobs = [EmbeddingJob.parse(r) for r in requests]
-        texts = [t for job in jobs for t in job.input]
-        try:
-            vectors, lengths = embed_texts(
-                model, texts, priority=int(p.Priority.BULK), cancel_event=stop, chunk=len(texts)
-            )
-        except Cancelled:
-            return [None] * len(requests)
-        return _per_request(
+        submitted = [_submit(model, job.input, stop) for job in jobs]
+        return _per_line(
             jobs,
-            [len(job.input) for job in jobs],
-            lambda job, a, z: embeddings_response(job, model, vectors[a:z], sum(lengths[a:z])),
+            submitted,
+            lambda job, vectors, lengths: embeddings_response(job, model, vectors, sum(lengths)),
         )
 
 
@@ -111,21 +112,27 @@ class RerankLines(BatchLines):
 
     def run(self, requests, model, stop):
         jobs = [RerankJob.parse(r) for r in requests]
-        pairs = [pair for job in jobs for pair in job.pairs()]
-        future, lengths = rerank.submit(
-            pairs, model, priority=int(p.Priority.BULK), cancel_event=stop
-        )
-        try:
-            scores = future.result()
-        except Cancelled:
-            return [None] * len(requests)
-        return _per_request(
+        submitted = [_submit(model, job.pairs(), stop) for job in jobs]
+        return _per_line(
             jobs,
-            [len(job.documents) for job in jobs],
-            lambda job, a, z: rerank.rerank_response(
-                job, scores[a:z], sum(lengths[a:z]), p.new_job_id()
+            submitted,
+            lambda job, scores, lengths: rerank.rerank_response(
+                job, scores, sum(lengths), p.new_job_id()
             ),
         )
+
+
+def _submit(model: LoadedModel, inputs: list, stop: threading.Event) -> tuple[Future, list[int]]:
+    """One line's inputs into the model's batcher at bulk priority: (its future, its token
+    lengths); a line its handler cannot tokenise gets a failed future."""
+    try:
+        rows, lengths = batch_inputs(model.handler, inputs)
+    except Exception as exc:
+        failed: Future = Future()
+        failed.set_exception(exc)
+        return failed, []
+    future = model.batcher.submit(rows, lengths, priority=int(p.Priority.BULK), cancel_event=stop)
+    return future, lengths
 
 
 class ChatLines(BatchLines):
