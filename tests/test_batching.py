@@ -268,6 +268,10 @@ def test_adaptive_lanes_start_no_second_pass_beside_a_wide_one(handler):
         later = _submit(batcher, handler, [f"later {i}" for i in range(8)])
         time.sleep(0.3)  # room for lane 1 to (wrongly) start a pass meanwhile
         assert seen.seen == [("batcher::0", 2)]
+        # The backlog's two passes meet: lane 0's cannot end (and find the rest alone, wide)
+        # before lane 1 has woken and started the other half, however slow its wake-up is on
+        # a loaded machine (CI failed here once: lane 0 ran the second half wide).
+        seen.together = threading.Barrier(2, timeout=10)
         gate.set()
         first.result(10)
         assert later.result(10).shape == (8, handler.dim)
