@@ -91,7 +91,7 @@ class EmbeddingLines(BatchLines):
 
     def run(self, requests, model, stop):
         jobs = [EmbeddingJob.parse(r) for r in requests]
-        submitted = [_submit(model, job.input, stop) for job in jobs]
+        submitted = _submit_lines(model, [job.input for job in jobs], stop)
         return _per_line(
             jobs,
             submitted,
@@ -112,7 +112,7 @@ class RerankLines(BatchLines):
 
     def run(self, requests, model, stop):
         jobs = [RerankJob.parse(r) for r in requests]
-        submitted = [_submit(model, job.pairs(), stop) for job in jobs]
+        submitted = _submit_lines(model, [job.pairs() for job in jobs], stop)
         return _per_line(
             jobs,
             submitted,
@@ -122,15 +122,37 @@ class RerankLines(BatchLines):
         )
 
 
+def _submit_lines(
+    model: LoadedModel, lines: list[list], stop: threading.Event
+) -> list[tuple[Future, list[int]]]:
+    """Each line's inputs into the model's batcher at bulk priority, a submission per line:
+    (its future, its token lengths). The part is tokenised in one call; should that fail,
+    line by line, and a line its handler cannot tokenise gets a failed future."""
+    try:
+        rows, lengths = batch_inputs(model.handler, [item for line in lines for item in line])
+    except Exception:
+        return [_submit(model, line, stop) for line in lines]
+    submitted, at = [], 0
+    for line in lines:
+        end = at + len(line)
+        submitted.append(_submit_rows(model, rows[at:end], lengths[at:end], stop))
+        at = end
+    return submitted
+
+
 def _submit(model: LoadedModel, inputs: list, stop: threading.Event) -> tuple[Future, list[int]]:
-    """One line's inputs into the model's batcher at bulk priority: (its future, its token
-    lengths); a line its handler cannot tokenise gets a failed future."""
     try:
         rows, lengths = batch_inputs(model.handler, inputs)
     except Exception as exc:
         failed: Future = Future()
         failed.set_exception(exc)
         return failed, []
+    return _submit_rows(model, rows, lengths, stop)
+
+
+def _submit_rows(
+    model: LoadedModel, rows: list, lengths: list[int], stop: threading.Event
+) -> tuple[Future, list[int]]:
     future = model.batcher.submit(rows, lengths, priority=int(p.Priority.BULK), cancel_event=stop)
     return future, lengths
 
