@@ -335,34 +335,28 @@ class Batcher:
                 self._isolate(batch, call, outputs, failed, exc)
         for ticket, exc in failed.values():
             _settle(ticket.future, error=exc)
-        if failed:  # the other jobs keep their outputs
-            keep = [i for i, it in enumerate(batch) if id(it.ticket) not in failed]
-            if not keep:
-                return
-            where = {old: new for new, old in enumerate(keep)}
-            calls = [
-                np.array([where[int(i)] for i in call if int(i) in where], dtype=np.int64)
-                for call in calls
-            ]
-            calls = [call for call in calls if len(call)]  # still each in ascending length
-            batch, outputs = [batch[i] for i in keep], outputs[keep]
-            lengths = [it.length for it in batch]
-        real = sum(lengths)
-        padded = sum(len(call) * lengths[call[-1]] for call in calls)  # each call ascends
+        # what ran for the jobs that did not fail, call by call (each in ascending length)
+        ran = [[int(i) for i in call if id(batch[i].ticket) not in failed] for call in calls]
+        ran = [call for call in ran if call]
+        if not ran:
+            return
+        done = [i for call in ran for i in call]
+        real = sum(lengths[i] for i in done)
+        padded = sum(len(call) * lengths[call[-1]] for call in ran)
         metrics.FORWARD_SECONDS.labels(self.name, lane).inc(time.perf_counter() - started)
 
-        metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+        metrics.BATCH_SIZE.labels(self.name).observe(len(done))
         metrics.TOKENS.labels(self.name, "input").inc(real)
         metrics.TOKENS.labels(self.name, "padded").inc(padded)
         finished: list[_Ticket] = []
         with self._cond:  # the urgent thread may finish a pass (of the same ticket) at once
             self.stats.batches += 1
-            self.stats.inputs += len(batch)
+            self.stats.inputs += len(done)
             self.stats.padded_tokens += padded
             self.stats.real_tokens += real
-            for item, output in zip(batch, outputs, strict=True):
-                ticket = item.ticket
-                ticket.outputs[item.index] = output
+            for i in done:
+                ticket = batch[i].ticket
+                ticket.outputs[batch[i].index] = outputs[i]
                 ticket.remaining -= 1
                 if ticket.remaining == 0:
                     finished.append(ticket)

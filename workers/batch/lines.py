@@ -13,8 +13,9 @@ OpenAI does).
 
 from __future__ import annotations
 
+import itertools
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -42,18 +43,44 @@ Outcome = dict[str, Any] | ServiceError | None
 PROXY_CONCURRENCY = 8  # upstream calls one part has in flight
 
 
-def _per_line(jobs: list, submitted: list[tuple[Future, list[int]]], build) -> list[Outcome]:
-    """Each line's outcome from its own batcher submission (``(future, token lengths)``):
-    ``build(job, outputs, lengths)``, its error, or ``None`` once stopped."""
+def _run_lines(model: LoadedModel, jobs: list, inputs: list[list], stop, build) -> list[Outcome]:
+    """Each line's ``inputs`` into the model's batcher at bulk priority, a submission per line
+    (their inputs share passes; a forward failing on one line's fails that line alone), then
+    each line's outcome: ``build(job, outputs, token lengths)``, its error, or ``None`` once
+    stopped. The part is tokenised in one call; should that fail, line by line."""
+    try:
+        rows, lengths = batch_inputs(model.handler, [item for line in inputs for item in line])
+        ends = list(itertools.accumulate(len(line) for line in inputs))
+        tokenised = [
+            (rows[end - len(line) : end], lengths[end - len(line) : end])
+            for line, end in zip(inputs, ends, strict=True)
+        ]
+    except Exception:  # a line its handler cannot tokenise: it fails alone
+        tokenised = [_tokenise(model, line) for line in inputs]
+    futures = [
+        t
+        if isinstance(t, Exception)
+        else model.batcher.submit(*t, priority=int(p.Priority.BULK), cancel_event=stop)
+        for t in tokenised
+    ]
     outcomes: list[Outcome] = []
-    for job, (future, lengths) in zip(jobs, submitted, strict=True):
+    for job, line, future in zip(jobs, tokenised, futures, strict=True):
         try:
-            outcomes.append(build(job, future.result(), lengths))
+            if isinstance(future, Exception):
+                raise future
+            outcomes.append(build(job, future.result(), line[1]))
         except Cancelled:
             outcomes.append(None)
-        except Exception as exc:  # this line's forward failed (the batcher isolates it)
+        except Exception as exc:  # this line's own failure
             outcomes.append(as_service_error(exc))
     return outcomes
+
+
+def _tokenise(model: LoadedModel, line: list) -> tuple[list, list[int]] | Exception:
+    try:
+        return batch_inputs(model.handler, line)
+    except Exception as exc:
+        return exc
 
 
 class BatchLines:
@@ -91,10 +118,11 @@ class EmbeddingLines(BatchLines):
 
     def run(self, requests, model, stop):
         jobs = [EmbeddingJob.parse(r) for r in requests]
-        submitted = _submit_lines(model, [job.input for job in jobs], stop)
-        return _per_line(
+        return _run_lines(
+            model,
             jobs,
-            submitted,
+            [job.input for job in jobs],
+            stop,
             lambda job, vectors, lengths: embeddings_response(job, model, vectors, sum(lengths)),
         )
 
@@ -112,49 +140,15 @@ class RerankLines(BatchLines):
 
     def run(self, requests, model, stop):
         jobs = [RerankJob.parse(r) for r in requests]
-        submitted = _submit_lines(model, [job.pairs() for job in jobs], stop)
-        return _per_line(
+        return _run_lines(
+            model,
             jobs,
-            submitted,
+            [job.pairs() for job in jobs],
+            stop,
             lambda job, scores, lengths: rerank.rerank_response(
                 job, scores, sum(lengths), p.new_job_id()
             ),
         )
-
-
-def _submit_lines(
-    model: LoadedModel, lines: list[list], stop: threading.Event
-) -> list[tuple[Future, list[int]]]:
-    """Each line's inputs into the model's batcher at bulk priority, a submission per line:
-    (its future, its token lengths). The part is tokenised in one call; should that fail,
-    line by line, and a line its handler cannot tokenise gets a failed future."""
-    try:
-        rows, lengths = batch_inputs(model.handler, [item for line in lines for item in line])
-    except Exception:
-        return [_submit(model, line, stop) for line in lines]
-    submitted, at = [], 0
-    for line in lines:
-        end = at + len(line)
-        submitted.append(_submit_rows(model, rows[at:end], lengths[at:end], stop))
-        at = end
-    return submitted
-
-
-def _submit(model: LoadedModel, inputs: list, stop: threading.Event) -> tuple[Future, list[int]]:
-    try:
-        rows, lengths = batch_inputs(model.handler, inputs)
-    except Exception as exc:
-        failed: Future = Future()
-        failed.set_exception(exc)
-        return failed, []
-    return _submit_rows(model, rows, lengths, stop)
-
-
-def _submit_rows(
-    model: LoadedModel, rows: list, lengths: list[int], stop: threading.Event
-) -> tuple[Future, list[int]]:
-    future = model.batcher.submit(rows, lengths, priority=int(p.Priority.BULK), cancel_event=stop)
-    return future, lengths
 
 
 class ChatLines(BatchLines):
