@@ -20,7 +20,15 @@ from pathlib import Path
 
 import httpx
 
-from bench.load import drive, jobs_per_message, percentile, queue_messages, timed
+from bench.load import (
+    drive,
+    drive_measured,
+    jobs_per_message,
+    load_client,
+    percentile,
+    queue_messages,
+    timed,
+)
 from bench.peer import infinity, infinity_bin
 from bench.stack import RESULTS, one_worker_stack
 from inferq.devstack import ROOT
@@ -189,7 +197,8 @@ def _drive(
     asyncio.run(drive(base, path, _bodies(texts[:256], per_request, model), clients))  # warm-up
     bodies = _bodies(texts, per_request, model)
     sent_before = queue_messages(base, model)
-    walls = [asyncio.run(drive(base, path, bodies, clients)) for _ in range(repeats)]
+    measured = [asyncio.run(drive_measured(base, path, bodies, clients)) for _ in range(repeats)]
+    walls = [wall for wall, _ in measured]
     per_message = jobs_per_message(sent_before, queue_messages(base, model))
     with httpx.Client(base_url=base, timeout=60) as client:
 
@@ -203,6 +212,8 @@ def _drive(
         "one_text_p50_ms": 1000 * statistics.median(singles),
         "one_text_p99_ms": 1000 * percentile(singles, 0.99),
         "clients": clients,
+        "client": load_client(),
+        "client_cpu_share": sum(cpu for _, cpu in measured) / sum(walls),
         "texts_per_request": per_request,
         "jobs_per_message": per_message,
     }
@@ -237,7 +248,10 @@ def run() -> dict:
 
 def report(result: dict) -> str:
     a, s = result["a_in_process"], result["b_c_stack"]
-    load = f"stack, {s['clients']} clients x {s['texts_per_request']} texts"
+    load = (
+        f"stack, {s['clients']} clients x {s['texts_per_request']} texts"
+        f" ({s['client']}, {100 * s['client_cpu_share']:.0f} % of a core)"
+    )
     lines = [
         f"dtype: in process {a['dtype']}, stack {s['dtype']}",
         f"(a) in-process handler: {a['texts_per_s']:8.1f} texts/s",

@@ -4,11 +4,14 @@ clients (``embeddings``, ``rerank``)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections.abc import Callable
 
+import aiohttp
 import httpx
+import orjson
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -26,21 +29,62 @@ def timed(call: Callable[[int], object], runs: int) -> list[float]:
     return seconds
 
 
+def load_client() -> str:
+    """The load generator's HTTP client: ``BENCH_CLIENT`` = ``aiohttp`` (default) or ``httpx``.
+
+    On two cores the load generator shares the CPU with what it measures: httpx's async client
+    spends ~3x aiohttp's CPU per request (``client_cpu_s`` in each figure), taken from the
+    worker and the peer alike.
+    """
+    client = os.environ.get("BENCH_CLIENT", "aiohttp")
+    if client not in ("aiohttp", "httpx"):
+        raise SystemExit(f"BENCH_CLIENT must be aiohttp or httpx, not {client!r}")
+    return client
+
+
 async def drive(base: str, path: str, bodies: list[dict], clients: int) -> float:
     """Wall seconds for ``clients`` concurrent connections to POST every body to ``path``."""
+    return (await drive_measured(base, path, bodies, clients))[0]
+
+
+async def drive_measured(
+    base: str, path: str, bodies: list[dict], clients: int
+) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) for ``clients`` concurrent connections to POST
+    every body to ``path`` with :func:`load_client`; the bodies are encoded before the clock
+    starts."""
     queue: asyncio.Queue = asyncio.Queue()
     for body in bodies:
-        queue.put_nowait(body)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as client:
+        queue.put_nowait(orjson.dumps(body))
+    headers = {"content-type": "application/json"}
+    if load_client() == "aiohttp":
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=clients),
+            timeout=aiohttp.ClientTimeout(total=300),
+            headers=headers,
+        )
+
+        async def post(payload: bytes) -> None:
+            async with session.post(base + path, data=payload) as response:
+                response.raise_for_status()
+                await response.read()
+
+    else:
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        session = httpx.AsyncClient(base_url=base, timeout=300, limits=limits, headers=headers)
+
+        async def post(payload: bytes) -> None:
+            (await session.post(path, content=payload)).raise_for_status()
+
+    async with session:
 
         async def worker() -> None:
             while not queue.empty():
-                (await client.post(path, json=queue.get_nowait())).raise_for_status()
+                await post(queue.get_nowait())
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(clients)))
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu
 
 
 def queue_messages(base: str, model: str) -> tuple[int, int] | None:

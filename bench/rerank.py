@@ -24,7 +24,15 @@ import httpx
 import yaml
 
 from bench.embeddings import ISSUE_BATCH, bench_dtype, corpus, handler_at
-from bench.load import drive, jobs_per_message, percentile, queue_messages, timed
+from bench.load import (
+    drive,
+    drive_measured,
+    jobs_per_message,
+    load_client,
+    percentile,
+    queue_messages,
+    timed,
+)
 from bench.stack import RESULTS, one_worker_stack
 from inferq.devstack import ROOT
 
@@ -101,7 +109,10 @@ def through_stack(requests, *, clients: int, repeats: int, single_runs: int) -> 
         base, bodies = stack.base, _bodies(requests)
         asyncio.run(drive(base, "/v1/rerank", bodies[:32], clients))  # warm-up
         sent_before = queue_messages(base, MODEL)
-        walls = [asyncio.run(drive(base, "/v1/rerank", bodies, clients)) for _ in range(repeats)]
+        measured = [
+            asyncio.run(drive_measured(base, "/v1/rerank", bodies, clients)) for _ in range(repeats)
+        ]
+        walls = [wall for wall, _ in measured]
         per_message = jobs_per_message(sent_before, queue_messages(base, MODEL))
         with httpx.Client(base_url=base, timeout=60) as client:
 
@@ -118,6 +129,8 @@ def through_stack(requests, *, clients: int, repeats: int, single_runs: int) -> 
         "one_pair_p50_ms": 1000 * statistics.median(singles),
         "one_pair_p99_ms": 1000 * percentile(singles, 0.99),
         "clients": clients,
+        "client": load_client(),
+        "client_cpu_share": sum(cpu for _, cpu in measured) / sum(walls),
         "jobs_per_message": per_message,
     }
 
@@ -147,7 +160,8 @@ def report(result: dict) -> str:
         [
             f"dtype: in process {a['dtype']}, stack {s['dtype']}",
             f"(a) in-process cross-encoder: {a['pairs_per_s']:8.1f} pairs/s",
-            f"(b) stack, {s['clients']} clients x {result['documents_per_request']} documents:"
+            f"(b) stack, {s['clients']} clients x {result['documents_per_request']} documents"
+            f" ({s['client']}, {100 * s['client_cpu_share']:.0f} % of a core):"
             f" {s['pairs_per_s']:8.1f} pairs/s -> {result['b_over_a']:.3f} x (a)"
             "  [goal >= 0.75]" + _per_message(s),
             f"(a32) in process, sorted batches of {ISSUE_BATCH} (the issue's reference):"
