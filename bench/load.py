@@ -29,6 +29,13 @@ def timed(call: Callable[[int], object], runs: int) -> list[float]:
     return seconds
 
 
+def sequential(base: str, call: Callable[[httpx.Client, int], object], runs: int) -> list[float]:
+    """Seconds each of ``call(client, 0) .. call(client, runs - 1)`` took, one after another,
+    on one keep-alive connection to ``base``."""
+    with httpx.Client(base_url=base, timeout=60) as client:
+        return timed(lambda i: call(client, i), runs)
+
+
 def load_client() -> str:
     """The load generator's HTTP client: ``BENCH_CLIENT`` = ``aiohttp`` (default) or ``httpx``.
 
