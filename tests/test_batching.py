@@ -377,7 +377,7 @@ def test_a_forward_returning_the_wrong_shape_fails_its_jobs_not_the_batcher(hand
 
 def test_a_bad_input_fails_its_own_job_not_the_jobs_sharing_its_pass(handler):
     """A pass with one job's bad input used to fail every job in it; the call now runs again
-    job by job and only that job fails."""
+    in halves by job and only that job fails."""
     gate = threading.Event()
     recording = Recording(handler, gate=gate, fail_on="poison")
     batcher = _batcher(recording, batch_tokens=10_000, max_batch_size=64)
@@ -397,3 +397,34 @@ def test_a_bad_input_fails_its_own_job_not_the_jobs_sharing_its_pass(handler):
     finally:
         gate.set()
         batcher.stop()
+
+
+def test_a_bad_job_among_many_is_found_in_halves_not_job_by_job(handler):
+    """One bad job among 16 sharing a call: the call runs again in halves (8 calls), not once
+    per job (16), and every good job still gets its own vectors."""
+    gate = threading.Event()
+    recording = Recording(handler, gate=gate, fail_on="poison")
+    batcher = _batcher(recording, batch_tokens=10_000, max_batch_size=64, call_tokens=0)
+    try:
+        first = _submit(batcher, handler, ["warm"])  # holds the model thread at the gate
+        assert recording.entered.wait(10)
+        texts = [f"text {i}" for i in range(16)]
+        texts[5] = "poison"
+        futures = [_submit(batcher, handler, [t]) for t in texts]
+        gate.set()
+        first.result(10)
+        for text, future in zip(texts, futures, strict=True):
+            if text == "poison":
+                with pytest.raises(RuntimeError, match="boom"):
+                    future.result(10)
+            else:
+                np.testing.assert_allclose(
+                    future.result(10), handler.embed_batch([text]), atol=1e-5
+                )
+    finally:
+        gate.set()
+        batcher.stop()
+    shared = [call for call in recording.calls if call != ["warm"]]
+    assert len(shared[0]) == 16  # they did share one call
+    assert len(shared) - 1 == 8  # reruns: two halves at each of 4 levels
+    assert sum("poison" in call for call in shared) == 5  # 16 -> 8 -> 4 -> 2 -> 1
