@@ -12,7 +12,6 @@ handlers/dtype.py); the worker gets it as ``MODEL_DTYPE``, Infinity as ``--dtype
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import statistics
@@ -20,16 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.load import (
-    drive,
-    drive_measured,
-    jobs_per_message,
-    load_client,
-    percentile,
-    queue_messages,
-    sequential,
-    timed,
-)
+from bench.load import load_and_lone, load_client, percentile, timed
 from bench.peer import infinity, infinity_bin
 from bench.stack import RESULTS, one_worker_stack
 from inferq.devstack import ROOT
@@ -194,32 +184,34 @@ def _drive(
     model: str = MODEL,
 ) -> dict:
     """Throughput of ``clients`` x ``per_request`` texts (median of ``repeats``), and one-text
-    latency over ``single_runs`` sequential requests before the load (after a warm-up) and
-    right after it."""
+    latency over ``single_runs`` sequential requests before the load and right after it."""
 
     def one(client: httpx.Client, i: int) -> None:
         body = {"model": model, "input": texts[i % len(texts)], "encoding_format": "base64"}
         client.post(path, json=body).raise_for_status()
 
-    asyncio.run(drive(base, path, _bodies(texts[:256], per_request, model), clients))  # warm-up
-    idle = sequential(base, one, single_runs)
-    bodies = _bodies(texts, per_request, model)
-    sent_before = queue_messages(base, model)
-    measured = [asyncio.run(drive_measured(base, path, bodies, clients)) for _ in range(repeats)]
-    walls = [wall for wall, _ in measured]
-    per_message = jobs_per_message(sent_before, queue_messages(base, model))
-    singles = sequential(base, one, single_runs)
+    run = load_and_lone(
+        base,
+        path,
+        model,
+        _bodies(texts, per_request, model),
+        _bodies(texts[:256], per_request, model),
+        clients=clients,
+        repeats=repeats,
+        lone=one,
+        lone_runs=single_runs,
+    )
     return {
-        "texts_per_s": len(texts) / statistics.median(walls),
-        "one_text_p50_ms": 1000 * statistics.median(idle),
-        "one_text_p99_ms": 1000 * percentile(idle, 0.99),
-        "one_text_after_load_p50_ms": 1000 * statistics.median(singles),
-        "one_text_after_load_p99_ms": 1000 * percentile(singles, 0.99),
+        "texts_per_s": len(texts) / run.wall_s,
+        "one_text_p50_ms": 1000 * statistics.median(run.lone),
+        "one_text_p99_ms": 1000 * percentile(run.lone, 0.99),
+        "one_text_after_load_p50_ms": 1000 * statistics.median(run.lone_after),
+        "one_text_after_load_p99_ms": 1000 * percentile(run.lone_after, 0.99),
         "clients": clients,
         "client": load_client(),
-        "client_cpu_share": sum(cpu for _, cpu in measured) / sum(walls),
+        "client_cpu_share": run.client_cpu_share,
         "texts_per_request": per_request,
-        "jobs_per_message": per_message,
+        "jobs_per_message": run.jobs_per_message,
     }
 
 

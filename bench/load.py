@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 import httpx
@@ -116,3 +118,43 @@ def jobs_per_message(before: tuple[int, int] | None, after: tuple[int, int] | No
     if before is None or after is None or after[0] == before[0]:
         return None
     return (after[1] - before[1]) / (after[0] - before[0])
+
+
+@dataclass
+class LoadRun:
+    """What :func:`load_and_lone` measured against one server."""
+
+    wall_s: float  # median wall seconds of the load's repeats
+    client_cpu_share: float  # the load generator's CPU over the wall time (of one core)
+    jobs_per_message: float | None
+    lone: list[float]  # seconds of each lone request before the load (after the warm-up)
+    lone_after: list[float]  # the same requests right after the load
+
+
+def load_and_lone(
+    base: str,
+    path: str,
+    model: str,
+    bodies: list[dict],
+    warm_up: list[dict],
+    *,
+    clients: int,
+    repeats: int,
+    lone: Callable[[httpx.Client, int], object],
+    lone_runs: int,
+) -> LoadRun:
+    """``warm_up`` then ``lone_runs`` calls of ``lone`` one after another, ``repeats`` times
+    ``bodies`` from ``clients`` connections, then the lone calls again."""
+    asyncio.run(drive(base, path, warm_up, clients))
+    before = sequential(base, lone, lone_runs)
+    sent_before = queue_messages(base, model)
+    measured = [asyncio.run(drive_measured(base, path, bodies, clients)) for _ in range(repeats)]
+    per_message = jobs_per_message(sent_before, queue_messages(base, model))
+    walls = [wall for wall, _ in measured]
+    return LoadRun(
+        wall_s=statistics.median(walls),
+        client_cpu_share=sum(cpu for _, cpu in measured) / sum(walls),
+        jobs_per_message=per_message,
+        lone=before,
+        lone_after=sequential(base, lone, lone_runs),
+    )

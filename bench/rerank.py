@@ -14,7 +14,6 @@ Hub is out of reach here; the scores are meaningless, the work per pair is the r
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import statistics
@@ -24,16 +23,7 @@ import httpx
 import yaml
 
 from bench.embeddings import ISSUE_BATCH, bench_dtype, corpus, handler_at
-from bench.load import (
-    drive,
-    drive_measured,
-    jobs_per_message,
-    load_client,
-    percentile,
-    queue_messages,
-    sequential,
-    timed,
-)
+from bench.load import load_and_lone, load_client, percentile, timed
 from bench.stack import RESULTS, one_worker_stack
 from inferq.devstack import ROOT
 
@@ -107,33 +97,35 @@ def through_stack(requests, *, clients: int, repeats: int, single_runs: int) -> 
         worker_env={"MODEL_DTYPE": bench_dtype()},
     ) as stack:
         served = {m["id"]: m for m in httpx.get(f"{stack.base}/v1/models").json()["data"]}
-        base, bodies = stack.base, _bodies(requests)
-        asyncio.run(drive(base, "/v1/rerank", bodies[:32], clients))  # warm-up
+        bodies = _bodies(requests)
 
         def one(client: httpx.Client, i: int) -> None:
             query, docs = requests[i % len(requests)]
             body = {"model": MODEL, "query": query, "documents": docs[:1]}
             client.post("/v1/rerank", json=body).raise_for_status()
 
-        idle = sequential(base, one, single_runs)
-        sent_before = queue_messages(base, MODEL)
-        measured = [
-            asyncio.run(drive_measured(base, "/v1/rerank", bodies, clients)) for _ in range(repeats)
-        ]
-        walls = [wall for wall, _ in measured]
-        per_message = jobs_per_message(sent_before, queue_messages(base, MODEL))
-        singles = sequential(base, one, single_runs)
+        run = load_and_lone(
+            stack.base,
+            "/v1/rerank",
+            MODEL,
+            bodies,
+            bodies[:32],
+            clients=clients,
+            repeats=repeats,
+            lone=one,
+            lone_runs=single_runs,
+        )
     pairs = sum(len(docs) for _, docs in requests)
     return {
         "dtype": served[MODEL].get("dtype"),
-        "pairs_per_s": pairs / statistics.median(walls),
-        "one_pair_p50_ms": 1000 * statistics.median(idle),
-        "one_pair_p99_ms": 1000 * percentile(idle, 0.99),
-        "one_pair_after_load_p50_ms": 1000 * statistics.median(singles),
+        "pairs_per_s": pairs / run.wall_s,
+        "one_pair_p50_ms": 1000 * statistics.median(run.lone),
+        "one_pair_p99_ms": 1000 * percentile(run.lone, 0.99),
+        "one_pair_after_load_p50_ms": 1000 * statistics.median(run.lone_after),
         "clients": clients,
         "client": load_client(),
-        "client_cpu_share": sum(cpu for _, cpu in measured) / sum(walls),
-        "jobs_per_message": per_message,
+        "client_cpu_share": run.client_cpu_share,
+        "jobs_per_message": run.jobs_per_message,
     }
 
 
