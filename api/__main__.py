@@ -15,6 +15,7 @@ import uvicorn
 from sse_starlette.sse import AppStatus
 
 from api.app import create_app
+from inferq.heap import freeze_startup_heap
 from inferq.logs import setup_logging
 from inferq.settings import get_settings
 
@@ -47,6 +48,7 @@ def main() -> None:
     # Open streams are ended by the app itself once the grace is over, with an error event
     # (api/sse.py), not cut by sse-starlette the moment the signal arrives.
     AppStatus.disable_automatic_graceful_drain()
+    freeze_startup_heap()  # the app, its routes and models: out of the GC's passes
     DrainingServer(config).run()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import httpx
 import openai
@@ -172,6 +173,9 @@ def test_worker_metrics_port(stack):
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
     assert 'inferq_worker_model_load_seconds{model="tiny-bert-cls"}' in text
     assert "inferq_worker_batch_size_count" in text  # its warm-up pass
+    # its start-up heap (torch, transformers, the model) is out of the GC's full passes
+    frozen = re.search(r"^inferq_worker_frozen_objects (\S+)$", text, re.M)
+    assert frozen is not None and float(frozen.group(1)) > 100_000
     # The session worker serves the model too: send jobs until this worker has run one.
     for _ in range(60):
         body = {"model": "tiny-bert-cls", "input": "hi"}

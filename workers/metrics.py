@@ -57,6 +57,10 @@ FORWARD_SECONDS = Counter(
     ["model", "lane"],
 )
 LOAD_SECONDS = Gauge("inferq_worker_model_load_seconds", "Time to load a model.", ["model"])
+FROZEN_OBJECTS = Gauge(
+    "inferq_worker_frozen_objects",
+    "Start-up objects kept out of the garbage collector's passes (gc.freeze; inferq/heap.py).",
+)
 
 
 def start_server(port: int) -> None:

@@ -15,6 +15,7 @@ from celery import Celery
 from redis import RedisError
 
 from inferq.catalog import Catalog, ModelEntry, load_catalog
+from inferq.heap import freeze_startup_heap
 from inferq.settings import Settings, instance_name
 from workers import metrics
 from workers.audio.service import AudioService
@@ -55,8 +56,10 @@ class WorkerRuntime:
         return BatchRunner(self.jobs.redis, self.settings, self.app, lambda: self.catalog)
 
     def load(self, entries: list[ModelEntry]) -> None:
-        """Load the models before consuming: a broken model never takes jobs."""
+        """Load the models before consuming: a broken model never takes jobs. What start-up
+        made stays out of the garbage collector's passes (inferq/heap.py)."""
         self.registry.load(entries, self.settings)
+        metrics.FROZEN_OBJECTS.set(freeze_startup_heap())
 
     def start_background(self, worker_name: str, controller=None) -> None:
         self.name = worker_name
