@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 import httpx
 import orjson
 
@@ -67,6 +66,8 @@ async def drive_measured(
         queue.put_nowait(orjson.dumps(body))
     headers = {"content-type": "application/json"}
     if load_client() == "aiohttp":
+        import aiohttp  # the dev extra's; BENCH_CLIENT=httpx runs without it
+
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=clients),
             timeout=aiohttp.ClientTimeout(total=300),

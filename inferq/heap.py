@@ -1,8 +1,8 @@
 """A long-lived process's startup heap, kept out of the cyclic garbage collector's passes.
 
-A worker holds ~450 000 Python objects once its models are loaded (the API ~90 000), nearly
+A worker holds ~445 000 Python objects once its models are loaded (the API ~88 000), nearly
 all of them alive until it exits; every full collection walks them all while holding the GIL:
-~185 ms in a MiniLM worker (18 ms in the API), a pause of every job, lane and event loop.
+185-200 ms in a MiniLM worker (18 ms in the API), a pause of every job, lane and event loop.
 :func:`freeze_startup_heap` moves what is alive at the end of start-up into the permanent
 generation (``gc.freeze``, as vLLM does after its start-up), so later collections walk only
 what was made since. Frozen objects are still freed by reference counting; only cycles among

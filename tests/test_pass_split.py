@@ -11,7 +11,7 @@ import pytest
 
 from handlers.embedding import HFEmbeddingModel
 from workers.batching import Batcher
-from workers.pass_split import auto_call_tokens, split_pass
+from workers.pass_split import auto_call_tokens, find_failures, split_pass
 
 
 def _cost(lengths: list[int], calls: list[np.ndarray], call_tokens: int) -> int:
@@ -126,3 +126,49 @@ def test_a_failed_job_leaves_the_padding_of_the_calls_that_ran(handler):
         batcher.stop()
     assert batcher.stats.inputs == 13
     assert batcher.stats.padded_tokens < 1.1 * batcher.stats.real_tokens
+
+
+def test_a_job_failing_in_two_calls_leaves_its_companion_in_the_second_alone():
+    """Job a's bad inputs fail both calls of a pass (a short one alone, a long one beside job
+    b's): b runs again without a and succeeds (it was failed with a's error, never rerun)."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def forward(rows):
+        entered.set()
+        gate.wait(10)
+        if any("poison" in row for row in rows):
+            raise RuntimeError("boom")
+        return np.array([[float(len(row))] for row in rows])
+
+    batcher = Batcher(forward, width=1, batch_tokens=100_000, max_batch_size=64, call_tokens=32)
+    try:
+        first = batcher.submit([["warm"]], [1])  # held at the gate
+        assert entered.wait(10)
+        bad = batcher.submit([["poison"], ["poison"] + ["x"] * 59], [1, 60])
+        good = batcher.submit([["y"] * 60], [60])
+        gate.set()
+        first.result(10)
+        with pytest.raises(RuntimeError, match="boom"):
+            bad.result(10)
+        np.testing.assert_array_equal(good.result(10), [[60.0]])
+    finally:
+        batcher.stop()
+
+
+def test_find_failures_names_each_bad_job_with_its_own_error():
+    bad = {2: ValueError("two"), 5: KeyError("five")}
+    jobs = [[10 * j, 10 * j + 1] for j in range(8)]
+    reruns: list[list[int]] = []
+
+    def rerun(positions):
+        reruns.append(positions)
+        for j, error in bad.items():
+            if jobs[j][0] in positions:
+                return error
+        return None
+
+    assert find_failures(jobs, RuntimeError("call"), rerun) == bad
+    assert all(len(p) % 2 == 0 for p in reruns)  # a job's inputs are never split
+    reruns.clear()
+    assert find_failures(jobs[:2], None, rerun) == {}  # no known failure: one rerun, it passes
+    assert reruns == [[0, 1, 10, 11]]

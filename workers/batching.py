@@ -60,7 +60,7 @@ import numpy as np
 
 from handlers.base import Cancelled
 from workers import metrics
-from workers.pass_split import split_pass
+from workers.pass_split import find_failures, split_pass
 
 log = logging.getLogger(__name__)
 
@@ -372,30 +372,36 @@ class Batcher:
             raise ValueError(f"forward pass gave shape {got.shape}, not {shape}")
         return got
 
-    def _isolate(self, batch: list[_Item], call, outputs: np.ndarray, failed: dict, exc) -> None:
-        """A call that failed with several jobs' inputs runs again in halves (by job), and a
-        failing half in halves again, so one job's bad input (or a custom handler's bug on it)
-        fails that job alone, not its companions: about 2 log2(k) calls for one bad job of k.
-        ``failed``: id(ticket) -> (ticket, its error), for the jobs of the pass that failed."""
+    def _isolate(
+        self,
+        batch: list[_Item],
+        call: np.ndarray,
+        outputs: np.ndarray,
+        failed: dict[int, tuple[_Ticket, Exception]],
+        exc: Exception,
+    ) -> None:
+        """A call that failed with several jobs' inputs runs again in halves by job (a failing
+        half in halves again: ``find_failures``), so one job's bad input (or a custom handler's
+        bug on it) fails that job alone. ``failed``: id(ticket) -> (ticket, its error)."""
         log.exception("forward pass failed")
         by_ticket: dict[int, list[int]] = {}
         for i in call:
-            if id(batch[i].ticket) not in failed:  # not failed in an earlier call of this pass
-                by_ticket.setdefault(id(batch[i].ticket), []).append(int(i))
+            by_ticket.setdefault(id(batch[i].ticket), []).append(int(i))
+        jobs = [job for key, job in by_ticket.items() if key not in failed]
 
-        def bisect(jobs: list[list[int]], exc: Exception) -> None:
-            if len(jobs) == 1:
-                failed[id(batch[jobs[0][0]].ticket)] = (batch[jobs[0][0]].ticket, exc)
-                return
-            for part in (jobs[: len(jobs) // 2], jobs[len(jobs) // 2 :]):
-                positions = sorted(i for job in part for i in job)  # ascending length
-                try:
-                    outputs[positions] = self._call([batch[i] for i in positions])
-                except Exception as own:
-                    bisect(part, own)
+        def rerun(positions: list[int]) -> Exception | None:
+            positions = sorted(positions, key=lambda i: batch[i].length)
+            try:
+                outputs[positions] = self._call([batch[i] for i in positions])
+            except Exception as own:
+                return own
+            return None
 
-        if by_ticket:
-            bisect(list(by_ticket.values()), exc)
+        # a job failed in an earlier call was in this one: the others have not failed alone
+        known = exc if len(jobs) == len(by_ticket) else None
+        for index, error in find_failures(jobs, known, rerun).items():
+            ticket = batch[jobs[index][0]].ticket
+            failed[id(ticket)] = (ticket, error)
 
 
 def _settle(future: Future, *, result: Any = None, error: BaseException | None = None) -> None:

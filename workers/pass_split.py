@@ -1,4 +1,4 @@
-"""Cutting one forward pass into calls over similar lengths.
+"""Cutting one forward pass into calls over similar lengths, and a failed call into reruns.
 
 A pass the batcher builds from a shallow queue mixes lengths (32 clients' requests: ~1.34
 padded tokens per real one), and on a CPU a padded token costs as much as a real one, while
@@ -11,7 +11,7 @@ batches, which pad little, stay one call (docs/benchmarks.md, "One pass, several
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -54,3 +54,35 @@ def auto_call_tokens(setting: int, device: str) -> int:
     if setting >= 0:
         return setting
     return 32 if device == "cpu" else 0
+
+
+def find_failures(
+    jobs: list[list[int]],
+    error: Exception | None,
+    rerun: Callable[[list[int]], Exception | None],
+) -> dict[int, Exception]:
+    """Which of ``jobs`` (each a job's input positions in a failed call) fail on their own,
+    with their own errors, by index into ``jobs``. ``rerun(positions)`` runs those inputs
+    again, returning its error or None. ``error``: the call's error when all of ``jobs``
+    were in it; None when the call also held a job already failed, so these run again first.
+    A failing group runs again in halves, a failing half in halves again: about 2 log2(k)
+    reruns find one bad job of k (one per job took k)."""
+    failures: dict[int, Exception] = {}
+
+    def positions(group: list[int]) -> list[int]:
+        return [i for g in group for i in jobs[g]]
+
+    def bisect(group: list[int], error: Exception) -> None:
+        if len(group) == 1:
+            failures[group[0]] = error
+            return
+        for half in (group[: len(group) // 2], group[len(group) // 2 :]):
+            if (own := rerun(positions(half))) is not None:
+                bisect(half, own)
+
+    group = list(range(len(jobs)))
+    if group and error is None:
+        error = rerun(positions(group))
+    if group and error is not None:
+        bisect(group, error)
+    return failures
