@@ -50,14 +50,7 @@ def load_client() -> str:
     return client
 
 
-async def drive(base: str, path: str, bodies: list[dict], clients: int) -> float:
-    """Wall seconds for ``clients`` concurrent connections to POST every body to ``path``."""
-    return (await drive_measured(base, path, bodies, clients))[0]
-
-
-async def drive_measured(
-    base: str, path: str, bodies: list[dict], clients: int
-) -> tuple[float, float]:
+async def drive(base: str, path: str, bodies: list[dict], clients: int) -> tuple[float, float]:
     """(wall seconds, this process's CPU seconds) for ``clients`` concurrent connections to POST
     every body to ``path`` with :func:`load_client`; the bodies are encoded before the clock
     starts."""
@@ -149,7 +142,7 @@ def load_and_lone(
     asyncio.run(drive(base, path, warm_up, clients))
     before = sequential(base, lone, lone_runs)
     sent_before = queue_messages(base, model)
-    measured = [asyncio.run(drive_measured(base, path, bodies, clients)) for _ in range(repeats)]
+    measured = [asyncio.run(drive(base, path, bodies, clients)) for _ in range(repeats)]
     per_message = jobs_per_message(sent_before, queue_messages(base, model))
     walls = [wall for wall, _ in measured]
     return LoadRun(

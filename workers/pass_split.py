@@ -80,9 +80,9 @@ def find_failures(
             if (own := rerun(positions(half))) is not None:
                 bisect(half, own)
 
-    group = list(range(len(jobs)))
-    if group and error is None:
-        error = rerun(positions(group))
-    if group and error is not None:
-        bisect(group, error)
+    everyone = list(range(len(jobs)))
+    if everyone and error is None:
+        error = rerun(positions(everyone))
+    if everyone and error is not None:
+        bisect(everyone, error)
     return failures

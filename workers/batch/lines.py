@@ -65,9 +65,10 @@ def _run_lines(model: LoadedModel, jobs: list, inputs: list[list], stop, build) 
     ]
     outcomes: list[Outcome] = []
     for job, line, future in zip(jobs, tokenised, futures, strict=True):
+        if isinstance(future, Exception):  # the line could not be tokenised
+            outcomes.append(as_service_error(future))
+            continue
         try:
-            if isinstance(future, Exception):
-                raise future
             outcomes.append(build(job, future.result(), line[1]))
         except Cancelled:
             outcomes.append(None)
