@@ -48,13 +48,18 @@ EXPOSE 8000
 CMD ["python", "-m", "api"]
 
 # ------------------------------------------------------------------- worker bases per VARIANT
+# tcmalloc: the worker's allocator (WORKER_MALLOC=auto; workers/native_env.py).
 FROM ${PYTHON_IMAGE} AS python-cpu
-RUN python -m venv /opt/venv
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        libtcmalloc-minimal4 \
+    && rm -rf /var/lib/apt/lists/* \
+    && python -m venv /opt/venv
 
 FROM ${CUDA_IMAGE} AS python-cuda
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        python3 python3-venv ca-certificates \
+        python3 python3-venv ca-certificates libtcmalloc-minimal4t64 \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 

@@ -27,7 +27,7 @@ run: setup
 	$(BIN)/python scripts/run_dev.py
 
 test: setup
-	bash scripts/install_espeak.sh
+	bash scripts/install_system_packages.sh
 	$(BIN)/python -m pytest
 
 bench: setup

@@ -250,7 +250,8 @@ def report(result: dict) -> str:
         f" ({s['client']}, {100 * s['client_cpu_share']:.0f} % of a core)"
     )
     lines = [
-        f"dtype: in process {a['dtype']}, stack {s['dtype']}",
+        f"dtype: in process {a['dtype']}, stack {s['dtype']}; allocator"
+        f" {result['machine'].get('allocator', 'system')} (every process)",
         f"(a) in-process handler: {a['texts_per_s']:8.1f} texts/s",
         f"(b) {load}: {s['texts_per_s']:8.1f} texts/s"
         f" -> {result['b_over_a']:.3f} x (a)  [goal >= 0.75]" + _per_message(s),

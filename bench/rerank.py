@@ -152,7 +152,8 @@ def report(result: dict) -> str:
     a, s = result["a_in_process"], result["b_c_stack"]
     return "\n".join(
         [
-            f"dtype: in process {a['dtype']}, stack {s['dtype']}",
+            f"dtype: in process {a['dtype']}, stack {s['dtype']}; allocator"
+            f" {result['machine'].get('allocator', 'system')} (every process)",
             f"(a) in-process cross-encoder: {a['pairs_per_s']:8.1f} pairs/s",
             f"(b) stack, {s['clients']} clients x {result['documents_per_request']} documents"
             f" ({s['client']}, {100 * s['client_cpu_share']:.0f} % of a core):"

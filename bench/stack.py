@@ -13,6 +13,16 @@ from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wa
 RESULTS = ROOT / "bench" / "results"
 
 
+def on_the_workers_allocator() -> None:
+    """Run this benchmark process (its in-process references) and the processes it starts
+    (the API, Infinity) on the allocator a worker picks (``WORKER_MALLOC``, default tcmalloc
+    where installed: workers/native_env.py), executing itself again where needed: every figure
+    of a run is then measured on one allocator. Call it first in a benchmark's ``main``."""
+    from workers.native_env import prepare_process
+
+    prepare_process(os.environ.get("WORKER_MALLOC", "auto"))
+
+
 @dataclass
 class BenchStack:
     base: str  # the API's base URL

@@ -271,6 +271,12 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, description="torch intra-op threads in a worker (0: torch's default, one per core)."
     )
+    worker_malloc: str = Field(
+        "auto",
+        pattern=r"^(auto|system|tcmalloc|jemalloc|/.+)$",
+        description="Memory allocator a worker runs on: auto (tcmalloc where installed, else "
+        "the system's), system, tcmalloc, jemalloc, or a library's path (workers/native_env.py).",
+    )
     worker_metrics_port: int = Field(
         0, description="Port of a worker's Prometheus /metrics (0: off; one port per worker)."
     )

@@ -176,6 +176,8 @@ def test_worker_metrics_port(stack):
     # its start-up heap (torch, transformers, the model) is out of the GC's full passes
     frozen = re.search(r"^inferq_worker_frozen_objects (\S+)$", text, re.M)
     assert frozen is not None and float(frozen.group(1)) > 100_000
+    # on tcmalloc (WORKER_MALLOC=auto; `make test` installs it): tests/test_native_env.py
+    assert 'inferq_worker_allocator_info{allocator="tcmalloc"} 1.0' in text
     # The session worker serves the model too: send jobs until this worker has run one.
     for _ in range(60):
         body = {"model": "tiny-bert-cls", "input": "hi"}

@@ -16,6 +16,12 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings.log_level, settings.log_format, service="worker")
     if not settings.models:
         sys.exit("MODELS is empty: name the models this worker serves, e.g. MODELS=a,b")
+    from workers.native_env import AllocatorNotFound, prepare_process
+
+    try:
+        prepare_process(settings.worker_malloc)  # before torch loads; may execute itself again
+    except AllocatorNotFound as exc:
+        sys.exit(f"cannot start worker: {exc}")
     from inferq.catalog import load_catalog
     from workers import runtime
     from workers.celery_app import app

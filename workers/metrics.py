@@ -62,6 +62,12 @@ FROZEN_OBJECTS = Gauge(
     "Start-up objects kept out of the garbage collector's passes (gc.freeze; inferq/heap.py).",
 )
 
+ALLOCATOR = Gauge(
+    "inferq_worker_allocator_info",
+    "1 for the memory allocator the worker runs on (WORKER_MALLOC; workers/native_env.py).",
+    ["allocator"],
+)
+
 
 def start_server(port: int) -> None:
     if port:

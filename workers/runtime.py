@@ -8,6 +8,7 @@ call it); the task bodies reach it through ``current()``. Nothing else is module
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from functools import cached_property
 
@@ -22,6 +23,7 @@ from workers.audio.service import AudioService
 from workers.batch.runner import BatchRunner
 from workers.jobs import JobRuntime
 from workers.leases import Leases
+from workers.native_env import configure_onednn, preloaded_allocator
 from workers.presence import CancelListener, Heartbeat
 from workers.registry import ModelRegistry
 from workers.watchdog import ConsumerWatchdog
@@ -58,6 +60,14 @@ class WorkerRuntime:
     def load(self, entries: list[ModelEntry]) -> None:
         """Load the models before consuming: a broken model never takes jobs. What start-up
         made stays out of the garbage collector's passes (inferq/heap.py)."""
+        configure_onednn()  # where Celery's own command started the worker
+        allocator = preloaded_allocator()
+        log.info(
+            "allocator: %s; oneDNN keeps %s compiled kernels",
+            allocator,
+            os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024"),
+        )
+        metrics.ALLOCATOR.labels(allocator).set(1)
         self.registry.load(entries, self.settings)
         metrics.FROZEN_OBJECTS.set(freeze_startup_heap())
 

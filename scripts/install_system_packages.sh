@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages `make test` needs beside Python's: espeak-ng (the speech tests synthesise
+# their audio with it) and tcmalloc (workers run on it where it is installed:
+# workers/native_env.py; tests/test_native_env.py checks that they do). Where one is missing and
+# apt-get exists, it installs it (with sudo when not root). Elsewhere it says what to install;
+# the tests that need it then fail (they never skip).
+set -uo pipefail
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal || missing+=(libtcmalloc-minimal4)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; } && exit 0
+fi
+echo "error: ${missing[*]} missing and could not be installed; install them (Debian/Ubuntu:" \
+  "apt-get install ${missing[*]}; macOS: brew install espeak-ng): the tests need them" >&2
+exit 0
