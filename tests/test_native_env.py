@@ -18,6 +18,7 @@ from workers.native_env import (
     ONEDNN_CACHE_CAPACITY,
     AllocatorNotFound,
     allocator_library,
+    without_our_preload,
 )
 
 
@@ -74,6 +75,14 @@ def test_allocator_choices():
     assert "tcmalloc" in allocator_library("tcmalloc", {})
     with pytest.raises(AllocatorNotFound, match="not auto, system"):
         allocator_library("mimalloc", {})
+
+
+def test_a_child_can_be_given_the_environment_without_the_preloaded_allocator():
+    preloaded = {"LD_PRELOAD": "libtcmalloc_minimal.so.4:/opt/libmine.so"}
+    assert without_our_preload(preloaded) == {}  # not preloaded by prepare_process: left alone
+    ours = {**preloaded, "INFERQ_MALLOC_APPLIED": "libtcmalloc_minimal.so.4"}
+    expected = {"LD_PRELOAD": "/opt/libmine.so", "INFERQ_MALLOC_APPLIED": ""}
+    assert without_our_preload(ours) == expected
 
 
 ONEDNN_PROBE = """

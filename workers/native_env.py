@@ -95,6 +95,16 @@ def prepare_process(malloc: str) -> None:
     os.execv(sys.executable, sys.orig_argv)
 
 
+def without_our_preload(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Environment overrides that take the allocator :func:`prepare_process` preloaded back out,
+    for a child that should run as it does deployed (the benchmarks' API)."""
+    ours = environ.get(_REEXEC_MARK)
+    if not ours:
+        return {}
+    rest = [lib for lib in environ.get("LD_PRELOAD", "").split(":") if lib and lib != ours]
+    return {"LD_PRELOAD": ":".join(rest), _REEXEC_MARK: ""}
+
+
 def preloaded_allocator() -> str:
     """The allocator this process runs on, as the worker reports it: the library's short name,
     or ``system``."""
