@@ -20,8 +20,8 @@ from bench import (
     speech_batches,
     speech_dtypes,
 )
-from bench.stack import on_the_workers_allocator
-from workers.native_env import preloaded_allocator
+from bench.stack import run_on_the_workers_allocator
+from workers.native_env import running_allocator
 
 SUITES = {
     "embeddings": embeddings,
@@ -45,12 +45,12 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "allocator": preloaded_allocator(),
+        "allocator": running_allocator()[0],
     }
 
 
 def main(argv: list[str]) -> int:
-    on_the_workers_allocator()
+    run_on_the_workers_allocator()
     names = argv or [name for name in SUITES if name != "redis_kill"]
     for name in names:
         suite = SUITES[name]

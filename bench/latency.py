@@ -29,7 +29,7 @@ import redis
 
 from bench.embeddings import MODEL, bench_dtype, corpus
 from bench.load import timed
-from bench.stack import on_the_workers_allocator, one_worker_stack
+from bench.stack import one_worker_stack, run_on_the_workers_allocator
 from inferq import protocol as p
 
 REDIS_DB = 9
@@ -79,7 +79,7 @@ def in_process_p50(suite: str, bodies: list[dict]) -> float:
 
 
 def main() -> int:
-    on_the_workers_allocator()
+    run_on_the_workers_allocator()
     runs = int(os.environ.get("BENCH_LATENCY_RUNS", "100"))
     suite = os.environ.get("BENCH_LATENCY_SUITE", "embeddings")
     model, route, bodies, env = requests(suite, runs + 20)

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from inferq.devstack import stop
+from workers.native_env import running_allocator
 
 DEFAULT_BIN = "/tmp/infinity-venv/bin/infinity_emb"
 
@@ -36,8 +37,10 @@ def infinity_bin() -> str | None:
 def infinity(
     weights: Path, *, dtype: str, port: int, log_path: Path, batch_size: int = 32
 ) -> Iterator[str]:
-    """An Infinity server of ``weights`` at ``dtype`` (float32 / bfloat16); yields its base URL."""
+    """An Infinity server of ``weights`` at ``dtype`` (float32 / bfloat16); yields its base URL.
+    It runs on the allocator this benchmark runs on (the worker's: bench/stack.py)."""
     binary = infinity_bin()
+    _, allocator = running_allocator()
     assert binary is not None
     out = open(log_path, "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(
@@ -60,7 +63,12 @@ def infinity(
             str(port),
             "--no-bettertransformer",
         ],
-        env={**os.environ, "INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"},
+        env={
+            **os.environ,
+            "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+            "HF_HUB_OFFLINE": "1",
+            **({"LD_PRELOAD": allocator} if allocator else {}),
+        },
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,

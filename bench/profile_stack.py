@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from bench.embeddings import MODEL, bench_dtype, corpus
-from bench.stack import RESULTS, on_the_workers_allocator, one_worker_stack
+from bench.stack import RESULTS, one_worker_stack, run_on_the_workers_allocator
 
 CLIENTS, PER_REQUEST = 32, 8
 RATE = 200  # samples per second; each sample of the GIL holder stands for 1/RATE s of it
@@ -102,7 +102,7 @@ async def _load(base: str, texts: list[str], seconds: float) -> int:
 
 
 def main() -> int:
-    on_the_workers_allocator()
+    run_on_the_workers_allocator()
     seconds = float(os.environ.get("BENCH_PROFILE_SEC", "30"))
     texts = corpus()
     venv_spy = Path(sys.executable).with_name("py-spy")

@@ -9,17 +9,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
-from workers.native_env import prepare_process, without_our_preload
+from workers.native_env import prepare_process
 
 RESULTS = ROOT / "bench" / "results"
 
 
-def on_the_workers_allocator() -> None:
-    """Run this benchmark process (its in-process references) and the worker and Infinity it
-    starts on the allocator a worker picks (``WORKER_MALLOC``, default tcmalloc where
-    installed: workers/native_env.py), executing itself again where needed: the model's
-    figures of a run are then measured on one allocator (the API keeps the system's, as
-    deployed). Call it first in a benchmark's ``main``."""
+def run_on_the_workers_allocator() -> None:
+    """Run this benchmark process (its in-process references) on the allocator a worker picks
+    (``WORKER_MALLOC``, default tcmalloc where installed: workers/native_env.py), executing
+    itself again where needed, so that the model's figures of a run are measured on one
+    allocator. The processes it starts choose their own as deployed (the API the system's, the
+    worker by its ``WORKER_MALLOC``), except Infinity, which runs on this one (bench/peer.py).
+    Call it first in a benchmark's ``main``."""
     prepare_process(os.environ.get("WORKER_MALLOC", "auto"))
 
 
@@ -57,8 +58,7 @@ def one_worker_stack(
     }
     redis_proc = ensure_redis(redis_url)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    # the API on the system's allocator, as deployed (the worker keeps this run's)
-    api = spawn("api", {**env, **without_our_preload()}, log_path=RESULTS / f"{name}-api.log")
+    api = spawn("api", env, log_path=RESULTS / f"{name}-api.log")
     extra = dict(
         item.split("=", 1) for item in os.environ.get("BENCH_WORKER_ENV", "").split() if item
     )

@@ -273,7 +273,6 @@ class Settings(BaseSettings):
     )
     worker_malloc: str = Field(
         "auto",
-        pattern=r"^(auto|system|tcmalloc|jemalloc|/.+)$",
         description="Memory allocator a worker runs on: auto (tcmalloc where installed, else "
         "the system's), system, tcmalloc, jemalloc, or a library's path (workers/native_env.py).",
     )

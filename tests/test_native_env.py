@@ -18,7 +18,6 @@ from workers.native_env import (
     ONEDNN_CACHE_CAPACITY,
     AllocatorNotFound,
     allocator_library,
-    without_our_preload,
 )
 
 
@@ -39,6 +38,7 @@ def test_workers_run_on_tcmalloc_with_a_large_onednn_cache_by_default(stack):
     assert workers
     for proc in workers:
         assert "libtcmalloc" in _maps(proc.pid)
+        # the environment it was executed again with
         environ = _environ(proc.pid)
         assert environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(ONEDNN_CACHE_CAPACITY)
         assert "tcmalloc" in environ["LD_PRELOAD"]
@@ -49,11 +49,13 @@ def test_a_worker_on_the_system_allocator_says_so(stack):
     proc = stack.start_worker(
         ["tiny-bert-cls"], WORKER_MALLOC="system", WORKER_METRICS_PORT=str(port)
     )
-    assert "libtcmalloc" not in _maps(proc.pid)
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-    assert re.search(r'^inferq_worker_allocator_info\{allocator="system"\} 1\.0$', text, re.M)
-    assert "tcmalloc" not in text
-    stop(proc)
+    try:
+        assert "libtcmalloc" not in _maps(proc.pid)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        assert re.search(r'^inferq_worker_allocator_info\{allocator="system"\} 1\.0$', text, re.M)
+        assert "tcmalloc" not in text
+    finally:
+        stop(proc)
 
 
 def test_a_missing_allocator_stops_the_worker_with_its_name(stack, tmp_path):
@@ -77,12 +79,26 @@ def test_allocator_choices():
         allocator_library("mimalloc", {})
 
 
-def test_a_child_can_be_given_the_environment_without_the_preloaded_allocator():
-    preloaded = {"LD_PRELOAD": "libtcmalloc_minimal.so.4:/opt/libmine.so"}
-    assert without_our_preload(preloaded) == {}  # not preloaded by prepare_process: left alone
-    ours = {**preloaded, "INFERQ_MALLOC_APPLIED": "libtcmalloc_minimal.so.4"}
-    expected = {"LD_PRELOAD": "/opt/libmine.so", "INFERQ_MALLOC_APPLIED": ""}
-    assert without_our_preload(ours) == expected
+def test_after_its_execution_again_a_process_hands_its_children_the_environment_it_had():
+    """The worker (or a benchmark) runs on the preloaded allocator; what it starts chooses its
+    own (the benchmarks' API, a worker told WORKER_MALLOC=system)."""
+    code = (
+        "import os; from workers.native_env import prepare_process, running_allocator; "
+        "prepare_process('tcmalloc'); "
+        "print(running_allocator()[0], os.environ.get('LD_PRELOAD', '-'), "
+        "os.environ.get('INFERQ_MALLOC_APPLIED', '-'))"
+    )
+    for preload, left in (({}, "-"), ({"LD_PRELOAD": "libm.so.6"}, "libm.so.6")):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **preload},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split()
+        assert out == ["tcmalloc", left, "-"]
 
 
 ONEDNN_PROBE = """
@@ -120,7 +136,9 @@ def test_onednn_keeps_every_kernel_of_a_varied_load_when_configured_before_the_f
 
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
     first, second = second_round_misses(env)
-    assert first > 1024  # bf16 matmuls are oneDNN kernels on this CPU (one per shape)
+    # torch makes a bf16 matmul a oneDNN kernel per shape on CPUs with AVX512 (the CI's has
+    # AVX512-BF16 and AMX); elsewhere there is nothing to count
+    assert first > 1024, "no oneDNN kernel per shape: a CPU without AVX512?"
     assert second == 0
     _, second_at_default = second_round_misses({**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"})
     assert second_at_default > 200

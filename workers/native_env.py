@@ -1,14 +1,8 @@
-"""What a worker process's native libraries read once, at start: the memory allocator and the
-size of oneDNN's primitive cache. Both must be in place before torch loads, so the worker sets
-them first thing and, when the allocator has to be preloaded, executes itself again once.
-
-Why (docs/benchmarks.md, "The allocator and oneDNN's primitive cache"): torch's CPU kernels
-allocate and free large buffers on many threads, where glibc's malloc spends ~5 % of a worker's
-time and faults pages in again; tcmalloc (what vLLM and Intel advise for torch on CPU) does
-not. oneDNN compiles a kernel for every new matmul shape (rows x tokens of a pass) and keeps
-1024 of them by default: under varied traffic that cache never warms and a worker on an AMX
-CPU kept spending ~12 % of its time compiling kernels again (1.5 ms each).
-"""
+"""What a worker process's native libraries read once, at start: the memory allocator
+(``WORKER_MALLOC``) and the size of oneDNN's kernel cache. Both must be in place before torch
+makes its first kernel; the allocator must be preloaded, so the worker executes itself again
+once with it in ``LD_PRELOAD``. Why and by how much: docs/benchmarks.md, "The allocator and
+oneDNN's primitive cache"."""
 
 from __future__ import annotations
 
@@ -18,13 +12,15 @@ import os
 import sys
 from collections.abc import Mapping
 
-# Kernels oneDNN keeps compiled (its default: 1024); ~20 KB each. ONEDNN_PRIMITIVE_CACHE_CAPACITY
+# Kernels oneDNN keeps compiled (its default: 1024; ~20 KB each). ONEDNN_PRIMITIVE_CACHE_CAPACITY
 # in the environment wins.
 ONEDNN_CACHE_CAPACITY = 16384
-# The allocators WORKER_MALLOC names, by the library names ``ctypes.util.find_library`` knows.
+# The allocators WORKER_MALLOC names: the library names ``ctypes.util.find_library`` knows,
+# and the Debian package that installs them.
 ALLOCATORS = {"tcmalloc": ("tcmalloc_minimal", "tcmalloc"), "jemalloc": ("jemalloc",)}
-# Marks a process that already executed itself again: never a second time.
-_REEXEC_MARK = "INFERQ_MALLOC_APPLIED"
+DEBIAN_PACKAGES = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}
+# Set across the one execution again: the library it preloaded.
+_APPLIED = "INFERQ_MALLOC_APPLIED"
 
 log = logging.getLogger("workers")
 
@@ -44,7 +40,7 @@ def allocator_library(choice: str, environ: Mapping[str, str] = os.environ) -> s
     if "/" in choice:
         if not os.path.isfile(choice):
             raise AllocatorNotFound(f"WORKER_MALLOC={choice}: no such file")
-        return choice
+        return os.path.abspath(choice)
     kind = "tcmalloc" if choice == "auto" else choice
     if kind not in ALLOCATORS:
         raise AllocatorNotFound(
@@ -57,25 +53,29 @@ def allocator_library(choice: str, environ: Mapping[str, str] = os.environ) -> s
         return None
     raise AllocatorNotFound(
         f"WORKER_MALLOC={choice}: lib{ALLOCATORS[kind][0]} is not installed "
-        f"(Debian/Ubuntu: apt-get install {_DEBIAN_PACKAGES[kind]})"
+        f"(Debian/Ubuntu: apt-get install {DEBIAN_PACKAGES[kind]})"
     )
-
-
-_DEBIAN_PACKAGES = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}
 
 
 def configure_onednn() -> None:
     """oneDNN's cache size, unless the environment sets it. oneDNN reads it when it makes its
-    first primitive, so this must run before a model's first forward pass (not before torch's
+    first kernel, so this must run before a model's first forward pass (not before torch's
     import: tests/test_native_env.py)."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_CAPACITY))
 
 
 def prepare_process(malloc: str) -> None:
-    """:func:`configure_onednn` and, where ``malloc`` asks for an allocator this process was not
-    started with, execute the same command again with it preloaded (the pid stays the same)."""
+    """:func:`configure_onednn` and, where ``malloc`` asks for an allocator this process does
+    not run on, execute the same command again with it preloaded (the pid stays the same).
+    After that execution the preload leaves the environment again: the children this process
+    starts choose their own allocator."""
     configure_onednn()
-    if os.environ.get(_REEXEC_MARK):
+    if applied := os.environ.pop(_APPLIED, None):
+        rest = [lib for lib in os.environ.get("LD_PRELOAD", "").split(":") if lib != applied]
+        if any(rest):
+            os.environ["LD_PRELOAD"] = ":".join(lib for lib in rest if lib)
+        else:
+            os.environ.pop("LD_PRELOAD", None)
         return
     library = allocator_library(malloc)
     if library is None:
@@ -85,39 +85,37 @@ def prepare_process(malloc: str) -> None:
                 "worker on CPU: docs/benchmarks.md)"
             )
         return
+    if _is_mapped(library):
+        return
     preload = os.environ.get("LD_PRELOAD", "")
-    os.environ[_REEXEC_MARK] = library
+    os.environ[_APPLIED] = library
     os.environ["LD_PRELOAD"] = f"{library}:{preload}" if preload else library
-    # tcmalloc reports every allocation over 1 GiB on stderr; a model's weights are such.
+    # tcmalloc reports every allocation over 1 GiB on stderr; a large model's weights are such.
     os.environ.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)
 
 
-def without_our_preload(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """Environment overrides that take the allocator :func:`prepare_process` preloaded back out,
-    for a child that should run as it does deployed (the benchmarks' API)."""
-    ours = environ.get(_REEXEC_MARK)
-    if not ours:
-        return {}
-    rest = [lib for lib in environ.get("LD_PRELOAD", "").split(":") if lib and lib != ours]
-    return {"LD_PRELOAD": ":".join(rest), _REEXEC_MARK: ""}
+def running_allocator() -> tuple[str, str | None]:
+    """The allocator this process runs on: its short name and library path, or ``system``."""
+    for path in _mapped_libraries():
+        for name, libraries in ALLOCATORS.items():
+            if any(os.path.basename(path).startswith(f"lib{lib}.") for lib in libraries):
+                return name, path
+    return "system", None
 
 
-def preloaded_allocator() -> str:
-    """The allocator this process runs on, as the worker reports it: the library's short name,
-    or ``system``."""
-    maps = _mapped_libraries()
-    for name, libraries in ALLOCATORS.items():
-        if any(f"lib{lib}." in path for lib in libraries for path in maps):
-            return name
-    return "system"
+def _is_mapped(library: str) -> bool:
+    base, real = os.path.basename(library), os.path.realpath(library)
+    return any(
+        os.path.basename(path).startswith(base) or path == real for path in _mapped_libraries()
+    )
 
 
-def _mapped_libraries() -> set[str]:
+def _mapped_libraries() -> list[str]:
     try:
         with open("/proc/self/maps") as maps:
-            return {line.split()[-1] for line in maps if ".so" in line}
+            return sorted({line.split()[-1] for line in maps if ".so" in line})
     except OSError:  # not Linux
-        return set()
+        return []

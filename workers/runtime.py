@@ -23,7 +23,7 @@ from workers.audio.service import AudioService
 from workers.batch.runner import BatchRunner
 from workers.jobs import JobRuntime
 from workers.leases import Leases
-from workers.native_env import configure_onednn, preloaded_allocator
+from workers.native_env import configure_onednn, running_allocator
 from workers.presence import CancelListener, Heartbeat
 from workers.registry import ModelRegistry
 from workers.watchdog import ConsumerWatchdog
@@ -61,7 +61,14 @@ class WorkerRuntime:
         """Load the models before consuming: a broken model never takes jobs. What start-up
         made stays out of the garbage collector's passes (inferq/heap.py)."""
         configure_onednn()  # where Celery's own command started the worker
-        allocator = preloaded_allocator()
+        allocator, _ = running_allocator()
+        if self.settings.worker_malloc not in ("auto", "system", allocator):
+            log.warning(  # Celery's own command starts the worker: nothing preloaded it
+                "WORKER_MALLOC=%s applies to `python -m workers` and `inferq-worker` only; "
+                "this worker runs on %s",
+                self.settings.worker_malloc,
+                allocator,
+            )
         log.info(
             "allocator: %s; oneDNN keeps %s compiled kernels",
             allocator,
