@@ -23,6 +23,7 @@ from bench.load import load_and_lone, load_client, percentile, timed
 from bench.peer import infinity, infinity_bin
 from bench.stack import RESULTS, one_worker_stack
 from inferq.devstack import ROOT
+from workers.native_env import running_allocator
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Issue 14 measured its in-process limit in length-sorted batches of 32; (a) is the handler's
@@ -141,7 +142,8 @@ def through_stack(
     ) as stack:
         served = {m["id"]: m for m in httpx.get(f"{stack.base}/v1/models").json()["data"]}
         figures = _drive(stack.base, texts, clients, per_request, repeats, single_runs)
-    return {"dtype": served[MODEL].get("dtype"), **figures}
+        allocator, _ = running_allocator(stack.worker.pid)
+    return {"dtype": served[MODEL].get("dtype"), "worker_allocator": allocator, **figures}
 
 
 def through_infinity(
@@ -251,7 +253,8 @@ def report(result: dict) -> str:
     )
     lines = [
         f"dtype: in process {a['dtype']}, stack {s['dtype']}; allocator"
-        f" {result['machine'].get('allocator', 'system')} (every process)",
+        f" in process {result['machine'].get('allocator', 'system')},"
+        f" worker {s.get('worker_allocator', 'system')}",
         f"(a) in-process handler: {a['texts_per_s']:8.1f} texts/s",
         f"(b) {load}: {s['texts_per_s']:8.1f} texts/s"
         f" -> {result['b_over_a']:.3f} x (a)  [goal >= 0.75]" + _per_message(s),

@@ -26,6 +26,7 @@ from bench.embeddings import ISSUE_BATCH, bench_dtype, corpus, handler_at
 from bench.load import load_and_lone, load_client, percentile, timed
 from bench.stack import RESULTS, one_worker_stack
 from inferq.devstack import ROOT
+from workers.native_env import running_allocator
 
 MODEL = "bench-minilm-reranker"
 DOCS_PER_REQUEST = 8
@@ -115,9 +116,11 @@ def through_stack(requests, *, clients: int, repeats: int, single_runs: int) -> 
             lone=one,
             lone_runs=single_runs,
         )
+        allocator, _ = running_allocator(stack.worker.pid)
     pairs = sum(len(docs) for _, docs in requests)
     return {
         "dtype": served[MODEL].get("dtype"),
+        "worker_allocator": allocator,
         "pairs_per_s": pairs / run.wall_s,
         "one_pair_p50_ms": 1000 * statistics.median(run.lone),
         "one_pair_p99_ms": 1000 * percentile(run.lone, 0.99),
@@ -153,7 +156,8 @@ def report(result: dict) -> str:
     return "\n".join(
         [
             f"dtype: in process {a['dtype']}, stack {s['dtype']}; allocator"
-            f" {result['machine'].get('allocator', 'system')} (every process)",
+            f" in process {result['machine'].get('allocator', 'system')},"
+            f" worker {s.get('worker_allocator', 'system')}",
             f"(a) in-process cross-encoder: {a['pairs_per_s']:8.1f} pairs/s",
             f"(b) stack, {s['clients']} clients x {result['documents_per_request']} documents"
             f" ({s['client']}, {100 * s['client_cpu_share']:.0f} % of a core):"

@@ -97,9 +97,10 @@ def prepare_process(malloc: str) -> None:
     os.execv(sys.executable, sys.orig_argv)
 
 
-def running_allocator() -> tuple[str, str | None]:
-    """The allocator this process runs on: its short name and library path, or ``system``."""
-    for path in _mapped_libraries():
+def running_allocator(pid: int | str = "self") -> tuple[str, str | None]:
+    """The allocator this process (or process ``pid``) runs on: its short name and library
+    path, or ``system``."""
+    for path in _mapped_libraries(pid):
         for name, libraries in ALLOCATORS.items():
             if any(os.path.basename(path).startswith(f"lib{lib}.") for lib in libraries):
                 return name, path
@@ -113,9 +114,9 @@ def _is_mapped(library: str) -> bool:
     )
 
 
-def _mapped_libraries() -> list[str]:
+def _mapped_libraries(pid: int | str = "self") -> list[str]:
     try:
-        with open("/proc/self/maps") as maps:
+        with open(f"/proc/{pid}/maps") as maps:
             return sorted({line.split()[-1] for line in maps if ".so" in line})
     except OSError:  # not Linux
         return []
