@@ -21,9 +21,8 @@ import httpx
 
 from bench.load import load_and_lone, load_client, percentile, timed
 from bench.peer import infinity, infinity_bin
-from bench.stack import RESULTS, one_worker_stack
+from bench.stack import RESULTS, one_worker_stack, setup_line
 from inferq.devstack import ROOT
-from workers.native_env import running_allocator
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Issue 14 measured its in-process limit in length-sorted batches of 32; (a) is the handler's
@@ -142,7 +141,7 @@ def through_stack(
     ) as stack:
         served = {m["id"]: m for m in httpx.get(f"{stack.base}/v1/models").json()["data"]}
         figures = _drive(stack.base, texts, clients, per_request, repeats, single_runs)
-        allocator, _ = running_allocator(stack.worker.pid)
+        allocator = stack.worker_allocator()
     return {"dtype": served[MODEL].get("dtype"), "worker_allocator": allocator, **figures}
 
 
@@ -252,9 +251,7 @@ def report(result: dict) -> str:
         f" ({s['client']}, {100 * s['client_cpu_share']:.0f} % of a core)"
     )
     lines = [
-        f"dtype: in process {a['dtype']}, stack {s['dtype']}; allocator"
-        f" in process {result['machine'].get('allocator', 'system')},"
-        f" worker {s.get('worker_allocator', 'system')}",
+        setup_line(a, s, result["machine"]),
         f"(a) in-process handler: {a['texts_per_s']:8.1f} texts/s",
         f"(b) {load}: {s['texts_per_s']:8.1f} texts/s"
         f" -> {result['b_over_a']:.3f} x (a)  [goal >= 0.75]" + _per_message(s),

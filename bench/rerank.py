@@ -24,9 +24,8 @@ import yaml
 
 from bench.embeddings import ISSUE_BATCH, bench_dtype, corpus, handler_at
 from bench.load import load_and_lone, load_client, percentile, timed
-from bench.stack import RESULTS, one_worker_stack
+from bench.stack import RESULTS, one_worker_stack, setup_line
 from inferq.devstack import ROOT
-from workers.native_env import running_allocator
 
 MODEL = "bench-minilm-reranker"
 DOCS_PER_REQUEST = 8
@@ -116,7 +115,7 @@ def through_stack(requests, *, clients: int, repeats: int, single_runs: int) -> 
             lone=one,
             lone_runs=single_runs,
         )
-        allocator, _ = running_allocator(stack.worker.pid)
+        allocator = stack.worker_allocator()
     pairs = sum(len(docs) for _, docs in requests)
     return {
         "dtype": served[MODEL].get("dtype"),
@@ -155,9 +154,7 @@ def report(result: dict) -> str:
     a, s = result["a_in_process"], result["b_c_stack"]
     return "\n".join(
         [
-            f"dtype: in process {a['dtype']}, stack {s['dtype']}; allocator"
-            f" in process {result['machine'].get('allocator', 'system')},"
-            f" worker {s.get('worker_allocator', 'system')}",
+            setup_line(a, s, result["machine"]),
             f"(a) in-process cross-encoder: {a['pairs_per_s']:8.1f} pairs/s",
             f"(b) stack, {s['clients']} clients x {result['documents_per_request']} documents"
             f" ({s['client']}, {100 * s['client_cpu_share']:.0f} % of a core):"

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from inferq.devstack import ROOT, ensure_redis, spawn, stop, wait_http_ready, wait_workers
-from workers.native_env import prepare_process
+from workers.native_env import prepare_process, running_allocator
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -29,6 +29,18 @@ class BenchStack:
     base: str  # the API's base URL
     api: subprocess.Popen
     worker: subprocess.Popen
+
+    def worker_allocator(self) -> str:
+        return running_allocator(self.worker.pid)[0]
+
+
+def setup_line(in_process: dict, stack: dict, machine: dict) -> str:
+    """A report's first line: the dtype and the allocator in process and in the worker."""
+    return (
+        f"dtype: in process {in_process['dtype']}, stack {stack['dtype']}; allocator"
+        f" in process {machine.get('allocator', 'system')},"
+        f" worker {stack.get('worker_allocator', 'system')}"
+    )
 
 
 @contextmanager

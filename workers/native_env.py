@@ -71,11 +71,9 @@ def prepare_process(malloc: str) -> None:
     starts choose their own allocator."""
     configure_onednn()
     if applied := os.environ.pop(_APPLIED, None):
-        rest = [lib for lib in os.environ.get("LD_PRELOAD", "").split(":") if lib != applied]
-        if any(rest):
-            os.environ["LD_PRELOAD"] = ":".join(lib for lib in rest if lib)
-        else:
-            os.environ.pop("LD_PRELOAD", None)
+        preload = os.environ.pop("LD_PRELOAD", "").split(":")
+        if rest := [lib for lib in preload if lib and lib != applied]:
+            os.environ["LD_PRELOAD"] = ":".join(rest)
         return
     library = allocator_library(malloc)
     if library is None:
@@ -95,6 +93,32 @@ def prepare_process(malloc: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)
+
+
+def check_process(malloc: str) -> str:
+    """In a worker about to load its models: :func:`configure_onednn` (where Celery's own
+    command started it, :func:`prepare_process` did not run), a warning where ``malloc`` names
+    an allocator this process does not run on, and the allocator it runs on."""
+    configure_onednn()
+    allocator, _ = running_allocator()
+    if malloc not in ("auto", "system"):
+        try:
+            library = allocator_library(malloc)
+        except AllocatorNotFound:
+            library = None
+        if library is None or not _is_mapped(library):
+            log.warning(
+                "WORKER_MALLOC=%s applies to `python -m workers` and `inferq-worker` only "
+                "(Celery's own command cannot preload it); this worker runs on %s",
+                malloc,
+                allocator,
+            )
+    log.info(
+        "allocator: %s; oneDNN keeps %s compiled kernels",
+        allocator,
+        os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"],
+    )
+    return allocator
 
 
 def running_allocator(pid: int | str = "self") -> tuple[str, str | None]:

@@ -8,7 +8,6 @@ call it); the task bodies reach it through ``current()``. Nothing else is module
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from functools import cached_property
 
@@ -23,7 +22,7 @@ from workers.audio.service import AudioService
 from workers.batch.runner import BatchRunner
 from workers.jobs import JobRuntime
 from workers.leases import Leases
-from workers.native_env import configure_onednn, running_allocator
+from workers.native_env import check_process
 from workers.presence import CancelListener, Heartbeat
 from workers.registry import ModelRegistry
 from workers.watchdog import ConsumerWatchdog
@@ -60,20 +59,7 @@ class WorkerRuntime:
     def load(self, entries: list[ModelEntry]) -> None:
         """Load the models before consuming: a broken model never takes jobs. What start-up
         made stays out of the garbage collector's passes (inferq/heap.py)."""
-        configure_onednn()  # where Celery's own command started the worker
-        allocator, _ = running_allocator()
-        if self.settings.worker_malloc not in ("auto", "system", allocator):
-            log.warning(  # Celery's own command starts the worker: nothing preloaded it
-                "WORKER_MALLOC=%s applies to `python -m workers` and `inferq-worker` only; "
-                "this worker runs on %s",
-                self.settings.worker_malloc,
-                allocator,
-            )
-        log.info(
-            "allocator: %s; oneDNN keeps %s compiled kernels",
-            allocator,
-            os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024"),
-        )
+        allocator = check_process(self.settings.worker_malloc)
         metrics.ALLOCATOR.labels(allocator).set(1)
         self.registry.load(entries, self.settings)
         metrics.FROZEN_OBJECTS.set(freeze_startup_heap())
