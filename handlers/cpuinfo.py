@@ -31,3 +31,8 @@ def this_processor() -> dict[str, str]:
         return first_processor(CPUINFO.read_text())
     except OSError:
         return {}
+
+
+def cpu_flags() -> frozenset[str]:
+    """The first processor's ``flags`` (empty where there is no /proc/cpuinfo)."""
+    return frozenset(this_processor().get("flags", "").split())

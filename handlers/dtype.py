@@ -23,20 +23,15 @@ from collections.abc import Iterable
 
 import torch
 
-from handlers.cpuinfo import this_processor
+from handlers.cpuinfo import cpu_flags
 
 AUTO = "auto"
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
-def _cpuinfo_flags() -> frozenset[str]:
-    """The first processor's ``flags`` from /proc/cpuinfo (empty where there is none)."""
-    return frozenset(this_processor().get("flags", "").split())
-
-
 def cpu_has_bf16_units(flags: Iterable[str] | None = None) -> bool:
     """Whether the CPU multiplies bf16 matrices in hardware (AMX-BF16 or AVX512-BF16)."""
-    found = frozenset(flags) if flags is not None else _cpuinfo_flags()
+    found = frozenset(flags) if flags is not None else cpu_flags()
     if found & BF16_CPU_FLAGS:
         return True
     if flags is None:  # no /proc (or a masked one): ask torch's own dispatch

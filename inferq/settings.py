@@ -128,6 +128,13 @@ class Settings(BaseSettings):
         "more padded tokens than this per extra call (a call's own cost, in tokens). -1: auto "
         "(32 on CPU; 0 on GPUs); 0: one call per pass.",
     )
+    embed_shape_tokens: int = Field(
+        -1,
+        ge=-1,
+        description="Cutting a pass into calls charges this many tokens for a call of a shape "
+        "(rows x tokens) the batcher has not run yet: a CPU compiles a kernel per new shape. "
+        "-1: auto (64 with AMX, 16 on other CPUs, 0 where passes are not cut); 0: off.",
+    )
     embed_lanes: int = Field(
         0,
         ge=0,

@@ -11,22 +11,44 @@ import pytest
 
 from handlers.embedding import HFEmbeddingModel
 from workers.batching import Batcher
-from workers.pass_split import auto_call_tokens, find_failures, split_pass
+from workers.pass_split import auto_call_tokens, auto_shape_tokens, find_failures, split_pass
 
 
-def _cost(lengths: list[int], calls: list[np.ndarray], call_tokens: int) -> int:
-    return sum(call_tokens + len(c) * max(lengths[i] for i in c) for c in calls)
+def _call_cost(size: int, call_tokens: int, known: set[int], shape_tokens: int) -> int:
+    return call_tokens + size + (0 if size in known else shape_tokens)
 
 
-def _best_cost(lengths: list[int], call_tokens: int) -> int:
+def _cost(
+    lengths: list[int],
+    calls: list[np.ndarray],
+    call_tokens: int,
+    known: set[int] = frozenset(),
+    shape_tokens: int = 0,
+) -> int:
+    sizes = [len(c) * max(lengths[i] for i in c) for c in calls]
+    return sum(_call_cost(size, call_tokens, known, shape_tokens) for size in sizes)
+
+
+def _best_cost(
+    lengths: list[int], call_tokens: int, known: set[int] = frozenset(), shape_tokens: int = 0
+) -> int:
     """Every cut of the sorted lengths, tried one by one."""
     ordered = sorted(lengths)
     best = None
     for mask in itertools.product([False, True], repeat=len(ordered) - 1):
         cuts = [0] + [i + 1 for i, cut in enumerate(mask) if cut] + [len(ordered)]
-        cost = sum(call_tokens + (b - a) * ordered[b - 1] for a, b in itertools.pairwise(cuts))
+        cost = sum(
+            _call_cost((b - a) * ordered[b - 1], call_tokens, known, shape_tokens)
+            for a, b in itertools.pairwise(cuts)
+        )
         best = cost if best is None else min(best, cost)
     return best
+
+
+def _known(sizes: set[int], most: int = 2000) -> np.ndarray:
+    known = np.zeros(most + 1, dtype=bool)
+    known[list(sizes)] = True
+    return known
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -39,6 +61,66 @@ def test_the_cut_is_the_cheapest_of_all_cuts(seed):
         for call in calls:  # each call in ascending length: its last input is its longest
             assert [lengths[i] for i in call] == sorted(lengths[i] for i in call)
         assert _cost(lengths, calls, call_tokens) == _best_cost(lengths, call_tokens)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_with_shapes_met_before_the_cut_is_still_the_cheapest(seed):
+    """A call of a size (rows x longest) not run before costs ``shape_tokens`` more."""
+    rng = np.random.default_rng(seed)
+    lengths = [int(n) for n in rng.integers(3, 40, size=10)]
+    met = {int(n) for n in rng.integers(3, 400, size=60)}
+    for call_tokens, shape_tokens in ((1, 16), (20, 64), (32, 500)):
+        calls = split_pass(lengths, call_tokens, known=_known(met), shape_tokens=shape_tokens)
+        assert sorted(np.concatenate(calls).tolist()) == list(range(len(lengths)))
+        got = _cost(lengths, calls, call_tokens, met, shape_tokens)
+        assert got == _best_cost(lengths, call_tokens, met, shape_tokens)
+
+
+def test_a_size_met_before_wins_over_a_slightly_tighter_new_one():
+    lengths = [10] * 4 + [12] * 4
+    # alone: one call of 8 x 12 (96 tokens) beats two (40 + 48 + 32 for the second call)
+    assert [len(c) for c in split_pass(lengths, 32)] == [8]
+    # two calls whose sizes ran before (4 x 10 and 4 x 12) beat one of a new size
+    known = _known({40, 48})
+    assert [len(c) for c in split_pass(lengths, 32, known=known, shape_tokens=64)] == [4, 4]
+    assert [len(c) for c in split_pass(lengths, 32, known=known, shape_tokens=0)] == [8]
+    # a size past the end of ``known`` counts as new
+    assert [len(c) for c in split_pass([900] * 3, 32, known=known, shape_tokens=64)] == [3]
+
+
+def test_the_batcher_settles_on_fewer_call_shapes():
+    """Random passes through a batcher (each pass one submit of mixed lengths): charging for
+    shapes not run yet makes the calls reuse sizes (a CPU compiles a kernel per new one) at
+    the price of a little padding."""
+    rng = np.random.default_rng(7)
+    passes = [[int(n) for n in rng.integers(5, 70, size=30)] for _ in range(60)]
+    results = {}
+    for shape_tokens in (0, 64):
+        sizes: list[int] = []
+
+        def forward(rows, sizes=sizes):
+            sizes.append(len(rows) * max(len(row) for row in rows))
+            return np.zeros((len(rows), 1))
+
+        batcher = Batcher(
+            forward,
+            width=1,
+            batch_tokens=100_000,
+            max_batch_size=64,
+            call_tokens=32,
+            shape_tokens=shape_tokens,
+        )
+        try:
+            for lengths in passes:
+                rows = [["t"] * n for n in lengths]
+                batcher.submit(rows, lengths).result(10)
+        finally:
+            batcher.stop()
+        real = sum(map(sum, passes))
+        results[shape_tokens] = (len(set(sizes)), batcher.stats.padded_tokens / real)
+    (new_sizes, padding), (fewer_sizes, more_padding) = results[0], results[64]
+    assert fewer_sizes < new_sizes / 2, results
+    assert more_padding < padding * 1.05, results
 
 
 def test_two_clusters_become_two_calls_and_sorted_batches_stay_one():
@@ -57,6 +139,11 @@ def test_auto_is_a_cpu_setting():
     assert auto_call_tokens(-1, "cpu") == 32
     assert auto_call_tokens(-1, "cuda") == 0
     assert auto_call_tokens(5, "cuda") == 5
+    amx = frozenset({"avx512_bf16", "amx_tile", "amx_bf16"})
+    assert auto_shape_tokens(-1, 32, amx) == 64
+    assert auto_shape_tokens(-1, 32, frozenset({"avx512_bf16"})) == 16
+    assert auto_shape_tokens(-1, 0, amx) == 0  # passes not cut (a GPU): nothing to choose
+    assert auto_shape_tokens(8, 32, amx) == 8
 
 
 @pytest.fixture(scope="module")

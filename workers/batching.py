@@ -34,7 +34,10 @@ never share a core with a wide pass's threads.
 Calls. With ``call_tokens`` > 0 a pass is cut into forward calls over similar lengths
 wherever the padding saved outweighs that many tokens per extra call
 (workers/pass_split.py): the batcher still picks one pass per round (its bookkeeping, its
-jobs' results), the forward pays for little padding (``EMBED_CALL_TOKENS``).
+jobs' results), the forward pays for little padding (``EMBED_CALL_TOKENS``). With
+``shape_tokens`` > 0 the batcher remembers the calls' shapes (rows x tokens) and the cut
+charges that many tokens for one not met before (``EMBED_SHAPE_TOKENS``: oneDNN compiles a
+kernel per new shape).
 
 The urgent lane. With ``urgent_priority`` set, a second thread runs passes of inputs at that
 priority or more urgent **while the main thread is busy with a less urgent pass** (a batch
@@ -123,6 +126,7 @@ class Batcher:
         pass_threads: Callable[[int], None] | None = None,
         wide_threads: int = 1,
         call_tokens: int = 0,
+        shape_tokens: int = 0,
     ):
         self.forward = forward
         self.width = width
@@ -131,6 +135,9 @@ class Batcher:
         self.max_padding = max_padding
         self.min_batch_size = min_batch_size
         self.call_tokens = call_tokens
+        self.shape_tokens = shape_tokens
+        # by a call's padded size: whether a call of it ran (a pass's is within the budget)
+        self._sizes_run = np.zeros(batch_tokens + 1, dtype=bool)
         self.name = name
         self.window = window or WINDOW_BATCHES * max_batch_size
         self.stats = BatchStats()
@@ -324,13 +331,18 @@ class Batcher:
     def _execute(self, batch: list[_Item], lane: str = "main") -> None:
         started = time.perf_counter()
         lengths = [it.length for it in batch]
-        calls = split_pass(lengths, self.call_tokens)
+        calls = split_pass(
+            lengths, self.call_tokens, known=self._sizes_run, shape_tokens=self.shape_tokens
+        )
         shape = (len(batch),) if self.width is None else (len(batch), self.width)
         outputs = np.empty(shape, dtype=np.float32)
         failed: dict[int, tuple[_Ticket, Exception]] = {}  # by id(ticket)
         for call in calls:
             try:
                 outputs[call] = self._call([batch[i] for i in call])
+                size = len(call) * lengths[call[-1]]
+                if size < self._sizes_run.size:
+                    self._sizes_run[size] = True
             except Exception as exc:
                 self._isolate(batch, call, outputs, failed, exc)
         for ticket, exc in failed.values():

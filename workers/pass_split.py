@@ -7,6 +7,13 @@ bf16 on one thread: ~2 ms a call, ~80 us a token). :func:`split_pass` sorts the 
 and cuts it where the padded tokens saved outweigh the calls added: random passes of 45 of
 ``bench.embeddings``' texts ran 261 -> 373 texts/s on one thread, while length-sorted
 batches, which pad little, stay one call (docs/benchmarks.md, "One pass, several calls").
+
+Shapes. On a CPU each call's shape (rows x tokens) is a matrix product oneDNN compiles a
+kernel for the first time it meets it: ~0.3 ms per product on AVX512-BF16, ~1.6 ms with AMX,
+three products (and a GELU) per new shape, while the passes of a shallow queue keep making
+new ones. Given the shapes already run (``known``), the cut also charges ``shape_tokens`` for
+a call of a shape not yet met, so that calls settle on a few dozen shapes instead of hundreds
+(docs/benchmarks.md, "Calls of shapes already met").
 """
 
 from __future__ import annotations
@@ -19,11 +26,19 @@ import numpy as np
 _LONGEST_CALL = 128
 
 
-def split_pass(lengths: Sequence[int], call_tokens: int) -> list[np.ndarray]:
+def split_pass(
+    lengths: Sequence[int],
+    call_tokens: int,
+    *,
+    known: np.ndarray | None = None,
+    shape_tokens: int = 0,
+) -> list[np.ndarray]:
     """Index arrays, one per call, covering ``range(len(lengths))``, each in ascending length:
     the cut of the length-sorted inputs that minimises padded tokens + ``call_tokens`` per
     call (by dynamic programming over the sorted lengths; exact for passes of up to 128
-    inputs, past which no call holds more than 128). ``call_tokens`` <= 0: one call."""
+    inputs, past which no call holds more than 128). ``call_tokens`` <= 0: one call.
+    ``known``: booleans by a call's padded size (rows x its longest input), true where a call
+    of that size ran before; a call of any other size costs ``shape_tokens`` more."""
     count = len(lengths)
     order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
     if call_tokens <= 0 or count < 2:
@@ -37,7 +52,13 @@ def split_pass(lengths: Sequence[int], call_tokens: int) -> list[np.ndarray]:
         first = max(0, end - _LONGEST_CALL)
         begins = np.arange(first, end)
         # a call over sorted inputs [begin, end) pads every one to the longest, the last
-        costs = best[first:end] + call_tokens + (end - begins) * sorted_lengths[end - 1]
+        sizes = (end - begins) * sorted_lengths[end - 1]
+        costs = best[first:end] + call_tokens + sizes
+        if known is not None and shape_tokens > 0:
+            met = np.zeros(sizes.shape, dtype=bool)
+            inside = sizes < known.size
+            met[inside] = known[sizes[inside]]
+            costs += shape_tokens * ~met
         pick = int(np.argmin(costs))
         best[end], start[end] = costs[pick], first + pick
     calls, end = [], count
@@ -54,6 +75,17 @@ def auto_call_tokens(setting: int, device: str) -> int:
     if setting >= 0:
         return setting
     return 32 if device == "cpu" else 0
+
+
+def auto_shape_tokens(setting: int, call_tokens: int, cpu_flags: frozenset[str]) -> int:
+    """``EMBED_SHAPE_TOKENS`` (-1: auto): where passes are cut into calls, what compiling a
+    new shape costs in tokens: 64 with AMX (~1.6 ms a product), 16 without (~0.3 ms);
+    0 where passes are not cut (GPUs)."""
+    if setting >= 0:
+        return setting
+    if call_tokens <= 0:
+        return 0
+    return 64 if "amx_bf16" in cpu_flags else 16
 
 
 def find_failures(

@@ -148,8 +148,9 @@ class ModelRegistry:
 
     @staticmethod
     def _attach_batcher(loaded: LoadedModel, settings: Settings, device: str) -> None:
+        from handlers.cpuinfo import cpu_flags
         from workers.batching import Batcher
-        from workers.pass_split import auto_call_tokens
+        from workers.pass_split import auto_call_tokens, auto_shape_tokens
 
         handler = loaded.handler
         if loaded.upstream:
@@ -165,6 +166,7 @@ class ModelRegistry:
             forward, width = handler.score_batch, None
         else:
             return  # speech: the audio service (workers/audio/) gates the calls
+        call_tokens = auto_call_tokens(settings.embed_call_tokens, device)
         loaded.batcher = Batcher(
             forward,
             width=width,
@@ -172,7 +174,8 @@ class ModelRegistry:
             max_batch_size=settings.embed_max_batch_size,
             max_padding=settings.embed_max_padding,
             min_batch_size=settings.embed_min_batch_size,
-            call_tokens=auto_call_tokens(settings.embed_call_tokens, device),
+            call_tokens=call_tokens,
+            shape_tokens=auto_shape_tokens(settings.embed_shape_tokens, call_tokens, cpu_flags()),
             name=loaded.name,
             urgent_priority=int(Priority.INTERACTIVE) if settings.embed_urgent_lane else None,
             **pass_threads.batcher_lanes(settings.embed_lanes, device),
