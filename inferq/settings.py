@@ -135,6 +135,14 @@ class Settings(BaseSettings):
         "(rows x tokens) the batcher has not run yet: a CPU compiles a kernel per new shape. "
         "-1: auto (64 with AMX, 16 on other CPUs, 0 where passes are not cut); 0: off.",
     )
+    embed_warm_up_tokens: int = Field(
+        -1,
+        ge=-1,
+        description="At load an embedding or rerank model runs one lone input of every length "
+        "up to this many tokens, so that a lone request's first call of its length does not "
+        "compile kernels for its shape (oneDNN, on CPUs). -1: auto (64 on CPU, 0 on GPUs); "
+        "0: one small call.",
+    )
     embed_lanes: int = Field(
         0,
         ge=0,

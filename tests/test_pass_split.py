@@ -259,3 +259,37 @@ def test_find_failures_names_each_bad_job_with_its_own_error():
     reruns.clear()
     assert find_failures(jobs[:2], None, rerun) == {}  # no known failure: one rerun, it passes
     assert reruns == [[0, 1, 10, 11]]
+
+
+@pytest.mark.parametrize("family", ["embeddings", "rerank"])
+def test_load_runs_a_lone_call_of_every_length_up_to_the_setting(tiny_embedders, family):
+    """A lone request's first call of its length compiles kernels for its shape (oneDNN):
+    loading runs one lone call of each length up to ``EMBED_WARM_UP_TOKENS``, so a lone input
+    of such a length meets a shape already run; 0 leaves one small call."""
+    from inferq.catalog import ModelEntry
+    from inferq.settings import Settings
+    from workers.registry import ModelRegistry
+
+    handler, weights = {
+        "embeddings": ("handlers.embedding.HFEmbeddingModel", tiny_embedders["bert"]),
+        "rerank": ("handlers.rerank.HFRerankModel", tiny_embedders["cross-encoder"]),
+    }[family]
+    sizes = {}
+    for tokens in (0, 20):
+        entry = ModelEntry(
+            name=f"warm-{family}-{tokens}",
+            handler=handler,
+            hf_repo_id="t/t",
+            local_dir=str(weights),
+        )
+        registry = ModelRegistry()
+        registry.load([entry], Settings(embed_warm_up_tokens=tokens))
+        batcher = registry.models[entry.name].batcher
+        try:
+            sizes[tokens] = np.flatnonzero(batcher._sizes_run).tolist()  # one-row calls: lengths
+        finally:
+            batcher.stop()
+    assert len(sizes[0]) == 1
+    shortest = sizes[20][0]
+    assert sizes[20] == list(range(shortest, 21)), sizes
+    assert shortest <= 8

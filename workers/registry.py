@@ -17,6 +17,16 @@ from workers.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
+WARM_UP_SECONDS = 2.0  # the longest a model's load spends on lone calls of each length
+
+
+def auto_warm_up_tokens(setting: int, device: str) -> int:
+    """``EMBED_WARM_UP_TOKENS`` (-1: auto): on CPU 64 (a lone call of each length up to 64
+    tokens at load), elsewhere 0 (one small call)."""
+    if setting >= 0:
+        return setting
+    return 64 if device == "cpu" else 0
+
 
 class MissingWeights(RuntimeError):
     pass
@@ -134,7 +144,7 @@ class ModelRegistry:
             metrics.LOAD_SECONDS.labels(entry.name).set(loaded.load_seconds)
             loaded.info = describe(handler, entry)
             self._attach_batcher(loaded, settings, device)
-            self._warm_up(loaded)
+            self._warm_up(loaded, auto_warm_up_tokens(settings.embed_warm_up_tokens, device))
             self.models[entry.name] = loaded
             log.info(
                 "loaded %s on %s in %.1fs (%s)",
@@ -182,12 +192,29 @@ class ModelRegistry:
         )
 
     @staticmethod
-    def _warm_up(loaded: LoadedModel) -> None:
-        """One small call so the first real request does not pay for lazy initialisation."""
+    def _warm_up(loaded: LoadedModel, lengths: int) -> None:
+        """One small call so the first real request does not pay for lazy initialisation;
+        given ``lengths`` (``EMBED_WARM_UP_TOKENS``), a lone call of every input length up to
+        it, so that a lone request's first call of its length does not compile kernels for
+        its shape either (oneDNN: one per matrix shape); at most ``WARM_UP_SECONDS`` of them
+        (a slow handler gets the shortest lengths)."""
+        from workers.batching import batch_inputs
+
         if loaded.batcher is None:
             return
         if hasattr(loaded.batcher, "warm_up"):
             loaded.batcher.warm_up()
             return
-        sample = ("warm up", "a document") if loaded.family == Family.RERANK else "warm up"
-        loaded.batcher.submit([sample], [8]).result()
+        rerank = loaded.family == Family.RERANK
+        most, run = max(lengths, 1), set()
+        started = time.perf_counter()
+        for words in range(1, most + 1):
+            text = " ".join(["a"] * words)  # a token a word in the usual vocabularies
+            rows, counts = batch_inputs(loaded.handler, [("a", text) if rerank else text])
+            if counts[0] > most and run:
+                break
+            if counts[0] not in run:
+                run.add(counts[0])
+                loaded.batcher.submit(rows, counts).result()
+            if time.perf_counter() - started > WARM_UP_SECONDS:
+                break
