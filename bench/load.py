@@ -30,6 +30,14 @@ def timed(call: Callable[[int], object], runs: int) -> list[float]:
     return seconds
 
 
+def warm_timed(call: Callable[[int], object], runs: int) -> list[float]:
+    """:func:`timed`, after one untimed round of the same calls: an in-process reference at
+    its best, each input's shape met before (a worker runs a lone input of every length up to
+    ``EMBED_WARM_UP_TOKENS`` at load)."""
+    timed(call, runs)
+    return timed(call, runs)
+
+
 def sequential(base: str, call: Callable[[httpx.Client, int], object], runs: int) -> list[float]:
     """Seconds each of ``call(client, 0) .. call(client, runs - 1)`` took, one after another,
     on one keep-alive connection to ``base``."""
