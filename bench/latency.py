@@ -73,7 +73,7 @@ def in_process_p50(suite: str, bodies: list[dict]) -> float:
         handler = HFEmbeddingModel(str(weights_dir()), "cpu", **options)
         inputs = [[b["input"]] for b in bodies]
         forward = handler.embed
-    for one in inputs:  # each shape once first (the worker runs every length at load)
+    for one in inputs:  # each shape once first (the worker runs lone lengths at load)
         forward(one)
     return statistics.median(timed(lambda i: forward(inputs[i]), len(inputs)))
 

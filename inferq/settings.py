@@ -107,7 +107,7 @@ class Settings(BaseSettings):
 
     # Embedding batching inside a worker
     embed_batch_tokens: int = Field(
-        16384, description="Token budget of one forward pass (batch size x padded length)."
+        16384, ge=1, description="Token budget of one forward pass (batch size x padded length)."
     )
     embed_max_batch_size: int = Field(128, description="Most texts in one forward pass.")
     embed_max_padding: float = Field(
@@ -131,17 +131,18 @@ class Settings(BaseSettings):
     embed_shape_tokens: int = Field(
         -1,
         ge=-1,
-        description="Cutting a pass into calls charges this many tokens for a call of a shape "
-        "(rows x tokens) the batcher has not run yet: a CPU compiles a kernel per new shape. "
-        "-1: auto (64 with AMX, 16 on other CPUs, 0 where passes are not cut); 0: off.",
+        description="Cutting a pass into calls charges this many tokens for a call of a size "
+        "(rows x tokens) the batcher has not run yet: at bf16/fp16 a CPU compiles kernels per "
+        "new size. -1: auto (64 with AMX, 16 on other CPUs, 0 where nothing compiles per "
+        "size: fp32, GPUs, passes not cut); 0: off.",
     )
     embed_warm_up_tokens: int = Field(
         -1,
         ge=-1,
         description="At load an embedding or rerank model runs one lone input of every length "
-        "up to this many tokens, so that a lone request's first call of its length does not "
-        "compile kernels for its shape (oneDNN, on CPUs). -1: auto (64 on CPU, 0 on GPUs); "
-        "0: one small call.",
+        "up to this many tokens (within 2 s), so that a lone request's first call of its length "
+        "does not compile kernels for its shape (oneDNN, at bf16/fp16 on CPUs). -1: auto (64 "
+        "where kernels compile per shape, else 0); 0: one small call.",
     )
     embed_lanes: int = Field(
         0,

@@ -11,7 +11,15 @@ import pytest
 
 from handlers.embedding import HFEmbeddingModel
 from workers.batching import Batcher
-from workers.pass_split import auto_call_tokens, auto_shape_tokens, find_failures, split_pass
+from workers.pass_split import (
+    CallSizes,
+    auto_call_tokens,
+    auto_shape_tokens,
+    auto_warm_up_tokens,
+    compiles_per_shape,
+    find_failures,
+    split_pass,
+)
 
 
 def _call_cost(size: int, call_tokens: int, known: set[int], shape_tokens: int) -> int:
@@ -84,8 +92,23 @@ def test_a_size_met_before_wins_over_a_slightly_tighter_new_one():
     known = _known({40, 48})
     assert [len(c) for c in split_pass(lengths, 32, known=known, shape_tokens=64)] == [4, 4]
     assert [len(c) for c in split_pass(lengths, 32, known=known, shape_tokens=0)] == [8]
-    # a size past the end of ``known`` counts as new
-    assert [len(c) for c in split_pass([900] * 3, 32, known=known, shape_tokens=64)] == [3]
+    # a size past the end of ``known`` (3 x 900 > 2000) counts as new, not as the last size
+    met = _known({898, 899, 900, 2000})
+    assert len(split_pass([900, 899, 898], 32, known=met, shape_tokens=2000)) == 3
+    assert len(split_pass([900, 899, 898], 32, known=met, shape_tokens=0)) == 1
+    # equal lengths pad nothing, yet sizes met before can still beat one call of a new size
+    five = split_pass([10] * 5, 32, known=_known({40, 10}), shape_tokens=64)
+    assert sorted(len(c) for c in five) == [1, 4]
+    assert len(split_pass([10] * 5, 32, known=_known({50}), shape_tokens=64)) == 1
+
+
+def test_call_sizes_are_kept_by_thread_count_and_bounded():
+    sizes = CallSizes(100)
+    sizes.add(1, 40)
+    sizes.add(2, 48)
+    sizes.add(None, 101)  # past the end: not kept, counts as new
+    assert sizes.known(1)[40] and not sizes.known(2)[40] and not sizes.known(None).any()
+    assert sizes.sizes() == {40, 48}
 
 
 def test_the_batcher_settles_on_fewer_call_shapes():
@@ -139,11 +162,17 @@ def test_auto_is_a_cpu_setting():
     assert auto_call_tokens(-1, "cpu") == 32
     assert auto_call_tokens(-1, "cuda") == 0
     assert auto_call_tokens(5, "cuda") == 5
-    amx = frozenset({"avx512_bf16", "amx_tile", "amx_bf16"})
-    assert auto_shape_tokens(-1, 32, amx) == 64
-    assert auto_shape_tokens(-1, 32, frozenset({"avx512_bf16"})) == 16
-    assert auto_shape_tokens(-1, 0, amx) == 0  # passes not cut (a GPU): nothing to choose
-    assert auto_shape_tokens(8, 32, amx) == 8
+    assert compiles_per_shape("cpu", "torch.bfloat16") and compiles_per_shape("cpu", "float16")
+    assert not compiles_per_shape("cpu", "torch.float32")  # MKL's products compile nothing
+    assert not compiles_per_shape("cuda", "torch.bfloat16") and not compiles_per_shape("cpu", None)
+    assert auto_shape_tokens(-1, 32, per_shape=True, amx=True) == 64
+    assert auto_shape_tokens(-1, 32, per_shape=True, amx=False) == 16
+    assert auto_shape_tokens(-1, 32, per_shape=False, amx=True) == 0
+    assert auto_shape_tokens(-1, 0, per_shape=True, amx=True) == 0  # passes not cut
+    assert auto_shape_tokens(8, 32, per_shape=False, amx=False) == 8
+    assert auto_warm_up_tokens(-1, per_shape=True) == 64
+    assert auto_warm_up_tokens(-1, per_shape=False) == 0
+    assert auto_warm_up_tokens(5, per_shape=False) == 5
 
 
 @pytest.fixture(scope="module")
@@ -262,13 +291,18 @@ def test_find_failures_names_each_bad_job_with_its_own_error():
 
 
 @pytest.mark.parametrize("family", ["embeddings", "rerank"])
-def test_load_runs_a_lone_call_of_every_length_up_to_the_setting(tiny_embedders, family):
+def test_load_runs_a_lone_call_of_every_length_up_to_the_setting(
+    tiny_embedders, family, monkeypatch
+):
     """A lone request's first call of its length compiles kernels for its shape (oneDNN):
     loading runs one lone call of each length up to ``EMBED_WARM_UP_TOKENS``, so a lone input
     of such a length meets a shape already run; 0 leaves one small call."""
     from inferq.catalog import ModelEntry
     from inferq.settings import Settings
+    from workers import registry as registry_module
     from workers.registry import ModelRegistry
+
+    monkeypatch.setattr(registry_module, "WARM_UP_SECONDS", 600.0)  # not the machine's speed
 
     handler, weights = {
         "embeddings": ("handlers.embedding.HFEmbeddingModel", tiny_embedders["bert"]),
@@ -283,13 +317,28 @@ def test_load_runs_a_lone_call_of_every_length_up_to_the_setting(tiny_embedders,
             local_dir=str(weights),
         )
         registry = ModelRegistry()
-        registry.load([entry], Settings(embed_warm_up_tokens=tokens))
+        registry.load([entry], Settings(embed_warm_up_tokens=tokens, torch_threads=0))
         batcher = registry.models[entry.name].batcher
         try:
-            sizes[tokens] = np.flatnonzero(batcher._sizes_run).tolist()  # one-row calls: lengths
+            sizes[tokens] = sorted(batcher.call_sizes.sizes())  # one-row calls: lengths
         finally:
             batcher.stop()
     assert len(sizes[0]) == 1
     shortest = sizes[20][0]
     assert sizes[20] == list(range(shortest, 21)), sizes
     assert shortest <= 8
+
+
+def test_a_call_past_the_token_budget_runs_and_is_not_recorded():
+    def forward(rows):
+        return np.zeros((len(rows), 1))
+
+    batcher = Batcher(
+        forward, width=1, batch_tokens=50, max_batch_size=8, call_tokens=32, shape_tokens=16
+    )
+    try:
+        assert batcher.submit([["x"] * 80], [80]).result(10).shape == (1, 1)
+        assert batcher.submit([["x"] * 5] * 2, [5, 5]).result(10).shape == (2, 1)
+    finally:
+        batcher.stop()
+    assert batcher.call_sizes.sizes() == {10}

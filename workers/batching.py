@@ -63,12 +63,13 @@ import numpy as np
 
 from handlers.base import Cancelled
 from workers import metrics
-from workers.pass_split import find_failures, split_pass
+from workers.pass_split import CallSizes, find_failures, split_pass
 
 log = logging.getLogger(__name__)
 
 
 WINDOW_BATCHES = 32  # the candidates a pass is chosen from, in batches of max_batch_size
+MOST_SIZE_RECORDED = 65536  # call sizes (rows x tokens) past this always count as new
 
 
 @dataclass(eq=False)  # compared by identity: field equality would compare output arrays
@@ -136,8 +137,7 @@ class Batcher:
         self.min_batch_size = min_batch_size
         self.call_tokens = call_tokens
         self.shape_tokens = shape_tokens
-        # by a call's padded size: whether a call of it ran (a pass's is within the budget)
-        self._sizes_run = np.zeros(batch_tokens + 1, dtype=bool)
+        self.call_sizes = CallSizes(min(batch_tokens, MOST_SIZE_RECORDED))
         self.name = name
         self.window = window or WINDOW_BATCHES * max_batch_size
         self.stats = BatchStats()
@@ -281,7 +281,7 @@ class Batcher:
         if self.adaptive and lane > 0:
             self._pass_threads(1)
         while True:
-            threads = None
+            threads = 1 if self.adaptive and lane > 0 else None  # None: torch's own count
             with self._cond:
                 while not self._stopped and not self._may_take(lane):
                     self._cond.wait()
@@ -295,10 +295,10 @@ class Batcher:
                 self._running[lane] = batch[0].priority
                 if self.adaptive and lane == 0:
                     threads = self._threads_for_lane0(batch)
-            if threads is not None:
+            if self.adaptive and lane == 0:
                 self._pass_threads(threads)
             try:
-                self._execute(batch)
+                self._execute(batch, threads=threads)
             finally:
                 with self._cond:
                     del self._running[lane]
@@ -326,23 +326,21 @@ class Batcher:
                     continue
                 batch, rest = self._choose(candidates)
                 self._put_back(rest)
-            self._execute(batch, lane="urgent")
+            self._execute(batch, lane="urgent", threads=1 if self._pass_threads else None)
 
-    def _execute(self, batch: list[_Item], lane: str = "main") -> None:
+    def _execute(self, batch: list[_Item], lane: str = "main", threads: int | None = None) -> None:
+        """Run ``batch`` as its calls on ``threads`` threads (None: torch's own count)."""
         started = time.perf_counter()
         lengths = [it.length for it in batch]
-        calls = split_pass(
-            lengths, self.call_tokens, known=self._sizes_run, shape_tokens=self.shape_tokens
-        )
+        known = self.call_sizes.known(threads)
+        calls = split_pass(lengths, self.call_tokens, known=known, shape_tokens=self.shape_tokens)
         shape = (len(batch),) if self.width is None else (len(batch), self.width)
         outputs = np.empty(shape, dtype=np.float32)
         failed: dict[int, tuple[_Ticket, Exception]] = {}  # by id(ticket)
         for call in calls:
             try:
                 outputs[call] = self._call([batch[i] for i in call])
-                size = len(call) * lengths[call[-1]]
-                if size < self._sizes_run.size:
-                    self._sizes_run[size] = True
+                self.call_sizes.add(threads, len(call) * lengths[call[-1]])
             except Exception as exc:
                 self._isolate(batch, call, outputs, failed, exc)
         for ticket, exc in failed.values():

@@ -8,12 +8,15 @@ and cuts it where the padded tokens saved outweigh the calls added: random passe
 ``bench.embeddings``' texts ran 261 -> 373 texts/s on one thread, while length-sorted
 batches, which pad little, stay one call (docs/benchmarks.md, "One pass, several calls").
 
-Shapes. On a CPU each call's shape (rows x tokens) is a matrix product oneDNN compiles a
-kernel for the first time it meets it: ~0.3 ms per product on AVX512-BF16, ~1.6 ms with AMX,
-three products (and a GELU) per new shape, while the passes of a shallow queue keep making
-new ones. Given the shapes already run (``known``), the cut also charges ``shape_tokens`` for
-a call of a shape not yet met, so that calls settle on a few dozen shapes instead of hundreds
-(docs/benchmarks.md, "Calls of shapes already met").
+Sizes. At bf16 (or fp16) on a CPU, a linear layer is a oneDNN matrix product with a kernel
+compiled per shape and thread count: the first call of a size (rows x tokens, the product's
+rows) costs ~0.3 ms a product on AVX512-BF16, ~1.6 ms with AMX, three products (and a GELU)
+per new size, and the passes of a shallow queue keep making new ones. (At fp32 the products
+go through MKL, which compiles nothing.) Given the sizes already run (:class:`CallSizes`),
+the cut also charges ``shape_tokens`` for a call of a size not met yet, so that calls settle
+on a few dozen sizes instead of hundreds (docs/benchmarks.md, "Calls of shapes already met").
+The attention products depend on rows and tokens apart, so a size met before can still
+compile those; the linear layers' are the most.
 """
 
 from __future__ import annotations
@@ -38,13 +41,15 @@ def split_pass(
     call (by dynamic programming over the sorted lengths; exact for passes of up to 128
     inputs, past which no call holds more than 128). ``call_tokens`` <= 0: one call.
     ``known``: booleans by a call's padded size (rows x its longest input), true where a call
-    of that size ran before; a call of any other size costs ``shape_tokens`` more."""
+    of that size ran before (:meth:`CallSizes.known`); a call of any other size, or of one
+    past the array's end, costs ``shape_tokens`` more."""
     count = len(lengths)
     order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
     if call_tokens <= 0 or count < 2:
         return [order]
     sorted_lengths = np.asarray(lengths, dtype=np.int64)[order]
-    if sorted_lengths[0] == sorted_lengths[-1]:
+    charge = known is not None and shape_tokens > 0
+    if sorted_lengths[0] == sorted_lengths[-1] and not charge:
         return [order]  # nothing pads
     best = np.zeros(count + 1, dtype=np.int64)  # best[j]: the cost of the first j inputs
     start = np.zeros(count + 1, dtype=np.int64)  # where the last call of that cut begins
@@ -54,7 +59,7 @@ def split_pass(
         # a call over sorted inputs [begin, end) pads every one to the longest, the last
         sizes = (end - begins) * sorted_lengths[end - 1]
         costs = best[first:end] + call_tokens + sizes
-        if known is not None and shape_tokens > 0:
+        if charge:
             met = np.zeros(sizes.shape, dtype=bool)
             inside = sizes < known.size
             met[inside] = known[sizes[inside]]
@@ -77,15 +82,56 @@ def auto_call_tokens(setting: int, device: str) -> int:
     return 32 if device == "cpu" else 0
 
 
-def auto_shape_tokens(setting: int, call_tokens: int, cpu_flags: frozenset[str]) -> int:
-    """``EMBED_SHAPE_TOKENS`` (-1: auto): where passes are cut into calls, what compiling a
-    new shape costs in tokens: 64 with AMX (~1.6 ms a product), 16 without (~0.3 ms);
-    0 where passes are not cut (GPUs)."""
+class CallSizes:
+    """The padded sizes (rows x longest input) of the calls a batcher ran, by the thread count
+    they ran on (oneDNN keeps a kernel per shape and thread count). Sizes from 1 to ``most``
+    are recorded; larger ones always count as new. Lanes write it without a lock: one byte
+    stored under the GIL, and a stale read costs one charge too many."""
+
+    def __init__(self, most: int):
+        self._most = max(1, most)
+        self._by_threads: dict[int | None, np.ndarray] = {}
+
+    def known(self, threads: int | None) -> np.ndarray:
+        """Booleans by size for calls on ``threads`` threads (None: torch's own count)."""
+        known = self._by_threads.get(threads)
+        if known is None:
+            known = self._by_threads.setdefault(threads, np.zeros(self._most + 1, dtype=bool))
+        return known
+
+    def add(self, threads: int | None, size: int) -> None:
+        known = self.known(threads)
+        if size < known.size:
+            known[size] = True
+
+    def sizes(self) -> set[int]:
+        """Every size recorded, whatever its thread count."""
+        return {int(s) for known in list(self._by_threads.values()) for s in np.flatnonzero(known)}
+
+
+def compiles_per_shape(device: str, dtype: object) -> bool:
+    """Whether a model's forward compiles kernels per matrix shape: bf16 or fp16 on a CPU
+    (oneDNN); fp32 products run on MKL, GPUs' on cuBLAS."""
+    return device == "cpu" and str(dtype).removeprefix("torch.") in ("bfloat16", "float16")
+
+
+def auto_shape_tokens(setting: int, call_tokens: int, *, per_shape: bool, amx: bool) -> int:
+    """``EMBED_SHAPE_TOKENS`` (-1: auto): where passes are cut into calls and the forward
+    compiles kernels per shape (:func:`compiles_per_shape`), what a new size costs in tokens:
+    64 with AMX (~1.6 ms a product), 16 without (~0.3 ms); otherwise 0."""
     if setting >= 0:
         return setting
-    if call_tokens <= 0:
+    if call_tokens <= 0 or not per_shape:
         return 0
-    return 64 if "amx_bf16" in cpu_flags else 16
+    return 64 if amx else 16
+
+
+def auto_warm_up_tokens(setting: int, *, per_shape: bool) -> int:
+    """``EMBED_WARM_UP_TOKENS`` (-1: auto): 64 where the forward compiles kernels per shape (a
+    lone call of each length up to 64 tokens at load), otherwise 0 (one small call)."""
+    if setting >= 0:
+        return setting
+    return 64 if per_shape else 0
 
 
 def find_failures(

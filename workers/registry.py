@@ -20,14 +20,6 @@ log = logging.getLogger(__name__)
 WARM_UP_SECONDS = 2.0  # the longest a model's load spends on lone calls of each length
 
 
-def auto_warm_up_tokens(setting: int, device: str) -> int:
-    """``EMBED_WARM_UP_TOKENS`` (-1: auto): on CPU 64 (a lone call of each length up to 64
-    tokens at load), elsewhere 0 (one small call)."""
-    if setting >= 0:
-        return setting
-    return 64 if device == "cpu" else 0
-
-
 class MissingWeights(RuntimeError):
     pass
 
@@ -144,7 +136,7 @@ class ModelRegistry:
             metrics.LOAD_SECONDS.labels(entry.name).set(loaded.load_seconds)
             loaded.info = describe(handler, entry)
             self._attach_batcher(loaded, settings, device)
-            self._warm_up(loaded, auto_warm_up_tokens(settings.embed_warm_up_tokens, device))
+            self._warm_up(loaded, settings, device)
             self.models[entry.name] = loaded
             log.info(
                 "loaded %s on %s in %.1fs (%s)",
@@ -160,7 +152,7 @@ class ModelRegistry:
     def _attach_batcher(loaded: LoadedModel, settings: Settings, device: str) -> None:
         from handlers.cpuinfo import cpu_flags
         from workers.batching import Batcher
-        from workers.pass_split import auto_call_tokens, auto_shape_tokens
+        from workers.pass_split import auto_call_tokens, auto_shape_tokens, compiles_per_shape
 
         handler = loaded.handler
         if loaded.upstream:
@@ -185,36 +177,55 @@ class ModelRegistry:
             max_padding=settings.embed_max_padding,
             min_batch_size=settings.embed_min_batch_size,
             call_tokens=call_tokens,
-            shape_tokens=auto_shape_tokens(settings.embed_shape_tokens, call_tokens, cpu_flags()),
+            shape_tokens=auto_shape_tokens(
+                settings.embed_shape_tokens,
+                call_tokens,
+                per_shape=compiles_per_shape(device, getattr(handler, "dtype", None)),
+                amx="amx_bf16" in cpu_flags(),
+            ),
             name=loaded.name,
             urgent_priority=int(Priority.INTERACTIVE) if settings.embed_urgent_lane else None,
             **pass_threads.batcher_lanes(settings.embed_lanes, device),
         )
 
     @staticmethod
-    def _warm_up(loaded: LoadedModel, lengths: int) -> None:
-        """One small call so the first real request does not pay for lazy initialisation;
-        given ``lengths`` (``EMBED_WARM_UP_TOKENS``), a lone call of every input length up to
-        it, so that a lone request's first call of its length does not compile kernels for
-        its shape either (oneDNN: one per matrix shape); at most ``WARM_UP_SECONDS`` of them
-        (a slow handler gets the shortest lengths)."""
+    def _warm_up(loaded: LoadedModel, settings: Settings, device: str) -> None:
+        """One small call so the first real request does not pay for lazy initialisation. Where
+        the forward compiles kernels per shape, a lone call of every input length up to
+        ``EMBED_WARM_UP_TOKENS`` too, so that a lone request's first call of its length does
+        not compile them (at most ``WARM_UP_SECONDS`` of calls: a slow handler gets the
+        shortest lengths)."""
         from workers.batching import batch_inputs
+        from workers.pass_split import auto_warm_up_tokens, compiles_per_shape
 
         if loaded.batcher is None:
             return
         if hasattr(loaded.batcher, "warm_up"):
             loaded.batcher.warm_up()
             return
+        per_shape = compiles_per_shape(device, getattr(loaded.handler, "dtype", None))
+        most_tokens = max(
+            1, auto_warm_up_tokens(settings.embed_warm_up_tokens, per_shape=per_shape)
+        )
         rerank = loaded.family == Family.RERANK
-        most, run = max(lengths, 1), set()
+        run: set[int] = set()
         started = time.perf_counter()
-        for words in range(1, most + 1):
+        for words in range(1, most_tokens + 1):
             text = " ".join(["a"] * words)  # a token a word in the usual vocabularies
             rows, counts = batch_inputs(loaded.handler, [("a", text) if rerank else text])
-            if counts[0] > most and run:
+            if counts[0] > most_tokens and run:
                 break
             if counts[0] not in run:
                 run.add(counts[0])
                 loaded.batcher.submit(rows, counts).result()
             if time.perf_counter() - started > WARM_UP_SECONDS:
                 break
+        if len(run) > 1:
+            log.info(
+                "%s: lone calls of %d lengths (%d-%d tokens) in %.2fs",
+                loaded.name,
+                len(run),
+                min(run),
+                max(run),
+                time.perf_counter() - started,
+            )
