@@ -31,6 +31,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
+	bash scripts/install_system_packages.sh
 	$(BIN)/python -m bench
 
 lint: setup

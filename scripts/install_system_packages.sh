@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Debian packages `make test` needs beside Python's: espeak-ng (the speech tests synthesise
-# their audio with it) and tcmalloc (workers run on it where it is installed:
-# workers/native_env.py; tests/test_native_env.py checks that they do). Where one is missing and
+# Debian packages `make test` and `make bench` need beside Python's: espeak-ng (the speech
+# tests and benchmarks synthesise their audio with it) and tcmalloc (workers run on it where it
+# is installed: workers/native_env.py; tests/test_native_env.py checks that they do; the
+# benchmarks measure on the worker's allocator). Where one is missing and
 # apt-get exists, it installs it (with sudo when not root). Elsewhere it says what to install;
 # the tests that need it then fail (they never skip).
 set -uo pipefail
