@@ -119,6 +119,9 @@ class HandlerDefaults:
     ``max_batch_size``   chat: most requests decoded together (8 when unset)
     ``upstream``         the handler forwards requests to an OpenAI-compatible server
                          (:class:`UpstreamChatModel`, :class:`UpstreamEmbeddingModel`)
+    ``dtype``            what the model computes in (shown by ``/v1/models``; bf16/fp16 on a
+                         CPU turns on ``EMBED_SHAPE_TOKENS``' and ``EMBED_WARM_UP_TOKENS``'
+                         auto values)
     """
 
     thread_safe: ClassVar[bool] = False

@@ -18,5 +18,6 @@ if command -v apt-get >/dev/null 2>&1; then
   { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; } && exit 0
 fi
 echo "error: ${missing[*]} missing and could not be installed; install them (Debian/Ubuntu:" \
-  "apt-get install ${missing[*]}; macOS: brew install espeak-ng): the tests need them" >&2
+  "apt-get install ${missing[*]}; macOS: brew install espeak-ng): the tests and benchmarks" \
+  "need them" >&2
 exit 0

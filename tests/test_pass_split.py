@@ -162,9 +162,14 @@ def test_auto_is_a_cpu_setting():
     assert auto_call_tokens(-1, "cpu") == 32
     assert auto_call_tokens(-1, "cuda") == 0
     assert auto_call_tokens(5, "cuda") == 5
-    assert compiles_per_shape("cpu", "torch.bfloat16") and compiles_per_shape("cpu", "float16")
-    assert not compiles_per_shape("cpu", "torch.float32")  # MKL's products compile nothing
-    assert not compiles_per_shape("cuda", "torch.bfloat16") and not compiles_per_shape("cpu", None)
+    bf16 = frozenset({"avx512f", "avx512_bf16"})
+    assert compiles_per_shape("cpu", "torch.bfloat16", bf16)
+    assert compiles_per_shape("cpu", "float16", frozenset({"avx512_fp16"}))
+    assert not compiles_per_shape("cpu", "float16", bf16)  # no fp16 units
+    assert not compiles_per_shape("cpu", "torch.bfloat16", frozenset({"avx2"}))
+    assert not compiles_per_shape("cpu", "torch.float32", bf16)  # MKL's products compile nothing
+    assert not compiles_per_shape("cuda", "torch.bfloat16", bf16)
+    assert not compiles_per_shape("cpu", None, bf16)
     assert auto_shape_tokens(-1, 32, per_shape=True, amx=True) == 64
     assert auto_shape_tokens(-1, 32, per_shape=True, amx=False) == 16
     assert auto_shape_tokens(-1, 32, per_shape=False, amx=True) == 0

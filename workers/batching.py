@@ -34,10 +34,11 @@ never share a core with a wide pass's threads.
 Calls. With ``call_tokens`` > 0 a pass is cut into forward calls over similar lengths
 wherever the padding saved outweighs that many tokens per extra call
 (workers/pass_split.py): the batcher still picks one pass per round (its bookkeeping, its
-jobs' results), the forward pays for little padding (``EMBED_CALL_TOKENS``). With
-``shape_tokens`` > 0 the batcher remembers the calls' shapes (rows x tokens) and the cut
-charges that many tokens for one not met before (``EMBED_SHAPE_TOKENS``: oneDNN compiles a
-kernel per new shape).
+jobs' results), the forward pays for little padding (``EMBED_CALL_TOKENS``). The batcher
+records the sizes (rows x tokens) of the calls it ran, by thread count
+(:class:`~workers.pass_split.CallSizes`), and with ``shape_tokens`` > 0 the cut charges that
+many tokens for a size not run yet (``EMBED_SHAPE_TOKENS``: at bf16/fp16 on a CPU oneDNN
+compiles kernels per new size).
 
 The urgent lane. With ``urgent_priority`` set, a second thread runs passes of inputs at that
 priority or more urgent **while the main thread is busy with a less urgent pass** (a batch

@@ -109,10 +109,19 @@ class CallSizes:
         return {int(s) for known in list(self._by_threads.values()) for s in np.flatnonzero(known)}
 
 
-def compiles_per_shape(device: str, dtype: object) -> bool:
-    """Whether a model's forward compiles kernels per matrix shape: bf16 or fp16 on a CPU
-    (oneDNN); fp32 products run on MKL, GPUs' on cuBLAS."""
-    return device == "cpu" and str(dtype).removeprefix("torch.") in ("bfloat16", "float16")
+# The CPU flags with which torch runs a dtype's products on oneDNN's compiled kernels.
+_ONEDNN_FLAGS = {
+    "bfloat16": frozenset({"avx512_bf16", "amx_bf16"}),
+    "float16": frozenset({"avx512_fp16", "amx_fp16"}),
+}
+
+
+def compiles_per_shape(device: str, dtype: object, cpu_flags: frozenset[str]) -> bool:
+    """Whether a model's forward compiles kernels per matrix shape: bf16 or fp16 on a CPU with
+    the units for it (oneDNN; an approximation of torch's own routing); fp32 products run on
+    MKL, GPUs' on cuBLAS."""
+    units = _ONEDNN_FLAGS.get(str(dtype).removeprefix("torch."), frozenset())
+    return device == "cpu" and bool(units & cpu_flags)
 
 
 def auto_shape_tokens(setting: int, call_tokens: int, *, per_shape: bool, amx: bool) -> int:

@@ -180,7 +180,7 @@ class ModelRegistry:
             shape_tokens=auto_shape_tokens(
                 settings.embed_shape_tokens,
                 call_tokens,
-                per_shape=compiles_per_shape(device, getattr(handler, "dtype", None)),
+                per_shape=compiles_per_shape(device, loaded.info.get("dtype"), cpu_flags()),
                 amx="amx_bf16" in cpu_flags(),
             ),
             name=loaded.name,
@@ -190,11 +190,12 @@ class ModelRegistry:
 
     @staticmethod
     def _warm_up(loaded: LoadedModel, settings: Settings, device: str) -> None:
-        """One small call so the first real request does not pay for lazy initialisation. Where
-        the forward compiles kernels per shape, a lone call of every input length up to
-        ``EMBED_WARM_UP_TOKENS`` too, so that a lone request's first call of its length does
-        not compile them (at most ``WARM_UP_SECONDS`` of calls: a slow handler gets the
-        shortest lengths)."""
+        """One small call so the first real request does not pay for lazy initialisation; a
+        lone call of every input length up to ``EMBED_WARM_UP_TOKENS`` too (auto: 64 where the
+        forward compiles kernels per shape, else none; a setting applies anywhere), so that a
+        lone request's first call of its length does not compile them (at most
+        ``WARM_UP_SECONDS`` of calls: a slow handler gets the shortest lengths)."""
+        from handlers.cpuinfo import cpu_flags
         from workers.batching import batch_inputs
         from workers.pass_split import auto_warm_up_tokens, compiles_per_shape
 
@@ -203,7 +204,7 @@ class ModelRegistry:
         if hasattr(loaded.batcher, "warm_up"):
             loaded.batcher.warm_up()
             return
-        per_shape = compiles_per_shape(device, getattr(loaded.handler, "dtype", None))
+        per_shape = compiles_per_shape(device, loaded.info.get("dtype"), cpu_flags())
         most_tokens = max(
             1, auto_warm_up_tokens(settings.embed_warm_up_tokens, per_shape=per_shape)
         )
