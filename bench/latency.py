@@ -28,7 +28,7 @@ import httpx
 import redis
 
 from bench.embeddings import MODEL, bench_dtype, corpus
-from bench.load import timed
+from bench.load import warm_timed
 from bench.stack import one_worker_stack, run_on_the_workers_allocator
 from inferq import protocol as p
 
@@ -73,9 +73,7 @@ def in_process_p50(suite: str, bodies: list[dict]) -> float:
         handler = HFEmbeddingModel(str(weights_dir()), "cpu", **options)
         inputs = [[b["input"]] for b in bodies]
         forward = handler.embed
-    for one in inputs:  # each shape once first (the worker runs lone lengths at load)
-        forward(one)
-    return statistics.median(timed(lambda i: forward(inputs[i]), len(inputs)))
+    return statistics.median(warm_timed(lambda i: forward(inputs[i]), len(inputs)))
 
 
 def main() -> int:

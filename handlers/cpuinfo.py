@@ -9,6 +9,9 @@ import functools
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
+# The flags of the matrix units for a reduced precision (AMX or AVX512 instructions for it).
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+FP16_CPU_FLAGS = frozenset({"amx_fp16", "avx512_fp16"})
 
 
 def first_processor(text: str) -> dict[str, str]:

@@ -23,10 +23,9 @@ from collections.abc import Iterable
 
 import torch
 
-from handlers.cpuinfo import cpu_flags
+from handlers.cpuinfo import BF16_CPU_FLAGS, cpu_flags
 
 AUTO = "auto"
-BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 def cpu_has_bf16_units(flags: Iterable[str] | None = None) -> bool:

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from handlers.cpuinfo import BF16_CPU_FLAGS, FP16_CPU_FLAGS
+
 # Above this many inputs the search looks only at cuts leaving calls of at most this many.
 _LONGEST_CALL = 128
 
@@ -110,10 +112,7 @@ class CallSizes:
 
 
 # The CPU flags with which torch runs a dtype's products on oneDNN's compiled kernels.
-_ONEDNN_FLAGS = {
-    "bfloat16": frozenset({"avx512_bf16", "amx_bf16"}),
-    "float16": frozenset({"avx512_fp16", "amx_fp16"}),
-}
+_ONEDNN_FLAGS = {"bfloat16": BF16_CPU_FLAGS, "float16": FP16_CPU_FLAGS}
 
 
 def compiles_per_shape(device: str, dtype: object, cpu_flags: frozenset[str]) -> bool:

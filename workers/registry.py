@@ -9,11 +9,13 @@ import time
 from typing import Any
 
 from handlers.base import Family, optional
+from handlers.cpuinfo import cpu_flags
 from inferq.catalog import CatalogError, ModelEntry
 from inferq.protocol import Priority
 from inferq.settings import Settings
 from workers import metrics, pass_threads
 from workers.loaded import LoadedModel
+from workers.pass_split import compiles_per_shape
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +137,9 @@ class ModelRegistry:
             )
             metrics.LOAD_SECONDS.labels(entry.name).set(loaded.load_seconds)
             loaded.info = describe(handler, entry)
-            self._attach_batcher(loaded, settings, device)
-            self._warm_up(loaded, settings, device)
+            per_shape = compiles_per_shape(device, loaded.info.get("dtype"), cpu_flags())
+            self._attach_batcher(loaded, settings, device, per_shape)
+            self._warm_up(loaded, settings, per_shape)
             self.models[entry.name] = loaded
             log.info(
                 "loaded %s on %s in %.1fs (%s)",
@@ -149,10 +152,13 @@ class ModelRegistry:
             control.release()  # loading ran torch on an OpenMP team of this thread's own
 
     @staticmethod
-    def _attach_batcher(loaded: LoadedModel, settings: Settings, device: str) -> None:
-        from handlers.cpuinfo import cpu_flags
+    def _attach_batcher(
+        loaded: LoadedModel, settings: Settings, device: str, per_shape: bool
+    ) -> None:
+        """The model's batcher; ``per_shape``: its forward compiles kernels per matrix shape
+        (:func:`~workers.pass_split.compiles_per_shape`)."""
         from workers.batching import Batcher
-        from workers.pass_split import auto_call_tokens, auto_shape_tokens, compiles_per_shape
+        from workers.pass_split import auto_call_tokens, auto_shape_tokens
 
         handler = loaded.handler
         if loaded.upstream:
@@ -180,7 +186,7 @@ class ModelRegistry:
             shape_tokens=auto_shape_tokens(
                 settings.embed_shape_tokens,
                 call_tokens,
-                per_shape=compiles_per_shape(device, loaded.info.get("dtype"), cpu_flags()),
+                per_shape=per_shape,
                 amx="amx_bf16" in cpu_flags(),
             ),
             name=loaded.name,
@@ -189,22 +195,20 @@ class ModelRegistry:
         )
 
     @staticmethod
-    def _warm_up(loaded: LoadedModel, settings: Settings, device: str) -> None:
+    def _warm_up(loaded: LoadedModel, settings: Settings, per_shape: bool) -> None:
         """One small call so the first real request does not pay for lazy initialisation; a
         lone call of every input length up to ``EMBED_WARM_UP_TOKENS`` too (auto: 64 where the
         forward compiles kernels per shape, else none; a setting applies anywhere), so that a
         lone request's first call of its length does not compile them (at most
         ``WARM_UP_SECONDS`` of calls: a slow handler gets the shortest lengths)."""
-        from handlers.cpuinfo import cpu_flags
         from workers.batching import batch_inputs
-        from workers.pass_split import auto_warm_up_tokens, compiles_per_shape
+        from workers.pass_split import auto_warm_up_tokens
 
         if loaded.batcher is None:
             return
         if hasattr(loaded.batcher, "warm_up"):
             loaded.batcher.warm_up()
             return
-        per_shape = compiles_per_shape(device, loaded.info.get("dtype"), cpu_flags())
         most_tokens = max(
             1, auto_warm_up_tokens(settings.embed_warm_up_tokens, per_shape=per_shape)
         )
