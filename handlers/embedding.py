@@ -12,6 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from handlers.base import Family, check_cancelled
 from handlers.dtype import resolve_dtype
+from handlers.encoder_heads import contiguous_head_inputs
 from handlers.tokens import RowTokenizer, Tokenized, position_limit
 from handlers.traced import trace_forward, wants_trace
 
@@ -69,6 +70,7 @@ class HFEmbeddingModel:
         self.dtype = resolve_dtype(torch_dtype, self.device)
         self.model = AutoModel.from_pretrained(hf_repo_id, dtype=self.dtype, **load)
         self.model.to(self.device).eval()
+        contiguous_head_inputs(self.model)  # one kernel per row count (handlers/encoder_heads.py)
         self.dim = int(self.model.config.hidden_size)
         self.max_length = self._resolve_max_length(hf_repo_id, max_length)
         self.batch_tokens = batch_tokens

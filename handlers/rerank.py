@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from handlers.base import Family, RerankResult
 from handlers.dtype import resolve_dtype
 from handlers.embedding import run_in_length_batches
+from handlers.encoder_heads import contiguous_head_inputs
 from handlers.tokens import RowTokenizer, Tokenized, position_limit
 from handlers.traced import trace_forward, wants_trace
 
@@ -58,6 +59,7 @@ class HFRerankModel:
             hf_repo_id, dtype=self.dtype, **load
         )
         self.model.to(self.device).eval()
+        contiguous_head_inputs(self.model)  # one kernel per row count (handlers/encoder_heads.py)
         self.num_labels = int(self.model.config.num_labels)
         if self.num_labels not in (1, 2):
             raise ValueError(f"{self.name}: a reranker needs 1 or 2 labels, not {self.num_labels}")
