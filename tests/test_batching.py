@@ -280,6 +280,31 @@ def test_adaptive_lanes_start_no_second_pass_beside_a_wide_one(handler):
     assert {threads for _, threads in seen.seen[1:]} == {1}  # the backlog: narrow passes
 
 
+def test_a_hung_wide_pass_stops_holding_the_other_lane_back(handler, monkeypatch):
+    """A wide pass that runs past STALLED_PASS_SEC (hung) no longer keeps lane 1 idle: what
+    comes meanwhile is served beside it, and the hung pass's own input still waits for it."""
+    import workers.batching
+
+    monkeypatch.setattr(workers.batching, "STALLED_PASS_SEC", 0.5)
+    gate = threading.Event()
+    seen = Seen(handler, gate=gate)
+    batcher = _adaptive(seen, batch_tokens=10_000, max_batch_size=4, min_batch_size=4)
+    try:
+        hung = _submit(batcher, handler, ["hung"])
+        assert seen.entered.wait(10)  # lane 0's lone pass, wide, held at the gate
+        seen.gate = None  # later passes run through
+        started = time.monotonic()
+        later = _submit(batcher, handler, ["later"])
+        np.testing.assert_allclose(later.result(10), handler.embed_batch(["later"]), atol=1e-5)
+        assert time.monotonic() - started >= 0.4  # not before the pass counted as stalled
+        assert seen.seen[-1] == ("batcher::1", 1)
+        assert not hung.done()
+    finally:
+        gate.set()
+        batcher.stop()
+    assert hung.result(10).shape == (1, handler.dim)
+
+
 def test_cancelling_one_job_leaves_the_others(handler):
     gate = threading.Event()
     recording = Recording(handler, gate=gate)

@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_BATCHES = 32  # the candidates a pass is chosen from, in batches of max_batch_size
 MOST_SIZE_RECORDED = 65536  # call sizes (rows x tokens) past this always count as new
+STALLED_PASS_SEC = 10.0  # a wide pass running this long no longer holds the other lanes back
 
 
 @dataclass(eq=False)  # compared by identity: field equality would compare output arrays
@@ -148,6 +149,7 @@ class Batcher:
         self._stopped = False
         self.lanes = max(1, int(lanes))
         self._running: dict[int, int] = {}  # a busy main lane: the priority of its pass
+        self._began: dict[int, float] = {}  # a busy main lane: when its pass began
         self._pass_threads = pass_threads
         self.wide_threads = max(1, int(wide_threads))
         self.adaptive = self.lanes > 1 and pass_threads is not None and self.wide_threads > 1
@@ -267,7 +269,15 @@ class Batcher:
             return True
         if 0 not in self._running:
             return False  # lane 0 is free: it takes them (on every core if alone)
-        return not self._wide or most_urgent < self._running[0]
+        return not self._wide or most_urgent < self._running[0] or self._until_stalled() == 0
+
+    def _until_stalled(self) -> float | None:
+        """Seconds until lane 0's wide pass counts as stalled: past ``STALLED_PASS_SEC`` it is
+        hung (or far slower than a pass should be) and the other lanes go on without it.
+        None: lane 0 runs no wide pass."""
+        if not self._wide or 0 not in self._began:
+            return None
+        return max(0.0, STALLED_PASS_SEC - (time.monotonic() - self._began[0]))
 
     def _threads_for_lane0(self, batch: list[_Item]) -> int:
         """Adaptive lanes: lane 0's threads for ``batch``; every core when no other pass runs
@@ -285,7 +295,8 @@ class Batcher:
             threads = 1 if self.adaptive and lane > 0 else None  # None: torch's own count
             with self._cond:
                 while not self._stopped and not self._may_take(lane):
-                    self._cond.wait()
+                    # once lane 0 counts as stalled, a submit's notify wakes this lane
+                    self._cond.wait((self._until_stalled() or None) if lane > 0 else None)
                 if self._stopped:
                     return
                 candidates = self._take_candidates()
@@ -294,6 +305,7 @@ class Batcher:
                 batch, rest = self._choose(candidates)
                 self._put_back(rest)
                 self._running[lane] = batch[0].priority
+                self._began[lane] = time.monotonic()
                 if self.adaptive and lane == 0:
                     threads = self._threads_for_lane0(batch)
             if self.adaptive and lane == 0:
@@ -302,7 +314,7 @@ class Batcher:
                 self._execute(batch, threads=threads)
             finally:
                 with self._cond:
-                    del self._running[lane]
+                    del self._running[lane], self._began[lane]
                     self._cond.notify_all()  # the other lanes and the urgent thread look again
 
     def _urgent_waiting(self) -> bool:

@@ -31,6 +31,29 @@ CANCEL_POLL_SEC = 1.0  # waits wake up this often to look at their job's cancel 
 # listener was reconnecting). Under load most interactive jobs wait about a second, so a
 # 1 s re-read cost a Redis round trip per job for a case that hardly ever happens.
 MISSED_CANCEL_POLL_SEC = 5.0
+# Once a job is cancelled or past its time limit, the batcher drops its pending inputs and the
+# chat scheduler stops its rows at their next step; a pass that does not end within this long
+# (hung, or far slower than a pass should be) is left running and the job stops waiting.
+ABANDON_AFTER_SEC = 5.0
+
+
+def wait_unless_stopped(future: Future, stopped: Callable[[], bool]) -> Any:
+    """``future``'s result, or :class:`Cancelled` once ``stopped()`` has held for
+    ``ABANDON_AFTER_SEC`` without the future settling (``stopped`` is called about once a
+    second while the future is pending)."""
+    since = None
+    while True:
+        try:
+            return future.result(timeout=CANCEL_POLL_SEC)
+        except TimeoutError:
+            if not stopped():
+                continue
+            since = since or time.monotonic()
+            if time.monotonic() - since >= ABANDON_AFTER_SEC:
+                log.warning(
+                    "a pass did not stop within %g s of its stop: left running", ABANDON_AFTER_SEC
+                )
+                raise Cancelled() from None
 
 
 class CancelWatch:
@@ -56,12 +79,8 @@ class CancelWatch:
         return self.event.is_set()
 
     def wait(self, future: Future) -> Any:
-        """The future's result; meanwhile keep checking."""
-        while True:
-            try:
-                return future.result(timeout=CANCEL_POLL_SEC)
-            except TimeoutError:
-                self()
+        """The future's result; meanwhile keep checking (see :func:`wait_unless_stopped`)."""
+        return wait_unless_stopped(future, self)
 
 
 def as_service_error(exc: Exception) -> ServiceError:

@@ -33,7 +33,7 @@ from inferq.settings import Settings
 from workers import chat, completions, rerank
 from workers.batching import batch_inputs
 from workers.embeddings import check_dimensions, embeddings_response
-from workers.jobs import as_service_error
+from workers.jobs import as_service_error, wait_unless_stopped
 
 if TYPE_CHECKING:  # the registry imports the serving modules
     from workers.loaded import LoadedModel
@@ -69,7 +69,7 @@ def _run_lines(model: LoadedModel, jobs: list, inputs: list[list], stop, build) 
             outcomes.append(as_service_error(future))
             continue
         try:
-            outcomes.append(build(job, future.result(), line[1]))
+            outcomes.append(build(job, wait_unless_stopped(future, stop.is_set), line[1]))
         except Cancelled:
             outcomes.append(None)
         except Exception as exc:  # this line's own failure
@@ -196,7 +196,9 @@ class ChatLines(BatchLines):
                 continue
             try:
                 outcomes.append(
-                    self.serving.completion(job, model, future.result(), p.new_job_id())
+                    self.serving.completion(
+                        job, model, wait_unless_stopped(future, stop.is_set), p.new_job_id()
+                    )
                 )
             except Cancelled:
                 outcomes.append(None)
