@@ -302,12 +302,16 @@ def test_load_runs_a_lone_call_of_every_length_up_to_the_setting(
     """A lone request's first call of its length compiles kernels for its shape (oneDNN):
     loading runs one lone call of each length up to ``EMBED_WARM_UP_TOKENS``, so a lone input
     of such a length meets a shape already run; 0 leaves one small call."""
+    from prometheus_client import REGISTRY
+
     from inferq.catalog import ModelEntry
     from inferq.settings import Settings
     from workers import registry as registry_module
+    from workers.batching import batch_inputs
     from workers.registry import ModelRegistry
 
     monkeypatch.setattr(registry_module, "WARM_UP_SECONDS", 600.0)  # not the machine's speed
+    one_input = ("a query", "a document") if family == "rerank" else "a text"
 
     handler, weights = {
         "embeddings": ("handlers.embedding.HFEmbeddingModel", tiny_embedders["bert"]),
@@ -326,6 +330,19 @@ def test_load_runs_a_lone_call_of_every_length_up_to_the_setting(
         batcher = registry.models[entry.name].batcher
         try:
             sizes[tokens] = sorted(batcher.call_sizes.sizes())  # one-row calls: lengths
+            # the warm-up's passes are not traffic: no batches in the stats or the metrics
+            assert batcher.stats.batches == 0
+            assert not REGISTRY.get_sample_value(
+                "inferq_worker_batch_size_count", {"model": entry.name}
+            )
+            batcher.submit(*batch_inputs(registry.models[entry.name].handler, [one_input])).result(
+                10
+            )
+            assert batcher.stats.batches == 1
+            assert (
+                REGISTRY.get_sample_value("inferq_worker_batch_size_count", {"model": entry.name})
+                == 1
+            )
         finally:
             batcher.stop()
     assert len(sizes[0]) == 1

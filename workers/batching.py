@@ -83,6 +83,7 @@ class _Ticket:
     remaining: int
     cancel_event: threading.Event | None
     future: Future = field(default_factory=Future)
+    counted: bool = True  # in the metrics and stats (a worker's warm-up calls are not)
 
     @property
     def abandoned(self) -> bool:
@@ -172,14 +173,17 @@ class Batcher:
         *,
         priority: int = 0,
         cancel_event: threading.Event | None = None,
+        counted: bool = True,
     ) -> Future:
-        """Queue inputs; the future resolves to their outputs (in order) or raises Cancelled."""
+        """Queue inputs; the future resolves to their outputs (in order) or raises Cancelled.
+        ``counted=False``: passes of these inputs alone stay out of the metrics and stats."""
         shape = (len(inputs),) if self.width is None else (len(inputs), self.width)
         ticket = _Ticket(
             inputs=inputs,
             outputs=np.empty(shape, dtype=np.float32),
             remaining=len(inputs),
             cancel_event=cancel_event,
+            counted=counted,
         )
         if not inputs:
             ticket.future.set_result(ticket.outputs)
@@ -366,17 +370,19 @@ class Batcher:
         done = [i for call in ran for i in call]
         real = sum(lengths[i] for i in done)
         padded = sum(len(call) * lengths[call[-1]] for call in ran)
-        metrics.FORWARD_SECONDS.labels(self.name, lane).inc(time.perf_counter() - started)
-
-        metrics.BATCH_SIZE.labels(self.name).observe(len(done))
-        metrics.TOKENS.labels(self.name, "input").inc(real)
-        metrics.TOKENS.labels(self.name, "padded").inc(padded)
+        counted = any(batch[i].ticket.counted for i in done)
+        if counted:
+            metrics.FORWARD_SECONDS.labels(self.name, lane).inc(time.perf_counter() - started)
+            metrics.BATCH_SIZE.labels(self.name).observe(len(done))
+            metrics.TOKENS.labels(self.name, "input").inc(real)
+            metrics.TOKENS.labels(self.name, "padded").inc(padded)
         finished: list[_Ticket] = []
         with self._cond:  # the urgent thread may finish a pass (of the same ticket) at once
-            self.stats.batches += 1
-            self.stats.inputs += len(done)
-            self.stats.padded_tokens += padded
-            self.stats.real_tokens += real
+            if counted:
+                self.stats.batches += 1
+                self.stats.inputs += len(done)
+                self.stats.padded_tokens += padded
+                self.stats.real_tokens += real
             for i in done:
                 ticket = batch[i].ticket
                 ticket.outputs[batch[i].index] = outputs[i]

@@ -222,7 +222,7 @@ class ModelRegistry:
                 break
             if counts[0] not in run:
                 run.add(counts[0])
-                loaded.batcher.submit(rows, counts).result()
+                loaded.batcher.submit(rows, counts, counted=False).result()
             if time.perf_counter() - started > WARM_UP_SECONDS:
                 break
         if len(run) > 1:
