@@ -8,6 +8,9 @@ length x the hidden size, so the head's ``dense`` met a new cache key for every 
 length) and compiled again. With MiniLM under the embeddings benchmark's load (Zen 4,
 avx512_core_bf16) that was 230 of 808 matmul compilations. A copy of those few rows to
 contiguous memory first (rows x hidden values) leaves one key per row count.
+
+An embedding model's pooler is computed and not used (the handler pools the last hidden
+state itself): one small product a pass, left in place rather than removed model by model.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ HEAD_NAMES = ("pooler", "classifier")  # module names whose Linear layers may re
 
 
 def _contiguous_input(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    first, *rest = args
-    return (first.contiguous(), *rest) if isinstance(first, torch.Tensor) else args
+    """A forward pre-hook: the layer's positional input, contiguous (a keyword input as is)."""
+    if args and isinstance(args[0], torch.Tensor):
+        return (args[0].contiguous(), *args[1:])
+    return args
 
 
 def contiguous_head_inputs(model: torch.nn.Module) -> int:

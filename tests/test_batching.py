@@ -290,13 +290,13 @@ def test_a_hung_wide_pass_stops_holding_the_other_lane_back(handler, monkeypatch
     seen = Seen(handler, gate=gate)
     batcher = _adaptive(seen, batch_tokens=10_000, max_batch_size=4, min_batch_size=4)
     try:
+        started = time.monotonic()
         hung = _submit(batcher, handler, ["hung"])
         assert seen.entered.wait(10)  # lane 0's lone pass, wide, held at the gate
         seen.gate = None  # later passes run through
-        started = time.monotonic()
         later = _submit(batcher, handler, ["later"])
         np.testing.assert_allclose(later.result(10), handler.embed_batch(["later"]), atol=1e-5)
-        assert time.monotonic() - started >= 0.4  # not before the pass counted as stalled
+        assert time.monotonic() - started >= 0.5  # not before the pass counted as stalled
         assert seen.seen[-1] == ("batcher::1", 1)
         assert not hung.done()
     finally:

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 
 from handlers.embedding import HFEmbeddingModel
+from inferq import protocol as p
 from inferq.devstack import stop
 
 MODEL = "crash-bert"  # tiny BERT, 0.15 s per pass; the text HANG sleeps 60 s in its pass
@@ -19,6 +20,8 @@ LIMIT_SEC = 4
 # The limit, then workers/jobs.py's ABANDON_AFTER_SEC (5 s) and a poll (1 s), with slack:
 # far below the hung pass's 60 s.
 GIVE_UP_SEC = LIMIT_SEC + 5 + 1 + 8
+# Two lanes whatever the cores: the hung pass holds one, the other serves what comes after.
+LANES = {"EMBED_LANES": "2"}
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -35,7 +38,9 @@ def _decoded(response: httpx.Response) -> np.ndarray:
 
 
 def test_a_hung_pass_fails_its_request_at_the_limit_and_the_model_serves_on(stack, tiny_embedders):
-    worker = stack.start_worker([MODEL], JOB_TIMEOUTS=json.dumps({"/v1/embeddings": LIMIT_SEC}))
+    worker = stack.start_worker(
+        [MODEL], JOB_TIMEOUTS=json.dumps({"/v1/embeddings": LIMIT_SEC}), **LANES
+    )
     try:
         started = time.monotonic()
         hung = httpx.post(
@@ -61,7 +66,7 @@ def test_a_hung_pass_fails_its_request_at_the_limit_and_the_model_serves_on(stac
 def test_a_job_cancelled_in_a_hung_pass_frees_its_thread(stack):
     """One job thread: the cancelled job must give it back (the pass is left running) for the
     next request to be served before the hung pass ends."""
-    worker = stack.start_worker([MODEL], WORKER_CONCURRENCY="1")
+    worker = stack.start_worker([MODEL], WORKER_CONCURRENCY="1", **LANES)
     try:
         response = httpx.post(
             f"{stack.base_url}/v1/jobs",
@@ -119,7 +124,7 @@ def test_a_batch_cancelled_while_a_line_hangs_frees_its_part_slot(
 ):
     """One part slot: the cancelled batch's runner must give it back (its hung pass left
     running) for the next batch to run before the hung pass ends."""
-    worker = stack.start_worker([MODEL], BATCH_ACTIVE_PARTS="1")
+    worker = stack.start_worker([MODEL], BATCH_ACTIVE_PARTS="1", **LANES)
     try:
         batch = _batch(openai_client, ["HANG", "line 1", "line 2"])
         _wait_for(
@@ -134,8 +139,9 @@ def test_a_batch_cancelled_while_a_line_hangs_frees_its_part_slot(
         texts = [f"next batch {i}" for i in range(3)]
         after = _ended(openai_client, _batch(openai_client, texts).id)
         assert after.status == "completed", after
-        # the part's stop poll (1 s), ABANDON_AFTER_SEC (5 s) and a poll; the batcher's stall
-        # rule; slack. The hung pass ends 60 s after it began.
+        # the part's stop poll (1 s), a wait's poll (1 s), then ABANDON_AFTER_SEC (5 s) for
+        # all of the part's lines together; the batcher's stall rule for the next batch;
+        # slack. The hung pass ends 60 s after it began.
         assert time.monotonic() - started < 30
         content = openai_client.files.content(after.output_file_id).text
         got = {
@@ -148,3 +154,24 @@ def test_a_batch_cancelled_while_a_line_hangs_frees_its_part_slot(
         )
     finally:
         stop(worker)
+
+
+def test_output_after_its_job_stopped_is_not_written(redis_client):
+    """A pass the job stopped waiting for may still produce output (a chat step that ends
+    after the job's final status): once the job closes its events, it is dropped."""
+    from workers.events import EventPublisher, JobEvents
+
+    publisher = EventPublisher(redis_client)
+    key = p.events_key("stopped-job")
+    redis_client.delete(key)
+    redis_client.xadd(key, p.event_fields(p.EventType.STATUS, {"status": "running"}))
+    events = JobEvents(publisher, "stopped-job")
+    events.delta("before")
+    events.close()
+    events.delta("after")
+    events.tool_calls([{"index": 0, "function": {"name": "late"}}])
+    events.chunk('{"late": true}')
+    # the publisher writes in order: once this is written, anything queued before it is too
+    assert publisher.wait_written(publisher.publish("other-job", p.EventType.DELTA, {}))
+    entries = [json.loads(fields[b"data"]) for _, fields in redis_client.xrange(key)[1:]]
+    assert entries == [{"content": "before"}]

@@ -29,7 +29,9 @@ threads when it is alone, so a lone input is as fast as with one lane; when othe
 or when what stays pending after its pass is at least half a pass, it runs on one thread and
 the other lanes (one thread each, always) take the rest. The other lanes start a pass only
 while lane 0 runs on one thread (or for inputs more urgent than lane 0's pass): two passes
-never share a core with a wide pass's threads.
+never share a core with a wide pass's threads. Unless the wide pass has stalled: past
+``STALLED_PASS_SEC`` (and 4 x the longest pass so far) it is taken for hung and the other
+lanes go on without it.
 
 Calls. With ``call_tokens`` > 0 a pass is cut into forward calls over similar lengths
 wherever the padding saved outweighs that many tokens per extra call
@@ -46,6 +48,10 @@ file's): an interactive request then waits for neither that pass nor the bulk qu
 passes share the device for a moment (the forward must be safe to call from two threads);
 without bulk work in flight the second thread stays idle, so ordinary traffic still forms
 full batches on one thread.
+
+(Over 400 lines, a sixth of them this docstring: the rest is the state one lock guards, the
+pending queues, the lanes and the urgent thread; which inputs make a pass is
+:func:`workers.pass_choice.choose_pass`, how a pass is cut into calls workers/pass_split.py.)
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ import numpy as np
 
 from handlers.base import Cancelled
 from workers import metrics
+from workers.pass_choice import choose_pass
 from workers.pass_split import CallSizes, find_failures, split_pass
 
 log = logging.getLogger(__name__)
@@ -71,7 +78,10 @@ log = logging.getLogger(__name__)
 
 WINDOW_BATCHES = 32  # the candidates a pass is chosen from, in batches of max_batch_size
 MOST_SIZE_RECORDED = 65536  # call sizes (rows x tokens) past this always count as new
-STALLED_PASS_SEC = 10.0  # a wide pass running this long no longer holds the other lanes back
+# A wide pass running this long (and STALLED_PASS_FACTOR x the longest pass so far) no longer
+# holds the other lanes back: it is hung, or far slower than this model's passes are.
+STALLED_PASS_SEC = 10.0
+STALLED_PASS_FACTOR = 4
 
 
 @dataclass(eq=False)  # compared by identity: field equality would compare output arrays
@@ -151,6 +161,7 @@ class Batcher:
         self.lanes = max(1, int(lanes))
         self._running: dict[int, int] = {}  # a busy main lane: the priority of its pass
         self._began: dict[int, float] = {}  # a busy main lane: when its pass began
+        self._longest_pass = 0.0  # seconds, of the passes run so far
         self._pass_threads = pass_threads
         self.wide_threads = max(1, int(wide_threads))
         self.adaptive = self.lanes > 1 and pass_threads is not None and self.wide_threads > 1
@@ -221,41 +232,13 @@ class Batcher:
             self._pending[item.priority].appendleft(item)
 
     def _choose(self, candidates: list[_Item]) -> tuple[list[_Item], list[_Item]]:
-        anchor = candidates[0]
-        # Urgent work rides in a pass of its own priority: an interactive text is not padded
-        # out with a full batch of bulk texts (which would make its pass the slowest).
-        others = [it for it in candidates if it.priority != anchor.priority]
-        candidates = [it for it in candidates if it.priority == anchor.priority]
-        by_length = sorted(candidates, key=lambda it: it.length)
-        lo = hi = by_length.index(anchor)
-        real = anchor.length
-        while (count := hi - lo + 2) <= self.max_batch_size:  # the size after growing by one
-            # Grow by the neighbour (shorter or longer) that pads the pass least. Each option:
-            # (the pass's longest input after adding it, the tokens it adds, which side).
-            options = []
-            if lo > 0:
-                options.append((by_length[hi].length, by_length[lo - 1].length, -1))
-            if hi + 1 < len(by_length):
-                longer = by_length[hi + 1].length
-                options.append((longer, longer, +1))
-            options = [
-                (count * longest / (real + added), added, side)
-                for longest, added, side in options
-                if count * longest <= self.batch_tokens
-            ]
-            if not options:
-                break
-            padding, added, side = min(options)
-            if count > self.min_batch_size and padding > self.max_padding:
-                break  # big enough: leave the outliers to passes of their own lengths
-            real += added
-            if side < 0:
-                lo -= 1
-            else:
-                hi += 1
-        chosen = by_length[lo : hi + 1]
-        rest = by_length[:lo] + by_length[hi + 1 :] + others
-        return chosen, rest
+        return choose_pass(
+            candidates,
+            batch_tokens=self.batch_tokens,
+            max_batch_size=self.max_batch_size,
+            min_batch_size=self.min_batch_size,
+            max_padding=self.max_padding,
+        )
 
     @staticmethod
     def _abandon(ticket: _Ticket) -> None:
@@ -276,20 +259,21 @@ class Batcher:
         return not self._wide or most_urgent < self._running[0] or self._until_stalled() == 0
 
     def _until_stalled(self) -> float | None:
-        """Seconds until lane 0's wide pass counts as stalled: past ``STALLED_PASS_SEC`` it is
-        hung (or far slower than a pass should be) and the other lanes go on without it.
-        None: lane 0 runs no wide pass."""
+        """Seconds until lane 0's wide pass counts as stalled (see ``STALLED_PASS_SEC``), and
+        the other lanes go on without it; None: lane 0 runs no wide pass."""
         if not self._wide or 0 not in self._began:
             return None
-        return max(0.0, STALLED_PASS_SEC - (time.monotonic() - self._began[0]))
+        limit = max(STALLED_PASS_SEC, STALLED_PASS_FACTOR * self._longest_pass)
+        return max(0.0, limit - (time.monotonic() - self._began[0]))
 
     def _threads_for_lane0(self, batch: list[_Item]) -> int:
         """Adaptive lanes: lane 0's threads for ``batch``; every core when no other pass runs
         and what stays pending would not make half a pass for another lane."""
         backlog = sum(len(queue) for queue in self._pending.values())
         self._wide = len(self._running) == 1 and backlog < max(1, len(batch) // 2)
-        if not self._wide:
-            self._cond.notify_all()  # another lane takes the backlog
+        if not self._wide or backlog:
+            # another lane takes the backlog (or, for a wide pass, times its stall)
+            self._cond.notify_all()
         return self.wide_threads if self._wide else 1
 
     def _run(self, lane: int) -> None:
@@ -299,8 +283,9 @@ class Batcher:
             threads = 1 if self.adaptive and lane > 0 else None  # None: torch's own count
             with self._cond:
                 while not self._stopped and not self._may_take(lane):
-                    # once lane 0 counts as stalled, a submit's notify wakes this lane
-                    self._cond.wait((self._until_stalled() or None) if lane > 0 else None)
+                    remaining = self._until_stalled() if lane > 0 else None
+                    # 0: lane 0 counts as stalled already; a submit's notify wakes this lane
+                    self._cond.wait(remaining if remaining else None)
                 if self._stopped:
                     return
                 candidates = self._take_candidates()
@@ -318,7 +303,9 @@ class Batcher:
                 self._execute(batch, threads=threads)
             finally:
                 with self._cond:
-                    del self._running[lane], self._began[lane]
+                    del self._running[lane]
+                    ran = time.monotonic() - self._began.pop(lane)
+                    self._longest_pass = max(self._longest_pass, ran)
                     self._cond.notify_all()  # the other lanes and the urgent thread look again
 
     def _urgent_waiting(self) -> bool:

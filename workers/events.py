@@ -118,6 +118,7 @@ class JobEvents:
         self._streamed = len(streamed)
         self._restart_on_chunk = chunks
         self._lock = threading.Lock()
+        self._closed = False  # the job has stopped: output that still comes is dropped
 
     def delta(self, text: str, logprobs: list | None = None, *, index: int = 0) -> None:
         """New output text (a chat token, a transcribed segment); for chat, the compact
@@ -141,7 +142,7 @@ class JobEvents:
             data["index"] = index
         if logprobs is not None:
             data["logprobs"] = logprobs
-        self.last = self.events.publish(self.job_id, p.EventType.DELTA, data)
+        self._publish(p.EventType.DELTA, data)
 
     def tool_calls(self, calls: list[dict[str, Any]], *, index: int = 0) -> None:
         """New tool calls of a chat completion (OpenAI's ``delta.tool_calls`` entries) of
@@ -149,14 +150,25 @@ class JobEvents:
         data: dict[str, Any] = {"tool_calls": calls}
         if index:
             data["index"] = index
-        self.last = self.events.publish(self.job_id, p.EventType.DELTA, data)
+        self._publish(p.EventType.DELTA, data)
 
     def chunk(self, data: str) -> None:
         """An upstream proxy's stream chunk, verbatim."""
         if self._restart_on_chunk or self._resume is not None:
             self._restart_on_chunk, self._resume = False, None
             self._restart()
-        self.last = self.events.publish(self.job_id, p.EventType.CHUNK, data, raw=True)
+        self._publish(p.EventType.CHUNK, data, raw=True)
+
+    def _publish(self, kind: p.EventType, data: Any, *, raw: bool = False) -> None:
+        with self._lock:
+            if not self._closed:
+                self.last = self.events.publish(self.job_id, kind, data, raw=raw)
+
+    def close(self) -> None:
+        """The job stops here, before its final status is written: output that a pass it
+        stopped waiting for (workers/jobs.py's ``StopWait``) still produces is dropped."""
+        with self._lock:
+            self._closed = True
 
     def end(self) -> None:
         """The job's output is complete: if it stopped while still retracing the earlier

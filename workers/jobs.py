@@ -37,23 +37,31 @@ MISSED_CANCEL_POLL_SEC = 5.0
 ABANDON_AFTER_SEC = 5.0
 
 
-def wait_unless_stopped(future: Future, stopped: Callable[[], bool]) -> Any:
-    """``future``'s result, or :class:`Cancelled` once ``stopped()`` has held for
-    ``ABANDON_AFTER_SEC`` without the future settling (``stopped`` is called about once a
-    second while the future is pending)."""
-    since = None
-    while True:
-        try:
-            return future.result(timeout=CANCEL_POLL_SEC)
-        except TimeoutError:
-            if not stopped():
-                continue
-            since = since or time.monotonic()
-            if time.monotonic() - since >= ABANDON_AFTER_SEC:
-                log.warning(
-                    "a pass did not stop within %g s of its stop: left running", ABANDON_AFTER_SEC
-                )
-                raise Cancelled() from None
+class StopWait:
+    """Waits on the futures of one job or one batch part: each returns its result, or raises
+    :class:`Cancelled` once ``stopped()`` (called about once a second while a future is
+    pending) has been seen ``ABANDON_AFTER_SEC`` ago; the waits share that one deadline."""
+
+    def __init__(self, stopped: Callable[[], bool]):
+        self.stopped = stopped
+        self._give_up_at: float | None = None
+
+    def __call__(self, future: Future) -> Any:
+        while True:
+            timeout = CANCEL_POLL_SEC
+            if self._give_up_at is not None:
+                timeout = max(0.0, self._give_up_at - time.monotonic())
+            try:
+                return future.result(timeout=timeout)
+            except TimeoutError:
+                if self._give_up_at is None:
+                    if self.stopped():
+                        self._give_up_at = time.monotonic() + ABANDON_AFTER_SEC
+                elif time.monotonic() >= self._give_up_at:
+                    log.warning(
+                        "a pass did not end %g s after its stop: left running", ABANDON_AFTER_SEC
+                    )
+                    raise Cancelled() from None
 
 
 class CancelWatch:
@@ -66,6 +74,7 @@ class CancelWatch:
         self.job_id = job_id
         self.event = event
         self._last = time.monotonic()  # START just read the status
+        self._wait = StopWait(self)
 
     def __call__(self) -> bool:
         if self.event.is_set():
@@ -79,8 +88,8 @@ class CancelWatch:
         return self.event.is_set()
 
     def wait(self, future: Future) -> Any:
-        """The future's result; meanwhile keep checking (see :func:`wait_unless_stopped`)."""
-        return wait_unless_stopped(future, self)
+        """The future's result; meanwhile keep checking (see :class:`StopWait`)."""
+        return self._wait(future)
 
 
 def as_service_error(exc: Exception) -> ServiceError:
@@ -253,6 +262,7 @@ class JobRuntime:
                 result = serve(ctx)
                 ctx.events.end()
             finally:
+                ctx.events.close()  # a pass left running writes nothing after this
                 ctx.events.flush()  # the output is in the stream before the terminal status
         except Cancelled:
             if timed_out.is_set():

@@ -31,13 +31,20 @@ def _head_inputs(model: torch.nn.Module) -> dict[str, list[bool]]:
 
 def _handlers(kind: str, path: str, **options):
     cls = HFEmbeddingModel if kind == "embedding" else HFRerankModel
-    return cls(path, "cpu", torchscript=False, torch_dtype="float32", **options)
+    options = {"torchscript": False, "torch_dtype": "float32", **options}
+    return cls(path, "cpu", **options)
+
+
+def _inputs(handler) -> list:
+    if isinstance(handler, HFEmbeddingModel):
+        return TEXTS
+    return [("query", text) for text in TEXTS]
 
 
 def _run(handler) -> np.ndarray:
     if isinstance(handler, HFEmbeddingModel):
-        return handler.embed(TEXTS)
-    return handler.score([("query", text) for text in TEXTS])
+        return handler.embed(_inputs(handler))
+    return handler.score(_inputs(handler))
 
 
 @pytest.mark.parametrize(
@@ -48,6 +55,7 @@ def _run(handler) -> np.ndarray:
         ("rerank", "xlmr-cross", {"classifier.dense", "classifier.out_proj"}),
     ],
 )
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_head_layers_get_contiguous_rows_and_the_same_outputs(tiny_embedders, kind, model, heads):
     from tests.tiny.embedding import tiny_cross_encoder_dir, tiny_xlmr_dir
 
@@ -69,7 +77,19 @@ def test_head_layers_get_contiguous_rows_and_the_same_outputs(tiny_embedders, ki
     seen_plain = _head_inputs(plain.model)
     unhooked = _run(plain)
     assert not all(all(calls) for calls in seen_plain.values()), seen_plain
-    np.testing.assert_array_equal(hooked, unhooked)
+    np.testing.assert_allclose(hooked, unhooked, rtol=0, atol=1e-6)
+
+    # the CPU's default forward is traced (handlers/traced.py): the trace records the copies
+    def copies(model) -> int:
+        inputs = dict(handler._rows.pad(handler.tokenize(_inputs(handler)), handler.device))
+        with torch.inference_mode():
+            traced = torch.jit.trace(model, example_kwarg_inputs=inputs, strict=False)
+        return str(traced.inlined_graph).count("aten::contiguous")
+
+    assert copies(handler.model) >= copies(plain.model) + len(heads)
+    traced = _handlers(kind, str(path), torchscript=True)
+    assert traced._traced is not None
+    np.testing.assert_allclose(_run(traced), hooked, rtol=0, atol=1e-5)
 
 
 def test_models_without_heads_are_left_alone(tiny_embedders):

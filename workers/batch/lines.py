@@ -33,7 +33,7 @@ from inferq.settings import Settings
 from workers import chat, completions, rerank
 from workers.batching import batch_inputs
 from workers.embeddings import check_dimensions, embeddings_response
-from workers.jobs import as_service_error, wait_unless_stopped
+from workers.jobs import StopWait, as_service_error
 
 if TYPE_CHECKING:  # the registry imports the serving modules
     from workers.loaded import LoadedModel
@@ -64,12 +64,13 @@ def _run_lines(model: LoadedModel, jobs: list, inputs: list[list], stop, build) 
         for t in tokenised
     ]
     outcomes: list[Outcome] = []
+    wait = StopWait(stop.is_set)  # once stopped, the part's lines give up together
     for job, line, future in zip(jobs, tokenised, futures, strict=True):
         if isinstance(future, Exception):  # the line could not be tokenised
             outcomes.append(as_service_error(future))
             continue
         try:
-            outcomes.append(build(job, wait_unless_stopped(future, stop.is_set), line[1]))
+            outcomes.append(build(job, wait(future), line[1]))
         except Cancelled:
             outcomes.append(None)
         except Exception as exc:  # this line's own failure
@@ -190,16 +191,13 @@ class ChatLines(BatchLines):
             except Exception as exc:  # e.g. a remote image that cannot be fetched
                 futures.append(as_service_error(exc))
         outcomes: list[Outcome] = []
+        wait = StopWait(stop.is_set)  # once stopped, the part's lines give up together
         for job, future in zip(jobs, futures, strict=True):
             if isinstance(future, ServiceError):
                 outcomes.append(future)
                 continue
             try:
-                outcomes.append(
-                    self.serving.completion(
-                        job, model, wait_unless_stopped(future, stop.is_set), p.new_job_id()
-                    )
-                )
+                outcomes.append(self.serving.completion(job, model, wait(future), p.new_job_id()))
             except Cancelled:
                 outcomes.append(None)
             except Exception as exc:
