@@ -14,6 +14,7 @@ import numpy as np
 from handlers.embedding import HFEmbeddingModel
 from inferq import protocol as p
 from inferq.devstack import stop
+from tests.private_stack import wait_for
 
 MODEL = "crash-bert"  # tiny BERT, 0.15 s per pass; the text HANG sleeps 60 s in its pass
 LIMIT_SEC = 4
@@ -22,15 +23,6 @@ LIMIT_SEC = 4
 GIVE_UP_SEC = LIMIT_SEC + 5 + 1 + 8
 # Two lanes whatever the cores: the hung pass holds one, the other serves what comes after.
 LANES = {"EMBED_LANES": "2"}
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _decoded(response: httpx.Response) -> np.ndarray:
@@ -74,7 +66,7 @@ def test_a_job_cancelled_in_a_hung_pass_frees_its_thread(stack):
         )
         assert response.status_code == 202, response.text
         job_url = f"{stack.base_url}/v1/jobs/{response.json()['id']}"
-        _wait_for(lambda: httpx.get(job_url).json()["status"] == "running", 30, "running")
+        wait_for(lambda: httpx.get(job_url).json()["status"] == "running", 30, "running")
         time.sleep(1.0)  # in the pass by now (a pass starts within ms of the job)
         started = time.monotonic()
         assert httpx.post(f"{job_url}/cancel").status_code == 200
@@ -108,7 +100,7 @@ def _batch(openai_client, texts: list[str]):
 
 
 def _ended(openai_client, batch_id: str):
-    return _wait_for(
+    return wait_for(
         lambda: (
             (b := openai_client.batches.retrieve(batch_id)).status
             in ("completed", "failed", "cancelled", "expired")
@@ -127,7 +119,7 @@ def test_a_batch_cancelled_while_a_line_hangs_frees_its_part_slot(
     worker = stack.start_worker([MODEL], BATCH_ACTIVE_PARTS="1", **LANES)
     try:
         batch = _batch(openai_client, ["HANG", "line 1", "line 2"])
-        _wait_for(
+        wait_for(
             lambda: openai_client.batches.retrieve(batch.id).status == "in_progress",
             60,
             "the batch to run",

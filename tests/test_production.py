@@ -172,7 +172,8 @@ def test_worker_metrics_port(stack):
     stack.start_worker(["tiny-bert-cls"], WORKER_METRICS_PORT=str(port), WORKER_CONCURRENCY="2")
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
     assert 'inferq_worker_model_load_seconds{model="tiny-bert-cls"}' in text
-    assert "inferq_worker_batch_size_count" in text  # its warm-up pass
+    # its warm-up passes are not traffic: no batches counted before a job
+    assert 'inferq_worker_batch_size_count{model="tiny-bert-cls"}' not in text
     # its start-up heap (torch, transformers, the model) is out of the GC's full passes
     frozen = re.search(r"^inferq_worker_frozen_objects (\S+)$", text, re.M)
     assert frozen is not None and float(frozen.group(1)) > 100_000
@@ -186,6 +187,7 @@ def test_worker_metrics_port(stack):
         if "inferq_worker_queue_wait_seconds_bucket" in text:
             break
     assert "inferq_worker_queue_wait_seconds_bucket" in text
+    assert 'inferq_worker_batch_size_count{model="tiny-bert-cls"}' in text
 
 
 def test_logs_are_json_lines_with_request_and_job_ids(stack):
