@@ -34,10 +34,7 @@ def contiguous_head_inputs(model: torch.nn.Module) -> int:
     input (a no-op where it already is); returns how many layers were hooked."""
     hooked = 0
     for name, module in model.named_modules():
-        parts = name.split(".")
-        if isinstance(module, torch.nn.Linear) and any(
-            head in part for part in parts for head in HEAD_NAMES
-        ):
+        if isinstance(module, torch.nn.Linear) and any(head in name for head in HEAD_NAMES):
             module.register_forward_pre_hook(_contiguous_input)
             hooked += 1
     return hooked

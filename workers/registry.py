@@ -137,8 +137,9 @@ class ModelRegistry:
             )
             metrics.LOAD_SECONDS.labels(entry.name).set(loaded.load_seconds)
             loaded.info = describe(handler, entry)
-            per_shape = compiles_per_shape(device, loaded.info.get("dtype"), cpu_flags())
-            self._attach_batcher(loaded, settings, device, per_shape)
+            flags = cpu_flags()
+            per_shape = compiles_per_shape(device, loaded.info.get("dtype"), flags)
+            self._attach_batcher(loaded, settings, device, per_shape, amx="amx_bf16" in flags)
             self._warm_up(loaded, settings, per_shape)
             self.models[entry.name] = loaded
             log.info(
@@ -153,10 +154,10 @@ class ModelRegistry:
 
     @staticmethod
     def _attach_batcher(
-        loaded: LoadedModel, settings: Settings, device: str, per_shape: bool
+        loaded: LoadedModel, settings: Settings, device: str, per_shape: bool, *, amx: bool
     ) -> None:
         """The model's batcher; ``per_shape``: its forward compiles kernels per matrix shape
-        (:func:`~workers.pass_split.compiles_per_shape`)."""
+        (:func:`~workers.pass_split.compiles_per_shape`); ``amx``: the CPU has AMX for bf16."""
         from workers.batching import Batcher
         from workers.pass_split import auto_call_tokens, auto_shape_tokens
 
@@ -187,7 +188,7 @@ class ModelRegistry:
                 settings.embed_shape_tokens,
                 call_tokens,
                 per_shape=per_shape,
-                amx="amx_bf16" in cpu_flags(),
+                amx=amx,
             ),
             name=loaded.name,
             urgent_priority=int(Priority.INTERACTIVE) if settings.embed_urgent_lane else None,
